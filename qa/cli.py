@@ -1,0 +1,162 @@
+"""The `qa` command: ingest, serve, ask."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from . import __version__, create_app
+from .errors import QAError
+from .ingest import Article, Failure
+
+
+def _service(index: str | None):
+    ctx = click.get_current_context()
+    if ctx.obj and "app" in ctx.obj:  # tests hand in an app with a fake embedder
+        app = ctx.obj["app"]
+        if index:
+            from .service import service_from_config
+
+            app.config["INDEX_DIR"] = index
+            app.extensions["qa"] = service_from_config(app.config)
+    else:
+        app = create_app({"INDEX_DIR": index} if index else None)
+    return app, app.extensions["qa"]
+
+
+def _fail(e: QAError) -> None:
+    click.secho(f"Error: {e.message}", fg="red", err=True)
+    sys.exit(1)
+
+
+index_option = click.option(
+    "--index", "index", envvar="QA_INDEX_DIR", type=click.Path(file_okay=False), default=None,
+    help="Index folder (default: index/ in the project, or $QA_INDEX_DIR).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="qa")
+def cli() -> None:
+    """Question-answering search over news articles: cited passages, never generated text."""
+
+
+def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0):
+    """Ingest with a progress bar on stderr and one line per failure."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(unit=" articles", desc="Ingesting", disable=quiet or None, file=sys.stderr, dynamic_ncols=True)
+
+    def progress(report, item: Article | Failure) -> None:
+        if isinstance(item, Failure):
+            tqdm.write(click.style(f"  failed: {item.origin}: {item.reason}", fg="yellow"), file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(passages=report.passages, refresh=False)
+
+    try:
+        report = svc.ingest(paths, on_progress=progress, wait=wait)
+    finally:
+        bar.close()
+    return report, time.perf_counter() - t0
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@index_option
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another ingest holding the index lock.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def ingest(paths, index, wait, quiet):
+    """Add files or folders (.txt .md .html .htm .jsonl) to the index."""
+    app, svc = _service(index)
+    try:
+        report, took = run_ingest(svc, paths, quiet, wait)
+    except QAError as e:
+        _fail(e)
+    click.echo(
+        f"{report.added} articles added, {report.duplicates} skipped as duplicates, {report.failed} failed; "
+        f"{report.passages} passages ({report.embedded} embedded) in {took:.1f} s -> {svc.index_dir}"
+    )
+    if report.failures:
+        click.echo("Failed:", err=True)
+        for f in report.failures:
+            click.echo(f"  {f.origin}: {f.reason}", err=True)
+    sys.exit(1 if report.failures else 0)
+
+
+@cli.command()
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int, help="Worker threads of the WSGI server.")
+def serve(index, host, port, threads):
+    """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
+    from waitress import serve as waitress_serve
+
+    app, svc = _service(index)
+    try:
+        if svc.is_empty():
+            seeds = Path(app.config["SEEDS_DIR"])
+            click.echo(f"The index in {svc.index_dir} is empty: building it from {seeds} ...", err=True)
+            report, took = run_ingest(svc, [seeds])
+            click.echo(f"  {report.added} articles, {report.passages} passages in {took:.1f} s", err=True)
+            for f in report.failures:
+                click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
+        t0 = time.perf_counter()
+        searcher = svc.searcher()
+        searcher.search("warm up", 1)  # load the model and touch the index before the first user
+        click.echo(f"Loaded {searcher.index.article_count} articles, {searcher.index.passage_count} passages "
+                   f"in {time.perf_counter() - t0:.1f} s", err=True)
+    except QAError as e:
+        _fail(e)
+    click.echo(f"Serving on http://{host}:{port}  (Ctrl+C to stop)", err=True)
+    waitress_serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
+                   _quiet=True)
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-k", default=5, show_default=True, type=click.IntRange(1, 50), help="How many passages.")
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
+def ask(question, k, index, as_json):
+    """Print the passages that best answer QUESTION, with their citations."""
+    app, svc = _service(index)
+    from .search import validate
+
+    try:
+        q, k = validate(question, k, svc.cfg)
+        searcher = svc.searcher()  # loads the model and the index, which the timing leaves out
+        t0 = time.perf_counter()
+        hits = searcher.search(q, k)
+        took = (time.perf_counter() - t0) * 1000
+    except QAError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps({"query": q, "took_ms": round(took, 2), "results": [asdict(h) for h in hits]},
+                              ensure_ascii=False, indent=2))
+        return
+    if not hits:
+        click.echo("No passages match.")
+        return
+    width = min(100, click.get_terminal_size()[0] if hasattr(click, "get_terminal_size") else 100)
+    for h in hits:
+        c = h.citation
+        meta = " · ".join(x for x in (c.source, c.published) if x)
+        click.secho(f"{h.rank}. {c.title}", bold=True)
+        if meta:
+            click.echo(f"   {meta}")
+        text = h.text
+        if h.highlight:
+            s, e = h.highlight[0]["start"], h.highlight[0]["end"]
+            text = text[:s] + "»" + text[s:e] + "«" + text[e:]
+        click.echo(textwrap.fill(text, width=width, initial_indent="   ", subsequent_indent="   "))
+        click.secho(f"   [{c.article_id} chars {c.start}-{c.end}] score {h.score:.3f}", dim=True)
+        click.echo()

@@ -1,0 +1,340 @@
+"""Read files into clean `Article`s: decode, strip page chrome, pull metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .errors import IngestError
+
+SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
+MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_ARTICLE_CHARS = 2_000_000
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
+
+
+@dataclass
+class Article:
+    title: str
+    text: str
+    id: str | None = None
+    url: str | None = None
+    source: str | None = None
+    author: str | None = None
+    published: str | None = None
+    origin: str | None = field(default=None, compare=False)
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def ensure_id(self) -> str:
+        """Give the article a stable id derived from its title and text when it has none."""
+        if not self.id:
+            slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", self.title).encode("ascii", "ignore").decode().lower())
+            slug = slug.strip("-")[:60].rstrip("-") or "article"
+            self.id = f"{slug}-{self.content_hash[:8]}"
+        return self.id
+
+
+@dataclass
+class Failure:
+    origin: str
+    reason: str
+
+
+# --- decoding -------------------------------------------------------------------
+
+_BOMS = [
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+]
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def decode(data: bytes) -> str:
+    """Decode bytes to text: BOM first, then UTF-8, then a detected charset; refuse binary."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(encoding)
+            except UnicodeDecodeError as e:
+                raise IngestError(f"invalid {encoding} after byte-order mark at byte {e.start}") from None
+    if b"\x00" in data:
+        raise IngestError("binary file (contains NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    # Declared charsets are often wrong, so trust detection over <meta charset>.
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data[:1_000_000]).best()
+    if best is None:
+        raise IngestError("not text: could not detect a character encoding")
+    encoding = best.encoding
+    # Short Western text is easily mistaken for another single-byte code page;
+    # windows-1252 is what the web means by legacy 8-bit text, so prefer it when it fits.
+    if encoding.startswith(("cp125", "iso8859", "latin", "mac_")):
+        try:
+            data.decode("cp1252")
+            encoding = "cp1252"
+        except UnicodeDecodeError:
+            pass
+    text = data.decode(encoding, errors="replace")
+    if len(_CONTROL.findall(text[:10000])) > 10:
+        raise IngestError("binary file (control characters)")
+    return text
+
+
+# --- cleaning ---------------------------------------------------------------------
+
+# Whole lines that are page furniture, never article prose.
+_CHROME = re.compile(
+    r"""^(
+        skip\ to\ (main\ )?content
+      | (please,?\ )?enter\ (a\ |your\ )?(valid\ |correct\ )?e-?mail(\ address)?(\ to\ subscribe)?\.?
+      | \*?\ ?indicates\ required
+      | subscribe(\ now|\ today|\ here)?!?
+      | success(ful+y)?\ subscribed!?
+      | thank\ you\ for\ (signing\ up|subscribing)\b.*
+      | (sign\ up|subscribe)\ (for|to)\ (our|the)\b.*newsletter.*
+      | .*\bnewsletter\b.{0,40}\bsign\ up\b.*
+      | this\ (audio|article)\ (is|was)\ (created|generated|produced)\ with\ (the\ help\ of\ )?ai(\ assistance)?\.?
+      | listen\ to\ (this\ )?article.*
+      | news\ feed | more\ news | editors?'?’?s?\ picks | top\ stories | most\ read | trending(\ now)?
+      | (read|see|show)\ more | related(\ (articles|stories|news|content))? | advertisement | sponsored(\ content)?
+      | share(\ (this|on)\b.*)? | follow\ us\b.* | (accept|manage)\ cookies.* | we\ use\ cookies\b.*
+      | \d{1,2}:\d{2}\ ?(am|pm)
+      | (log|sign)\ ?in | (log|sign)\ ?out | menu | search | close | back\ to\ top | print
+      | all\ rights\ reserved.* | ©.* | copyright\ ©?.*
+    )$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# Photo captions: "... (Name/Agency via Getty Images)".
+_CAPTION = re.compile(r"\((photo(\ by)?:?\ )?[^()]{0,80}\b(getty images|ap photo|afp|reuters|shutterstock|epa)\b[^()]*\)\s*$", re.I | re.X)
+_TERMINAL = re.compile(r"[.!?:;\"”’)\]]\s*$")
+SANDWICH_WORDS = 80
+
+
+def _is_headline(line: str, max_words: int = 14) -> bool:
+    return len(line.split()) <= max_words and not _TERMINAL.search(line)
+
+
+def clean_text(raw: str) -> str:
+    """Normalise text and drop page chrome; paragraphs come back separated by one blank line."""
+    text = unicodedata.normalize("NFC", raw.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _CONTROL.sub("", text).replace("\u00a0", " ").replace("\t", " ")
+    lines = [re.sub(r" {2,}", " ", ln).strip() for ln in text.split("\n")]
+    lines = [ln for ln in lines if ln]
+    chrome = [bool(_CHROME.match(ln)) or bool(_CAPTION.search(ln)) for ln in lines]
+
+    # A short stretch of text boxed in by chrome on both sides is a teaser or a
+    # newsletter name, not the article.
+    chrome_at = [i for i, c in enumerate(chrome) if c]
+    for a, b in zip(chrome_at, chrome_at[1:]):
+        if b - a > 1 and sum(len(lines[i].split()) for i in range(a + 1, b)) < SANDWICH_WORDS:
+            for i in range(a + 1, b):
+                chrome[i] = True
+    # A truncated teaser ("... quit…") and the headline above it.
+    for i, ln in enumerate(lines):
+        if ln.endswith(("…", "...")) and re.search(r"\w(…|\.\.\.)$", ln) and i > 0 and _is_headline(lines[i - 1], 24):
+            chrome[i] = chrome[i - 1] = True
+    # Headline-like lines touching chrome belong to it ("Explaining Ukraine with ...").
+    changed = True
+    while changed:
+        changed = False
+        for i, ln in enumerate(lines):
+            if not chrome[i] and _is_headline(ln) and (
+                (i > 0 and chrome[i - 1]) or (i + 1 < len(lines) and chrome[i + 1])
+            ) and len(ln.split()) <= 8:
+                chrome[i] = changed = True
+    kept = [ln for ln, c in zip(lines, chrome) if not c]
+    return "\n\n".join(kept)
+
+
+def _paragraphs_text(text: str) -> str:
+    """Join blank-line-separated paragraphs, unwrapping the lines inside each."""
+    blocks = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
+    return "\n".join(" ".join(b.split()) for b in blocks if b.strip())
+
+
+def _title_from(text: str) -> tuple[str, str]:
+    """Take a title from the text: a leading headline line, else the first sentence."""
+    first, _, rest = text.partition("\n\n")
+    if _is_headline(first) and rest:
+        return first, rest
+    sentence = re.split(r"(?<=[.!?])\s", first, maxsplit=1)[0]
+    if len(sentence) > 120:
+        sentence = sentence[:120].rsplit(" ", 1)[0] + "…"
+    return sentence.rstrip("."), text
+
+
+# --- readers ---------------------------------------------------------------------
+
+def _sidecar(path: Path) -> dict:
+    meta = path.with_name(path.stem + ".meta.json")
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise IngestError(f"bad metadata file {meta.name}: {e}") from None
+    if not isinstance(data, dict):
+        raise IngestError(f"bad metadata file {meta.name}: expected a JSON object")
+    return data
+
+
+def _from_fields(d: dict, where: str, *, clean: bool = True) -> Article:
+    """Build an article from `.jsonl`-style fields, validating each."""
+    if not isinstance(d, dict):
+        raise IngestError(f"{where}: expected a JSON object")
+    text, title = d.get("text"), d.get("title")
+    if not isinstance(text, str) or not text.strip():
+        raise IngestError(f"{where}: missing or empty \"text\"")
+    if title is not None and not isinstance(title, str):
+        raise IngestError(f"{where}: \"title\" must be a string")
+    if len(text) > MAX_ARTICLE_CHARS:
+        raise IngestError(f"{where}: text longer than {MAX_ARTICLE_CHARS:,} characters")
+    body = clean_text(_paragraphs_text(text)) if clean else text
+    if not body:
+        raise IngestError(f"{where}: no article text left after removing page chrome")
+    if not title or not title.strip():
+        title, body = _title_from(body)
+    art = Article(title=" ".join(title.split()), text=body, origin=where)
+    for key in ("id", "url", "source", "author", "published"):
+        value = d.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise IngestError(f"{where}: \"{key}\" must be a string")
+        setattr(art, key, value.strip())
+    if art.id is not None and not ID_RE.match(art.id):
+        raise IngestError(f"{where}: id {art.id!r} must be 1-128 URL-safe characters (letters, digits, . _ ~ -)")
+    if art.published:
+        try:
+            datetime.fromisoformat(art.published.replace("Z", "+00:00"))
+        except ValueError:
+            raise IngestError(f"{where}: \"published\" is not an ISO 8601 date: {art.published!r}") from None
+    return art
+
+
+def _read_html(raw: str, path: Path) -> Article:
+    import trafilatura
+
+    doc = trafilatura.bare_extraction(raw, with_metadata=True, include_comments=False, include_tables=False)
+    if doc is None or not (doc.text or "").strip():
+        raise IngestError("no article text found in the HTML")
+    lines = [ln.strip() for ln in doc.text.split("\n") if ln.strip()]
+    if lines and doc.title and lines[0] == doc.title.strip():
+        lines = lines[1:]
+    fields = {
+        "title": doc.title or None,
+        "text": "\n\n".join(lines),
+        "url": doc.url,
+        "author": doc.author,
+        "published": doc.date,
+        "source": doc.sitename if doc.sitename and doc.sitename != doc.hostname else doc.sitename,
+    }
+    fields.update(_sidecar(path))
+    return _from_fields(fields, str(path))
+
+
+def _strip_markdown(text: str) -> tuple[str | None, str]:
+    title = None
+    m = re.search(r"^#\s+(.+)$", text, re.M)
+    if m:
+        title = m.group(1).strip()
+        text = text[: m.start()] + text[m.end():]
+    text = re.sub(r"^---\n.*?\n---\n", "", text, flags=re.S)  # front matter
+    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
+    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"^\s{0,3}(#{1,6}|>|[-*+]|\d+\.)\s+", "", text, flags=re.M)
+    text = re.sub(r"(\*\*|__|\*|_|`)(\S.*?\S|\S)\1", r"\2", text)
+    return title, text
+
+
+def read_file(path: Path) -> Iterator[Article | Failure]:
+    """Yield the articles in one file, or a Failure for each part that cannot be read."""
+    where = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise IngestError(f"file too large ({size / 2**20:.1f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB)")
+        if size == 0:
+            raise IngestError("empty file")
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _read_jsonl(path)
+            return
+        raw = decode(path.read_bytes())
+        if not raw.strip():
+            raise IngestError("empty file (only whitespace)")
+        if suffix in (".html", ".htm"):
+            yield _read_html(raw, path)
+            return
+        title = None
+        if suffix in (".md", ".markdown"):
+            title, raw = _strip_markdown(raw)
+        meta = _sidecar(path)
+        # Plain text: every line break is a paragraph break (most captured pages
+        # keep one paragraph a line).
+        fields = {"title": title, **meta, "text": raw}
+        yield _from_fields({**fields, "text": "\n\n".join(raw.splitlines())}, where)
+    except IngestError as e:
+        yield Failure(where, e.message)
+    except OSError as e:
+        yield Failure(where, f"cannot read: {e.strerror or e}")
+
+
+def _read_jsonl(path: Path) -> Iterator[Article | Failure]:
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            where = f"{path}:{n}"
+            if not line.strip():
+                continue
+            try:
+                try:
+                    record = json.loads(decode(line))
+                except ValueError as e:
+                    raise IngestError(f"{where}: not valid JSON ({e})") from None
+                yield _from_fields(record, where)
+            except IngestError as e:
+                msg = e.message if e.message.startswith(where) else f"{where}: {e.message}"
+                yield Failure(where, msg.removeprefix(f"{where}: "))
+
+
+def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
+    """Expand files and folders into the ingestible files they hold, refusing symlinks that leave them."""
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            yield Failure(str(root), "no such file or folder")
+            continue
+        if root.is_file():
+            if root.suffix.lower() in SUFFIXES:
+                yield root
+            else:
+                yield Failure(str(root), f"unsupported file type {root.suffix or '(none)'}; use one of {', '.join(sorted(SUFFIXES))}")
+            continue
+        base = root.resolve()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if name.startswith(".") or p.suffix.lower() not in SUFFIXES:
+                    continue
+                if p.is_symlink():
+                    target = p.resolve()
+                    if not target.is_relative_to(base):
+                        yield Failure(str(p), f"symlink leads outside {root} (to {target}); skipped")
+                        continue
+                yield p

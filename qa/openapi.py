@@ -1,0 +1,176 @@
+"""The OpenAPI description of the JSON API (the contract in DESIGN.md, section 3)."""
+
+from __future__ import annotations
+
+from . import __version__
+
+_nullable_str = {"type": "string", "nullable": True}
+
+_error = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_span = {
+    "type": "object",
+    "required": ["start", "end"],
+    "properties": {"start": {"type": "integer", "minimum": 0}, "end": {"type": "integer", "minimum": 0}},
+}
+
+_citation = {
+    "type": "object",
+    "required": ["article_id", "title", "url", "source", "published", "start", "end", "href"],
+    "properties": {
+        "article_id": {"type": "string"},
+        "title": {"type": "string"},
+        "url": _nullable_str,
+        "source": _nullable_str,
+        "published": _nullable_str,
+        "start": {"type": "integer", "minimum": 0, "description": "offset into the article's text"},
+        "end": {"type": "integer", "minimum": 0},
+        "href": {"type": "string"},
+    },
+}
+
+_result = {
+    "type": "object",
+    "required": ["rank", "score", "passage_id", "text", "highlight", "citation"],
+    "properties": {
+        "rank": {"type": "integer", "minimum": 1},
+        "score": {"type": "number"},
+        "passage_id": {"type": "integer"},
+        "text": {"type": "string", "description": "the passage exactly as stored: article.text[start:end]"},
+        "highlight": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}},
+        "citation": {"$ref": "#/components/schemas/Citation"},
+    },
+}
+
+_search_response = {
+    "type": "object",
+    "required": ["query", "took_ms", "results"],
+    "properties": {
+        "query": {"type": "string"},
+        "took_ms": {"type": "number"},
+        "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+    },
+}
+
+_article = {
+    "type": "object",
+    "required": ["id", "title", "url", "source", "author", "published", "text", "passages"],
+    "properties": {
+        "id": {"type": "string"},
+        "title": {"type": "string"},
+        "url": _nullable_str,
+        "source": _nullable_str,
+        "author": _nullable_str,
+        "published": _nullable_str,
+        "text": {"type": "string"},
+        "passages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "start", "end"],
+                "properties": {"id": {"type": "integer"}, "start": {"type": "integer"}, "end": {"type": "integer"}},
+            },
+        },
+    },
+}
+
+
+def _errors(*codes: int) -> dict:
+    names = {400: "Bad request", 404: "Not found", 413: "Body too large", 415: "Not JSON",
+             500: "Internal error", 503: "Index not available"}
+    return {
+        str(c): {"description": names[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for c in codes
+    }
+
+
+def _ok(schema_ref: str, description: str) -> dict:
+    return {"200": {"description": description,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}}
+
+
+def spec(server_url: str = "") -> dict:
+    """Return the OpenAPI 3.0 document."""
+    q_param = {"name": "q", "in": "query", "required": True, "description": "the question",
+               "schema": {"type": "string", "minLength": 1, "maxLength": 1000}}
+    k_param = {"name": "k", "in": "query", "required": False, "description": "how many passages (default 5)",
+               "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "News question answering",
+            "version": __version__,
+            "description": "Ask a question; get the passages of news articles that best answer it, each with an exact citation.",
+        },
+        "servers": [{"url": server_url}] if server_url else [],
+        "paths": {
+            "/api/search": {
+                "get": {
+                    "summary": "Search with a question",
+                    "operationId": "searchGet",
+                    "parameters": [q_param, k_param],
+                    "responses": {**_ok("SearchResponse", "The best passages, best first"), **_errors(400, 500, 503)},
+                },
+                "post": {
+                    "summary": "Search with a question (JSON body)",
+                    "operationId": "searchPost",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {
+                            "type": "object",
+                            "required": ["q"],
+                            "properties": {"q": {"type": "string", "minLength": 1, "maxLength": 1000},
+                                           "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}},
+                        }}},
+                    },
+                    "responses": {**_ok("SearchResponse", "The best passages, best first"),
+                                  **_errors(400, 413, 415, 500, 503)},
+                },
+            },
+            "/api/articles/{article_id}": {
+                "get": {
+                    "summary": "One article with its passages' offsets",
+                    "operationId": "getArticle",
+                    "parameters": [{"name": "article_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {**_ok("Article", "The article"), **_errors(404, 500, 503)},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness: the process is up",
+                    "operationId": "healthz",
+                    "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}}}}}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: the index is loaded",
+                    "operationId": "readyz",
+                    "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}}}},
+                        **_errors(503)},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": _error,
+                "Span": _span,
+                "Citation": _citation,
+                "Result": _result,
+                "SearchResponse": _search_response,
+                "Article": _article,
+            }
+        },
+    }

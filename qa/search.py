@@ -1,0 +1,208 @@
+"""Hybrid search: FTS5 and dense candidates fused into one score, collapsed, highlighted, cited."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import snowballstemmer
+
+from .chunk import sentence_spans
+from .embed import Embedder
+from .errors import BadRequest
+from .store import Index, PassageRow
+
+# Function words carry no evidence of an answer and make FTS5 OR-queries match everything.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below between
+    both but by can could did do does doing down during each few for from further had has have having he her here
+    hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off
+    on once only or other our ours ourselves out over own same she should so some such than that the their theirs
+    them themselves then there these they this those through to too under until up very was we were what when where
+    which while who whom why will with would you your yours yourself yourselves s t""".split()
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_stemmer = snowballstemmer.stemmer("porter")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    lexical_weight: float = 0.5
+    dense_weight: float = 0.5
+    candidates: int = 100      # taken from each side before fusion
+    title_weight: float = 1.0  # bm25 weight of the title column
+    max_query_chars: int = 1000
+    max_k: int = 50
+
+
+@dataclass
+class Citation:
+    article_id: str
+    title: str
+    url: str | None
+    source: str | None
+    published: str | None
+    start: int
+    end: int
+    href: str
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    passage_id: int
+    text: str
+    highlight: list[dict] = field(default_factory=list)
+    citation: Citation | None = None
+
+
+def query_terms(q: str) -> list[str]:
+    """Lower-cased query words, without stop words unless nothing else is left."""
+    words = [w.lower() for w in _WORD.findall(q)]
+    content = [w for w in words if w not in STOPWORDS]
+    return list(dict.fromkeys(content or words))
+
+
+def fts_query(terms: list[str]) -> str:
+    """An FTS5 MATCH expression: any of the terms, each quoted so no input is syntax."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def validate(q: object, k: object, cfg: SearchConfig) -> tuple[str, int]:
+    """Check a query and k from a request; raise BadRequest with a stable code."""
+    if q is None:
+        raise BadRequest("the query is missing: pass q, e.g. /api/search?q=Where+did+Assad+go", code="missing_query")
+    if not isinstance(q, str):
+        raise BadRequest("q must be a string", code="invalid_query")
+    if "\x00" in q:
+        raise BadRequest("q must not contain NUL characters", code="invalid_query")
+    q = q.strip()
+    if not q:
+        raise BadRequest("the query is empty: type a question", code="empty_query")
+    if len(q) > cfg.max_query_chars:
+        raise BadRequest(f"the query is too long ({len(q)} characters; at most {cfg.max_query_chars})", code="query_too_long")
+    if k is None:
+        k = 5
+    if isinstance(k, bool):
+        raise BadRequest("k must be a whole number", code="invalid_k")
+    if isinstance(k, str):
+        if not re.fullmatch(r"\s*\d{1,6}\s*", k):
+            raise BadRequest(f"k must be a whole number from 1 to {cfg.max_k}", code="invalid_k")
+        k = int(k)
+    if not isinstance(k, int):
+        raise BadRequest(f"k must be a whole number from 1 to {cfg.max_k}", code="invalid_k")
+    if not 1 <= k <= cfg.max_k:
+        raise BadRequest(f"k must be from 1 to {cfg.max_k} (got {k})", code="k_out_of_range")
+    return q, k
+
+
+def _normalise(scores: dict[int, float], ids: list[int]) -> dict[int, float]:
+    """Min-max scale over the candidates; missing candidates score 0."""
+    vals = [scores[i] for i in ids if i in scores]
+    if not vals:
+        return {i: 0.0 for i in ids}
+    lo, hi = min(vals), max(vals)
+    span = hi - lo
+    return {i: ((scores[i] - lo) / span if span > 0 else 1.0) if i in scores else 0.0 for i in ids}
+
+
+def fuse(lexical: dict[int, float], dense: dict[int, float], cfg: SearchConfig) -> list[tuple[int, float]]:
+    """Weighted sum of normalised lexical and dense scores, best first."""
+    ids = list(dict.fromkeys([*lexical, *dense]))
+    lex, den = _normalise(lexical, ids), _normalise(dense, ids)
+    total = cfg.lexical_weight + cfg.dense_weight or 1.0
+    fused = [(i, (cfg.lexical_weight * lex[i] + cfg.dense_weight * den[i]) / total) for i in ids]
+    return sorted(fused, key=lambda t: (-t[1], t[0]))
+
+
+def _overlaps(a: PassageRow, b: PassageRow) -> bool:
+    """Two passages are near-identical: overlapping windows of one article, or the same words."""
+    if a.article_id == b.article_id:
+        inter = min(a.end, b.end) - max(a.start, b.start)
+        return inter > 0.5 * min(a.end - a.start, b.end - b.start)
+    wa, wb = set(_WORD.findall(a.text.lower())), set(_WORD.findall(b.text.lower()))
+    return bool(wa) and len(wa & wb) / len(wa | wb) > 0.9
+
+
+def stem(word: str) -> str:
+    return _stemmer.stemWord(word.lower())
+
+
+def highlight(text: str, terms: list[str], idf: dict[str, float]) -> list[dict]:
+    """Offsets of the sentence(s) in `text` that best match the query terms."""
+    spans = sentence_spans(text)
+    if not spans:
+        return []
+    stems = {stem(t) for t in terms}
+    scores = []
+    for a, b in spans:
+        found = {stem(w) for w in _WORD.findall(text[a:b])} & stems
+        scores.append(sum(idf.get(s, 1.0) for s in found))
+    best = max(range(len(spans)), key=lambda i: (scores[i], -i))
+    chosen = [best]
+    # A close second next to the best sentence usually completes the answer.
+    for j in (best - 1, best + 1):
+        if 0 <= j < len(spans) and scores[best] > 0 and scores[j] >= 0.8 * scores[best] and len(chosen) < 2:
+            chosen.append(j)
+    chosen.sort()
+    return [{"start": spans[chosen[0]][0], "end": spans[chosen[-1]][1]}]
+
+
+class Searcher:
+    """Answer questions from one index snapshot with one embedder."""
+
+    def __init__(self, index: Index, embedder: Embedder, cfg: SearchConfig = SearchConfig()):
+        self.index, self.embedder, self.cfg = index, embedder, cfg
+
+    def search(self, q: str, k: int = 5) -> list[Hit]:
+        cfg, index = self.cfg, self.index
+        terms = query_terms(q)
+        match = fts_query(terms)
+        n = max(cfg.candidates, k)
+        lexical = dict(index.lexical(match, n, cfg.title_weight)) if cfg.lexical_weight > 0 else {}
+        dense: dict[int, float] = {}
+        if cfg.dense_weight > 0:
+            qvec = self.embedder.encode([q])[0]
+            dense = dict(index.dense(qvec, n))
+            missing = [i for i in lexical if i not in dense]
+            dense.update(index.dense_for(qvec, missing))
+        if lexical and cfg.lexical_weight > 0:
+            missing = [i for i in dense if i not in lexical]
+            lexical.update(index.lexical_for(match, missing, cfg.title_weight))
+        ranked = fuse(lexical, dense, cfg)
+
+        # Collapse near-duplicates while filling k slots; fetch rows in small pages.
+        kept: list[tuple[PassageRow, float]] = []
+        pos = 0
+        while len(kept) < k and pos < len(ranked):
+            page = ranked[pos: pos + 2 * k]
+            pos += len(page)
+            rows = index.passages([i for i, _ in page])
+            for pid, score in page:
+                row = rows.get(pid)
+                if row is None or any(_overlaps(row, other) for other, _ in kept):
+                    continue
+                kept.append((row, score))
+                if len(kept) == k:
+                    break
+
+        stems = [stem(t) for t in terms]
+        df, n_docs = index.doc_freqs(stems)
+        idf = {s: math.log(1 + (n_docs - df.get(s, 0) + 0.5) / (df.get(s, 0) + 0.5)) for s in stems}
+        hits = []
+        for rank, (row, score) in enumerate(kept, 1):
+            hits.append(Hit(
+                rank=rank,
+                score=round(score, 4),
+                passage_id=row.id,
+                text=row.text,
+                highlight=highlight(row.text, terms, idf),
+                citation=Citation(
+                    article_id=row.article_id, title=row.title, url=row.url, source=row.source,
+                    published=row.published, start=row.start, end=row.end,
+                    href=f"/articles/{row.article_id}#p-{row.id}",
+                ),
+            ))
+        return hits

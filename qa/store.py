@@ -1,0 +1,440 @@
+"""The index folder: SQLite (articles, passages, FTS5) + FAISS (vectors) + a JSON manifest.
+
+SQLite is the source of truth, vectors included; `vectors.faiss` is a fast copy
+of them that is rebuilt whenever it does not match the database's generation.
+Every file is written under a temporary name and moved into place with
+`os.replace`, so a reader never sees half an index.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .errors import IndexCorrupt, IndexLocked, ModelMismatch
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME, FAISS_NAME, MANIFEST_NAME, LOCK_NAME = "qa.sqlite3", "vectors.faiss", "manifest.json", ".lock"
+HNSW_ABOVE = 200_000  # exact search below this many passages, HNSW above
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS articles (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    url TEXT, source TEXT, author TEXT, published TEXT,
+    text TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,
+    origin TEXT,
+    added_at TEXT NOT NULL,
+    gen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY,
+    article_id TEXT NOT NULL REFERENCES articles(id) ON DELETE CASCADE,
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    embed_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    gen INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passages_article ON passages(article_id);
+CREATE INDEX IF NOT EXISTS passages_embed_hash ON passages(embed_hash);
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(title, text, tokenize='porter unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_vocab USING fts5vocab(passages_fts, 'row');
+"""
+
+
+@dataclass
+class PassageRow:
+    id: int
+    article_id: str
+    start: int
+    end: int
+    text: str
+    title: str
+    url: str | None
+    source: str | None
+    published: str | None
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that it is either the old or the new one, even after a crash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads((path / MANIFEST_NAME).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise IndexCorrupt(f"{path / MANIFEST_NAME} is unreadable ({e}); delete the index folder and ingest again") from None
+
+
+def _new_faiss(dim: int, n: int) -> faiss.Index:
+    inner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if n > HNSW_ABOVE else faiss.IndexFlatIP(dim)
+    return faiss.IndexIDMap2(inner)
+
+
+class Index:
+    """A read-only snapshot of an index folder, safe to share between threads."""
+
+    def __init__(self, path: Path, manifest: dict, vectors: faiss.Index):
+        self.path = path
+        self.manifest = manifest
+        self.generation = int(manifest["generation"])
+        self.vectors = vectors
+        self._local = threading.local()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None) -> Index:
+        """Open the index in `path`, checking that it was built with `model`."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest is None or not (path / DB_NAME).exists():
+            raise IndexCorrupt(f"no index in {path}; run `qa ingest PATH --index {path}` first", code="index_missing")
+        check_model(manifest, path, model, dim)
+        gen = int(manifest["generation"])
+        vectors = None
+        try:
+            vectors = faiss.read_index(str(path / FAISS_NAME))
+        except Exception as e:  # faiss raises RuntimeError for any bad file
+            log.warning("cannot read %s (%s); rebuilding vectors from the database", path / FAISS_NAME, e)
+        conn = _connect(path / DB_NAME, readonly=True)
+        try:
+            count = conn.execute("SELECT count(*) FROM passages WHERE gen <= ?", (gen,)).fetchone()[0]
+            if vectors is None or vectors.ntotal != count or vectors.d != int(manifest["dim"]):
+                if vectors is not None:
+                    log.warning("%s holds %d vectors but the database has %d passages at generation %d; "
+                                "rebuilding vectors from the database", FAISS_NAME, vectors.ntotal, count, gen)
+                vectors = vectors_from_db(conn, int(manifest["dim"]), gen)
+        finally:
+            conn.close()
+        return cls(path, manifest, vectors)
+
+    # One connection per thread: sqlite3 connections must not be shared mid-query.
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path / DB_NAME, readonly=True)
+        return conn
+
+    @property
+    def passage_count(self) -> int:
+        return int(self.manifest["passages"])
+
+    @property
+    def article_count(self) -> int:
+        return int(self.manifest["articles"])
+
+    def lexical(self, match: str, n: int, title_weight: float = 1.0) -> list[tuple[int, float]]:
+        """Top-n passages for an FTS5 MATCH expression, as (id, positive bm25 score)."""
+        if not match:
+            return []
+        rows = self.db.execute(
+            "SELECT f.rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts f "
+            "JOIN passages p ON p.id = f.rowid WHERE passages_fts MATCH ? AND p.gen <= ? "
+            "ORDER BY bm25(passages_fts, ?, 1.0) LIMIT ?",
+            (title_weight, match, self.generation, title_weight, n),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def lexical_for(self, match: str, ids: Iterable[int], title_weight: float = 1.0) -> dict[int, float]:
+        """bm25 scores of the given passages for a MATCH expression (absent: no term matched)."""
+        ids = list(ids)
+        if not match or not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            f"SELECT rowid, -bm25(passages_fts, ?, 1.0) FROM passages_fts WHERE passages_fts MATCH ? AND rowid IN ({marks})",
+            (title_weight, match, *ids),
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def dense(self, query: np.ndarray, n: int) -> list[tuple[int, float]]:
+        """Top-n passages by inner product with a normalised query vector."""
+        if self.vectors.ntotal == 0:
+            return []
+        scores, ids = self.vectors.search(query.reshape(1, -1).astype(np.float32), min(n, self.vectors.ntotal))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    def dense_for(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+        """Exact inner products for the given passages."""
+        if not ids:
+            return {}
+        try:
+            vecs = self.vectors.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        except RuntimeError:  # an id vanished between snapshot and query
+            return {}
+        return dict(zip(ids, (vecs @ query.reshape(-1)).tolist()))
+
+    def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
+        """Fetch passages with their article metadata."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(
+            "SELECT p.id, p.article_id, p.start_char, p.end_char, substr(a.text, p.start_char + 1, p.end_char - p.start_char) AS text, "
+            f"a.title, a.url, a.source, a.published FROM passages p JOIN articles a ON a.id = p.article_id WHERE p.id IN ({marks})",
+            list(ids),
+        ).fetchall()
+        return {r[0]: PassageRow(*r) for r in rows}
+
+    def article(self, article_id: str) -> dict | None:
+        """Return an article with its passages' offsets, or None."""
+        row = self.db.execute(
+            "SELECT id, title, url, source, author, published, text FROM articles WHERE id = ? AND gen <= ?",
+            (article_id, self.generation),
+        ).fetchone()
+        if row is None:
+            return None
+        art = dict(row)
+        art["passages"] = [
+            {"id": r[0], "start": r[1], "end": r[2]}
+            for r in self.db.execute(
+                "SELECT id, start_char, end_char FROM passages WHERE article_id = ? ORDER BY start_char", (article_id,)
+            )
+        ]
+        return art
+
+    def doc_freqs(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
+        """Document frequencies of stemmed terms and the passage count, for idf."""
+        if not terms:
+            return {}, self.passage_count
+        marks = ",".join("?" * len(terms))
+        rows = self.db.execute(f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", list(terms)).fetchall()
+        return {r[0]: r[1] for r in rows}, self.passage_count
+
+
+def check_model(manifest: dict, path: Path, model: str | None, dim: int | None) -> None:
+    """Refuse an index built with another model."""
+    if model and manifest.get("model") != model:
+        raise ModelMismatch(
+            f"the index in {path} was built with model {manifest.get('model')!r}, but this run uses {model!r}; "
+            f"set QA_MODEL={manifest.get('model')} or use a new --index folder"
+        )
+    if dim and int(manifest.get("dim", dim)) != dim:
+        raise ModelMismatch(f"the index in {path} holds {manifest.get('dim')}-dimensional vectors, the model makes {dim}")
+
+
+def vectors_from_db(conn: sqlite3.Connection, dim: int, gen: int | None = None) -> faiss.Index:
+    """Rebuild the FAISS index from the vectors stored in SQLite."""
+    where, args = ("WHERE gen <= ?", (gen,)) if gen is not None else ("", ())
+    rows = conn.execute(f"SELECT id, vector FROM passages {where} ORDER BY id", args).fetchall()
+    index = _new_faiss(dim, len(rows))
+    if rows:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        index.add_with_ids(mat, ids)
+    return index
+
+
+@dataclass
+class NewPassage:
+    start: int
+    end: int
+    embed_hash: str
+    vector: np.ndarray
+
+
+class Writer:
+    """The single writer of an index folder: holds its lock, adds and deletes articles."""
+
+    def __init__(self, path: str | os.PathLike, model: str, dim: int, wait: float = 0.0):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path / LOCK_NAME, "a+")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._lock_file.close()
+                    raise IndexLocked(
+                        f"index is locked: another `qa ingest` is writing to {self.path}; wait for it to finish"
+                    ) from None
+                time.sleep(0.2)
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+        manifest = read_manifest(self.path)
+        if manifest:
+            check_model(manifest, self.path, model, dim)
+        self.model, self.dim = model, dim
+        self.conn = _connect(self.path / DB_NAME)
+        self.conn.executescript(SCHEMA)
+        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        self.generation = int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+        self.vectors = vectors_from_db(self.conn, dim)
+        self.dirty = manifest is None or int(manifest.get("generation", -1)) != self.generation
+
+    def close(self) -> None:
+        if self.dirty:
+            self.save()
+        self.conn.close()
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def known_hashes(self, content_hashes: Iterable[str]) -> set[str]:
+        hashes = list(content_hashes)
+        if not hashes:
+            return set()
+        marks = ",".join("?" * len(hashes))
+        return {r[0] for r in self.conn.execute(f"SELECT content_hash FROM articles WHERE content_hash IN ({marks})", hashes)}
+
+    def cached_vectors(self, embed_hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """Vectors already computed for identical model inputs, so nothing is embedded twice."""
+        hashes = list(set(embed_hashes))
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(hashes), 500):
+            part = hashes[i:i + 500]
+            marks = ",".join("?" * len(part))
+            for h, blob in self.conn.execute(f"SELECT embed_hash, vector FROM passages WHERE embed_hash IN ({marks})", part):
+                out[h] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def add(self, items: Sequence[tuple[object, Sequence[NewPassage]]]) -> None:
+        """Add articles with their passages in one transaction: all of them or none."""
+        gen = self.generation + 1
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        new_ids, new_vecs, removed = [], [], []
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for art, passages in items:
+                old = c.execute("SELECT id FROM passages WHERE article_id = ?", (art.id,)).fetchall()
+                if old:  # same id, new content: the article was updated
+                    removed += [r[0] for r in old]
+                    self._delete_rows(art.id)
+                c.execute(
+                    "INSERT INTO articles (id, title, url, source, author, published, text, content_hash, origin, added_at, gen) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (art.id, art.title, art.url, art.source, art.author, art.published, art.text,
+                     art.content_hash, art.origin, now, gen),
+                )
+                for p in passages:
+                    vec = np.ascontiguousarray(p.vector, dtype=np.float32)
+                    cur = c.execute(
+                        "INSERT INTO passages (article_id, start_char, end_char, embed_hash, vector, gen) VALUES (?,?,?,?,?,?)",
+                        (art.id, p.start, p.end, p.embed_hash, vec.tobytes(), gen),
+                    )
+                    pid = cur.lastrowid
+                    c.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)", (pid, art.title, art.text[p.start:p.end]))
+                    new_ids.append(pid)
+                    new_vecs.append(vec)
+            c.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(gen),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        self.generation = gen
+        if removed:
+            self.vectors.remove_ids(np.asarray(removed, dtype=np.int64))
+        if new_ids:
+            self.vectors.add_with_ids(np.vstack(new_vecs), np.asarray(new_ids, dtype=np.int64))
+        self.dirty = True
+
+    def _delete_rows(self, article_id: str) -> None:
+        c = self.conn
+        c.execute("DELETE FROM passages_fts WHERE rowid IN (SELECT id FROM passages WHERE article_id = ?)", (article_id,))
+        c.execute("DELETE FROM passages WHERE article_id = ?", (article_id,))
+        c.execute("DELETE FROM articles WHERE id = ?", (article_id,))
+
+    def delete(self, article_id: str) -> bool:
+        """Remove an article and its passages from both stores; False if it was not there."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [r[0] for r in c.execute("SELECT id FROM passages WHERE article_id = ?", (article_id,))]
+            found = c.execute("SELECT 1 FROM articles WHERE id = ?", (article_id,)).fetchone() is not None
+            if found:
+                self._delete_rows(article_id)
+                self.generation += 1
+                c.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(self.generation),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        if ids:
+            self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))
+        if found:
+            self.dirty = True
+        return found
+
+    def save(self) -> dict:
+        """Write the FAISS file, then the manifest that vouches for it."""
+        articles, passages = self.conn.execute(
+            "SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM passages)"
+        ).fetchone()
+        if self.vectors.ntotal != passages:  # never write a file that disagrees with the database
+            self.vectors = vectors_from_db(self.conn, self.dim)
+        write_atomic(self.path / FAISS_NAME, faiss.serialize_index(self.vectors).tobytes())
+        from . import __version__
+
+        manifest = {
+            "format": "qa-index",
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "dim": self.dim,
+            "articles": articles,
+            "passages": passages,
+            "generation": self.generation,
+            "faiss": FAISS_NAME,
+            "faiss_type": "hnsw" if passages > HNSW_ABOVE else "flat",
+            "qa_version": __version__,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_atomic(self.path / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+        self.dirty = False
+        return manifest

@@ -1,0 +1,84 @@
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qa import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT / "seeds"
+SQUAD_DEV = ROOT.parent / "shared" / "eval" / "squad-dev.json"
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+class FakeEmbedder:
+    """A deterministic bag-of-words embedder: fast, and similar texts get similar vectors."""
+
+    name = "fake"
+    dim = 64
+    max_tokens = 256
+
+    def count_tokens(self, texts):
+        return [len(_TOKEN.findall(t)) + 2 for t in texts]
+
+    def encode(self, texts, batch_size=32):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+                out[row, h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return out / norms
+
+
+@pytest.fixture(scope="session")
+def fake_embedder():
+    return FakeEmbedder()
+
+
+@pytest.fixture(scope="session")
+def seeded_index(tmp_path_factory, fake_embedder):
+    """An index folder built from the real seeds with the fake embedder."""
+    from qa.service import Service
+
+    path = tmp_path_factory.mktemp("index")
+    svc = Service(path, "fake", embedder=fake_embedder)
+    report = svc.ingest([SEEDS])
+    assert report.added == 2 and not report.failures
+    return path
+
+
+@pytest.fixture
+def app(tmp_path, seeded_index, fake_embedder):
+    index = tmp_path / "index"
+    shutil.copytree(seeded_index, index)
+    return create_app({"TESTING": True, "INDEX_DIR": str(index), "MODEL": "fake", "EMBEDDER": fake_embedder,
+                       "SEEDS_DIR": str(SEEDS)})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return Runner(app)
+
+
+class Runner:
+    """Invoke the `qa` command in-process against the test app."""
+
+    def __init__(self, app):
+        from click.testing import CliRunner
+
+        self.app, self.cli = app, CliRunner()
+
+    def invoke(self, args, **kw):
+        from qa.cli import cli
+
+        return self.cli.invoke(cli, args, obj={"app": self.app}, catch_exceptions=False, **kw)

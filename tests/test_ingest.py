@@ -1,0 +1,127 @@
+import json
+
+import pytest
+
+from qa.errors import IngestError
+from qa.ingest import Article, Failure, clean_text, decode, discover, read_file
+
+from .conftest import SEEDS
+
+CHROME = [
+    "Skip to content", "Subscribe", "indicates required", "Enter your email", "Successfuly subscribed",
+    "Thank you for signing up", "This audio is created with AI assistance", "News Feed", "MORE NEWS",
+    "Editors' Picks", "Explaining Ukraine with Kate Tsurkan", "5:04 PM", "really quit",
+    "How will Russia’s war end?", "Getty Images",
+]
+
+
+def read_one(path):
+    items = list(read_file(path))
+    assert len(items) == 1, items
+    return items[0]
+
+
+def test_seed_chrome_is_stripped():
+    art = read_one(SEEDS / "000_19a6f400316db695.txt")
+    assert isinstance(art, Article)
+    for junk in CHROME:
+        assert junk.lower() not in art.text.lower(), junk
+    assert art.text.startswith("Editor's note: This is a developing story")
+    assert art.text.endswith("Human rights groups have documented numerous war crimes committed by Russian forces in Syria.")
+    assert "boarded a plane out of Damascus on Dec. 8" in art.text
+
+
+def test_seed_metadata_comes_from_sidecar():
+    art = read_one(SEEDS / "004_fc6aece6c7f21e80.txt")
+    assert art.id == "assad-lands-in-russia"
+    assert art.published == "2024-12-08"
+    assert art.url is None
+    assert "has fled the country to his allies in Moscow" in art.text
+
+
+def test_clean_text_keeps_prose_and_paragraphs():
+    text = clean_text("First paragraph here.\r\n\r\nSecond one, with words.\n")
+    assert text == "First paragraph here.\n\nSecond one, with words."
+
+
+def test_derived_id_is_stable():
+    a = Article(title="Big News: Today!", text="Body text.")
+    b = Article(title="Big News: Today!", text="Body text.")
+    assert a.ensure_id() == b.ensure_id()
+    assert a.id.startswith("big-news-today-")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"\xef\xbb\xbfhello", "hello"),
+    ("caf\u00e9".encode("utf-16"), "caf\u00e9"),
+    ("na\u00efve caf\u00e9 r\u00e9sum\u00e9 d\u00e9j\u00e0 vu, tr\u00e8s \u00e9l\u00e9gant".encode("latin-1"),
+     "na\u00efve caf\u00e9 r\u00e9sum\u00e9 d\u00e9j\u00e0 vu, tr\u00e8s \u00e9l\u00e9gant"),
+])
+def test_decode(data, expected):
+    assert decode(data) == expected
+
+
+def test_decode_refuses_binary():
+    with pytest.raises(IngestError, match="binary"):
+        decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+
+
+def test_bad_files_get_one_line_reasons(tmp_path):
+    (tmp_path / "good.txt").write_text("A headline\nThe body of a good article is here.")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "nul.txt").write_bytes(b"abc\x00def")
+    (tmp_path / "lines.jsonl").write_text(
+        json.dumps({"title": "T1", "text": "Text one."}) + "\n"
+        + "{not json\n"
+        + json.dumps({"title": "T3"}) + "\n"
+        + json.dumps({"title": "T4", "text": "Text four.", "id": "bad id!"}) + "\n"
+        + json.dumps({"title": "T5", "text": "Text five.", "published": "yesterday"}) + "\n"
+    )
+    items = [x for p in discover([tmp_path]) for x in (read_file(p) if not isinstance(p, Failure) else [p])]
+    good = [x for x in items if isinstance(x, Article)]
+    bad = {x.origin.rsplit("/", 1)[-1]: x.reason for x in items if isinstance(x, Failure)}
+    assert sorted(a.title for a in good) == ["A headline", "T1"]
+    assert "empty" in bad["empty.txt"]
+    assert "NUL" in bad["nul.txt"]
+    assert "not valid JSON" in bad["lines.jsonl:2"]
+    assert '"text"' in bad["lines.jsonl:3"]
+    assert "URL-safe" in bad["lines.jsonl:4"]
+    assert "ISO 8601" in bad["lines.jsonl:5"]
+    assert all("\n" not in r for r in bad.values())
+
+
+def test_symlink_out_of_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret text that must not be ingested.")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "link.txt").symlink_to(outside)
+    items = list(discover([folder]))
+    assert len(items) == 1 and isinstance(items[0], Failure)
+    assert "outside" in items[0].reason
+
+
+def test_html_main_text_and_metadata(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<html><head><title>Site | Story</title><link rel='canonical' href='https://news.example/story'>"
+        "<meta property='article:published_time' content='2024-12-08T10:00:00Z'></head><body>"
+        "<nav>Home News Sport Subscribe</nav><article><h1>Rebels enter the capital</h1>"
+        "<p>Rebel forces entered the capital in the early hours of Sunday, witnesses said.</p>"
+        "<p>The president left the country on a plane, two officers said on Sunday.</p></article>"
+        "<footer>Copyright 2024 Example News. All rights reserved.</footer></body></html>"
+    )
+    art = read_one(page)
+    assert art.title == "Rebels enter the capital"
+    assert art.url == "https://news.example/story"
+    assert art.published.startswith("2024-12-08")
+    assert "Rebel forces entered the capital" in art.text
+    assert "Home News Sport" not in art.text and "All rights reserved" not in art.text
+
+
+def test_markdown_title_and_text(tmp_path):
+    md = tmp_path / "story.md"
+    md.write_text("# The headline\n\nSome **bold** text with a [link](https://x.example).\n")
+    art = read_one(md)
+    assert art.title == "The headline"
+    assert art.text == "Some bold text with a link."
