@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import asdict
 
-from flask import Blueprint, Flask, abort, jsonify, render_template, request
+from flask import Blueprint, Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
@@ -17,7 +17,6 @@ from .service import get_service
 
 log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
-pages = Blueprint("pages", __name__)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -83,36 +82,6 @@ def openapi():
     return jsonify(spec(request.host_url.rstrip("/")))
 
 
-@pages.get("/")
-def home():
-    q = request.args.get("q", "")
-    results, error = None, None
-    if q.strip():
-        try:
-            results = run_search(q, request.args.get("k"))
-        except QAError as e:
-            error = e.message
-    return render_template("index.html", q=q, results=results, error=error)
-
-
-@pages.get("/articles/<article_id>")
-def article_page(article_id: str):
-    art = get_service().searcher().index.article(article_id)
-    if art is None:
-        abort(404, description=f"no article with id {article_id!r}")
-    text = art["text"]
-    # Paragraph-wise segments so the cited passage can be marked inside the text.
-    segments, pos = [], 0
-    for p in art["passages"]:
-        if p["start"] < pos:
-            continue
-        segments.append({"text": text[pos:p["start"]], "id": None})
-        segments.append({"text": text[p["start"]:p["end"]], "id": p["id"]})
-        pos = p["end"]
-    segments.append({"text": text[pos:], "id": None})
-    return render_template("article.html", art=art, segments=segments, q=request.args.get("q", ""))
-
-
 def _set_headers(resp):
     resp.headers.setdefault("Content-Security-Policy", CSP)
     resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -148,6 +117,8 @@ def _unexpected(e: Exception):
 
 
 def init_app(app: Flask) -> None:
+    from .pages import pages
+
     app.register_blueprint(api)
     app.register_blueprint(pages)
     app.after_request(_set_headers)
