@@ -160,3 +160,63 @@ def ask(question, k, index, as_json):
         click.echo(textwrap.fill(text, width=width, initial_indent="   ", subsequent_indent="   "))
         click.secho(f"   [{c.article_id} chars {c.start}-{c.end}] score {h.score:.3f}", dim=True)
         click.echo()
+
+
+@cli.command(name="eval")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-k", default=20, show_default=True, type=click.IntRange(1, 50), help="Passages retrieved per question.")
+@index_option
+@click.option("--mode", type=click.Choice(["hybrid", "lexical", "dense"]), default="hybrid", show_default=True,
+              help="Score with both sides (as the API does) or one side alone.")
+@click.option("--limit", type=int, default=None, help="Ask only every n-th question so that about this many are asked.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def eval_(file, k, index, mode, limit, as_json):
+    """Measure answer accuracy on a SQuAD-v1.1-format FILE (top-1/5/20 accuracy and MRR@20)."""
+    import dataclasses
+    import tempfile
+
+    from tqdm import tqdm
+
+    from .evaluate import KS, evaluate, load_squad
+    from .indexer import add_articles
+    from .search import Searcher
+
+    try:
+        articles, questions = load_squad(file)
+        if limit and limit < len(questions):
+            step = len(questions) / limit
+            questions = [questions[int(i * step)] for i in range(limit)]
+        with tempfile.TemporaryDirectory(prefix="qa-eval-") as tmp:
+            app, svc = _service(index or tmp)
+            if not index:
+                t0 = time.perf_counter()
+                with svc.writer() as w:
+                    bar = tqdm(total=len(articles), unit=" articles", desc="Indexing", file=sys.stderr, disable=None)
+                    report = add_articles(w, svc.embedder, articles, on_progress=lambda r, a: bar.update(1))
+                    bar.close()
+                click.echo(f"Indexed {report.added} articles, {report.passages} passages in "
+                           f"{time.perf_counter() - t0:.1f} s", err=True)
+            searcher = svc.searcher()
+            cfg = svc.cfg
+            if mode == "lexical":
+                cfg = dataclasses.replace(cfg, lexical_weight=1.0, dense_weight=0.0)
+            elif mode == "dense":
+                cfg = dataclasses.replace(cfg, lexical_weight=0.0, dense_weight=1.0)
+            searcher = Searcher(searcher.index, searcher.embedder, cfg)
+            bar = tqdm(total=len(questions), unit=" questions", desc="Asking", file=sys.stderr, disable=None)
+            result = evaluate(searcher, questions, k, on_progress=lambda n: bar.update(1))
+            bar.close()
+            result.mode = mode
+    except QAError as e:
+        _fail(e)
+    if as_json:
+        out = dataclasses.asdict(result)
+        out.pop("misses")
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"{result.questions} questions, {result.articles} articles, {result.passages} passages "
+               f"({result.mean_passage_words:.0f} words on average, at most {result.max_passage_tokens} word pieces)")
+    click.echo("| mode | " + " | ".join(f"acc@{n}" for n in KS) + " | MRR@20 | questions/s |")
+    click.echo("|---|" + "---|" * (len(KS) + 2))
+    click.echo(f"| {mode} | " + " | ".join(f"{result.accuracy[n]:.3f}" for n in KS)
+               + f" | {result.mrr:.3f} | {result.questions_per_second:.0f} |")
