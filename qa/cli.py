@@ -188,7 +188,7 @@ def eval_(file, k, index, mode, limit, as_json):
             questions = [questions[int(i * step)] for i in range(limit)]
         with tempfile.TemporaryDirectory(prefix="qa-eval-") as tmp:
             app, svc = _service(index or tmp)
-            if not index:
+            if not index or svc.is_empty():  # a given but empty folder is filled too, for reuse
                 t0 = time.perf_counter()
                 with svc.writer() as w:
                     bar = tqdm(total=len(articles), unit=" articles", desc="Indexing", file=sys.stderr, disable=None)
