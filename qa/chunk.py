@@ -77,54 +77,53 @@ def _split_long(text: str, span: tuple[int, int], budget: int, count: CountToken
 @dataclass(frozen=True)
 class ChunkConfig:
     max_tokens: int = 256      # the model's input size; nothing past it is ever seen
-    target_tokens: int = 192   # a window closes once it would pass this
-    min_tokens: int = 64       # a shorter paragraph is merged with the next one
-    overlap: int = 1           # sentences repeated between windows of one paragraph
+    stride_tokens: int = 128   # a new window starts about this far on: each sentence lands in ~2 windows
+    max_sentence_tokens: int = 200  # longer "sentences" (lists, run-ons) are cut at word boundaries
+
+
+def sentence_units(text: str, count: CountTokens, limit: int) -> list[tuple[int, int, int]]:
+    """Sentences of the whole text as (start, end, word pieces), over-long ones cut to fit `limit`."""
+    spans = [s for ps, pe in paragraph_spans(text) for s in sentence_spans(text, ps, pe)]
+    sizes = [n - 2 for n in count([text[a:b] for a, b in spans])] if spans else []
+    units = []
+    for (a, b), n in zip(spans, sizes):
+        if n > limit:
+            pieces = _split_long(text, (a, b), limit, count)
+            units.extend((x, y, m - 2) for (x, y), m in zip(pieces, count([text[x:y] for x, y in pieces])))
+        else:
+            units.append((a, b, n))
+    return units
 
 
 def chunk(text: str, title: str, count: CountTokens, cfg: ChunkConfig = ChunkConfig()) -> list[Passage]:
-    """Split `text` into passages that, with the title prefix, fit the model's input."""
-    prefix_tokens = count([title_prefix(title)])[0] if title else 2
-    budget = max(cfg.max_tokens - prefix_tokens - 2, 16)
-    target = min(cfg.target_tokens, budget)
+    """Cut `text` into overlapping sentence windows that, with the title prefix, fit the model's input.
 
-    units: list[tuple[int, int, int, int]] = []  # start, end, tokens, paragraph no.
-    for p, (ps, pe) in enumerate(paragraph_spans(text)):
-        spans = sentence_spans(text, ps, pe)
-        sizes = [n - 2 for n in count([text[a:b] for a, b in spans])] if spans else []
-        for (a, b), n in zip(spans, sizes):
-            if n > budget:
-                pieces = _split_long(text, (a, b), budget, count)
-                psizes = [m - 2 for m in count([text[x:y] for x, y in pieces])]
-                units.extend((x, y, m, p) for (x, y), m in zip(pieces, psizes))
-            else:
-                units.append((a, b, n, p))
+    Windows run across paragraph breaks and start every ~`stride_tokens`, so an
+    answer near one window's edge sits well inside the next; search collapses
+    overlapping windows so a reader never sees the same words twice.
+    """
+    prefix_tokens = count([title_prefix(title)])[0] if title else 2
+    budget = max(cfg.max_tokens - prefix_tokens - 2, 16)  # 2 spare: pieces counted apart sum a little low
+    units = sentence_units(text, count, min(cfg.max_sentence_tokens, budget))
 
     passages: list[Passage] = []
-    window: list[tuple[int, int, int, int]] = []
-
-    def emit() -> None:
-        s, e = window[0][0], window[-1][1]
-        passages.append(Passage(s, e, text[s:e]))
-
-    def size(w) -> int:
-        return sum(u[2] for u in w) + max(len(w) - 1, 0)
-
-    for unit in units:
-        if window:
-            new_paragraph = unit[3] != window[-1][3]
-            if new_paragraph and size(window) >= cfg.min_tokens:
-                emit()
-                window = []
-            elif size(window + [unit]) > (budget if new_paragraph else target):
-                emit()
-                keep = window[-cfg.overlap:] if cfg.overlap and not new_paragraph else []
-                while keep and size(keep + [unit]) > target:
-                    keep = keep[1:]
-                window = keep
-        window.append(unit)
-    if window:
-        emit()
+    i, last_end = 0, -1
+    while i < len(units):
+        j, used = i, 0
+        while j < len(units) and (used + units[j][2] <= budget or j == i):
+            used += units[j][2]
+            j += 1
+        if j - 1 > last_end:  # a window inside the previous one adds nothing
+            s, e = units[i][0], units[j - 1][1]
+            passages.append(Passage(s, e, text[s:e]))
+            last_end = j - 1
+        if j >= len(units):
+            break
+        k, skipped = i, 0
+        while k < j - 1 and skipped + units[k][2] <= cfg.stride_tokens:
+            skipped += units[k][2]
+            k += 1
+        i = max(k, i + 1)
     return _fit(passages, text, title, count, cfg.max_tokens)
 
 

@@ -20,7 +20,7 @@ texts = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(text=texts, title=st.text(max_size=40), budget=st.sampled_from([32, 64, 256]))
 def test_every_passage_slices_back_and_fits(text, title, budget):
-    cfg = ChunkConfig(max_tokens=budget, target_tokens=budget * 3 // 4, min_tokens=budget // 4)
+    cfg = ChunkConfig(max_tokens=budget, stride_tokens=budget // 2)
     passages = chunk(text, title, count, cfg)
     for p in passages:
         assert text[p.start:p.end] == p.text

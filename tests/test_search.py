@@ -16,11 +16,12 @@ def test_fts_query_quotes_everything():
 def test_fuse_weights_and_missing_scores():
     cfg = SearchConfig(lexical_weight=0.5, dense_weight=0.5)
     lexical = {1: 10.0, 2: 5.0, 3: 0.0}
-    dense = {1: 0.2, 2: 0.9, 4: 0.5}
+    dense = {1: 0.2, 2: 0.8, 4: 0.4}
     ranked = dict(fuse(lexical, dense, cfg))
-    assert ranked[1] == pytest.approx(0.5 * 1.0 + 0.5 * 0.0)
+    assert ranked[1] == pytest.approx(0.5 * 1.0 + 0.5 * 0.25)
     assert ranked[2] == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
-    assert ranked[4] == pytest.approx(0.5 * 0.0 + 0.5 * (0.3 / 0.7))
+    assert ranked[3] == pytest.approx(0.0)
+    assert ranked[4] == pytest.approx(0.5 * 0.0 + 0.5 * 0.5)
     assert max(ranked, key=ranked.get) == 2
     only_lexical = fuse(lexical, dense, SearchConfig(lexical_weight=1, dense_weight=0))
     assert only_lexical[0][0] == 1
