@@ -96,7 +96,13 @@ def sentence_units(text: str, count: CountTokens, limit: int) -> list[tuple[int,
 
 
 def chunk(text: str, title: str, count: CountTokens, cfg: ChunkConfig = ChunkConfig()) -> list[Passage]:
-    """Cut `text` into overlapping sentence windows that, with the title prefix, fit the model's input.
+    """Cut `text` into overlapping sentence windows that, with the title prefix, fit the model's input."""
+    return split(text, title, count, cfg)[1]
+
+
+def split(text: str, title: str, count: CountTokens,
+          cfg: ChunkConfig = ChunkConfig()) -> tuple[list[tuple[int, int, int]], list[Passage]]:
+    """Return the sentences (start, end, word pieces) and the passage windows built from them.
 
     Windows run across paragraph breaks and start every ~`stride_tokens`, so an
     answer near one window's edge sits well inside the next; search collapses
@@ -124,7 +130,7 @@ def chunk(text: str, title: str, count: CountTokens, cfg: ChunkConfig = ChunkCon
             skipped += units[k][2]
             k += 1
         i = max(k, i + 1)
-    return _fit(passages, text, title, count, cfg.max_tokens)
+    return units, _fit(passages, text, title, count, cfg.max_tokens)
 
 
 def _fit(passages: list[Passage], text: str, title: str, count: CountTokens, max_tokens: int) -> list[Passage]:

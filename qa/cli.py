@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -101,22 +103,27 @@ def serve(index, host, port, threads):
     from waitress import serve as waitress_serve
 
     app, svc = _service(index)
-    try:
-        if svc.is_empty():
-            seeds = Path(app.config["SEEDS_DIR"])
-            click.echo(f"The index in {svc.index_dir} is empty: building it from {seeds} ...", err=True)
-            report, took = run_ingest(svc, [seeds])
-            click.echo(f"  {report.added} articles, {report.passages} passages in {took:.1f} s", err=True)
-            for f in report.failures:
-                click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
-        t0 = time.perf_counter()
-        searcher = svc.searcher()
-        searcher.search("warm up", 1)  # load the model and touch the index before the first user
-        click.echo(f"Loaded {searcher.index.article_count} articles, {searcher.index.passage_count} passages "
-                   f"in {time.perf_counter() - t0:.1f} s", err=True)
-    except QAError as e:
-        _fail(e)
-    click.echo(f"Serving on http://{host}:{port}  (Ctrl+C to stop)", err=True)
+
+    def load() -> None:  # in the background, so /healthz answers and /readyz says 503 meanwhile
+        try:
+            if svc.is_empty():
+                seeds = Path(app.config["SEEDS_DIR"])
+                click.echo(f"The index in {svc.index_dir} is empty: building it from {seeds} ...", err=True)
+                report, took = run_ingest(svc, [seeds])
+                click.echo(f"  {report.added} articles, {report.passages} passages in {took:.1f} s", err=True)
+                for f in report.failures:
+                    click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
+            t0 = time.perf_counter()
+            searcher = svc.searcher(wait=True)
+            searcher.search("warm up", 1)  # load the model and touch the index before the first user
+            click.echo(f"Loaded {searcher.index.article_count} articles, {searcher.index.passage_count} passages "
+                       f"in {time.perf_counter() - t0:.1f} s", err=True)
+        except QAError as e:
+            click.secho(f"Error: {e.message}", fg="red", err=True)
+            os._exit(1)
+
+    threading.Thread(target=load, name="qa-load", daemon=True).start()
+    click.echo(f"Serving on http://{host}:{port}  (Ctrl+C to stop; /readyz answers 200 once loaded)", err=True)
     waitress_serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
                    _quiet=True)
 

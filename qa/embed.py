@@ -75,17 +75,30 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
+BACKENDS = ("onnx-int8", "onnx", "torch")
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX models are kept ($QA_CACHE_DIR, else ~/.cache/qa-news)."""
+    return Path(os.environ.get("QA_CACHE_DIR") or Path.home() / ".cache" / "qa-news")
+
+
 _cache: dict[tuple[str, str], Embedder] = {}
 _lock = threading.Lock()
 
 
-def get_embedder(name: str = DEFAULT_MODEL, backend: str = "torch") -> Embedder:
+def get_embedder(name: str = DEFAULT_MODEL, backend: str = "onnx-int8") -> Embedder:
     """Load a model once per process and hand out the same instance afterwards."""
     key = (name, backend)
     with _lock:
         if key not in _cache:
             if backend == "torch":
                 _cache[key] = SentenceTransformerEmbedder(name)
+            elif backend in ("onnx", "onnx-int8"):
+                from .onnx_backend import OnnxEmbedder
+
+                _cache[key] = OnnxEmbedder(model_path(name), cache_dir() / "onnx", quantize=backend == "onnx-int8")
             else:
-                raise QAError(f"unknown embedding backend {backend!r}; use 'torch'", code="bad_backend")
+                raise QAError(f"unknown embedding backend {backend!r}; use one of {', '.join(BACKENDS)}",
+                              code="bad_backend")
         return _cache[key]

@@ -25,6 +25,18 @@ class BadRequest(QAError):
     status = 400
 
 
+class Unauthorized(QAError):
+    """No credentials were sent (401); wrong ones are Forbidden (403)."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(QAError):
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(QAError):
     code = "not_found"
     status = 404
@@ -47,6 +59,10 @@ class IndexCorrupt(IndexError_):
 
 class IndexLocked(IndexError_):
     code = "index_locked"
+
+
+class NotReady(IndexError_):
+    code = "not_ready"
 
 
 class IngestError(QAError):

@@ -7,12 +7,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .chunk import ChunkConfig, chunk, title_prefix
+from .chunk import ChunkConfig, split, title_prefix
 from .embed import Embedder
 from .ingest import Article, Failure, discover, read_file
+from .sentences import NewSentence, passage_vector
 from .store import NewPassage, Writer
 
-BATCH_PASSAGES = 256  # articles are committed in groups of about this many passages
+BATCH_SENTENCES = 512  # articles are committed in groups of about this many sentences
 
 
 @dataclass
@@ -46,20 +47,20 @@ def add_articles(
 ) -> Report:
     """Chunk, embed and store articles, committing whole articles in batches."""
     report = Report()
-    batch: list[tuple[Article, list]] = []
+    batch: list[tuple[Article, list, list]] = []
     pending = 0
     seen: set[str] = set()
+
+    def key(text: str) -> str:
+        return hashlib.sha1(f"{writer.model}\0{text}".encode()).hexdigest()
 
     def flush() -> None:
         nonlocal batch, pending
         if not batch:
             return
-        inputs = {}
-        for art, chunks in batch:
-            prefix = title_prefix(art.title)
-            for c in chunks:
-                text = prefix + c.text
-                inputs[hashlib.sha1(f"{writer.model}\0{text}".encode()).hexdigest()] = text
+        # Only sentences go through the model; each is embedded once, ever.
+        inputs = {key(title_prefix(art.title) + art.text[a:b]): title_prefix(art.title) + art.text[a:b]
+                  for art, units, _ in batch for a, b, _n in units}
         vectors = writer.cached_vectors(inputs)
         todo = [h for h in inputs if h not in vectors]
         if todo:
@@ -67,13 +68,13 @@ def add_articles(
                 vectors[h] = v
             report.embedded += len(todo)
         items = []
-        for art, chunks in batch:
+        for art, units, chunks in batch:
             prefix = title_prefix(art.title)
-            news = []
-            for c in chunks:
-                h = hashlib.sha1(f"{writer.model}\0{prefix + c.text}".encode()).hexdigest()
-                news.append(NewPassage(c.start, c.end, h, vectors[h]))
-            items.append((art, news))
+            sents = [NewSentence(a, b, n, key(prefix + art.text[a:b]), vectors[key(prefix + art.text[a:b])])
+                     for a, b, n in units]
+            news = [NewPassage(c.start, c.end, key("passage\0" + prefix + c.text), passage_vector(sents, c.start, c.end))
+                    for c in chunks]
+            items.append((art, news, sents))
         writer.add(items)
         batch, pending = [], 0
 
@@ -87,12 +88,12 @@ def add_articles(
                 report.duplicates += 1
             else:
                 seen.add(h)
-                chunks = chunk(item.text, item.title, embedder.count_tokens, chunking)
-                batch.append((item, chunks))
-                pending += len(chunks)
+                units, chunks = split(item.text, item.title, embedder.count_tokens, chunking)
+                batch.append((item, units, chunks))
+                pending += len(units)
                 report.added += 1
                 report.passages += len(chunks)
-                if pending >= BATCH_PASSAGES:
+                if pending >= BATCH_SENTENCES:
                     flush()
         if on_progress:
             on_progress(report, item)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,9 +16,22 @@ from pathlib import Path
 from .errors import IngestError
 
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
-MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_FILE_BYTES = 32 * 1024 * 1024  # per file, and per line of a .jsonl (which is streamed, so has no file limit)
 MAX_ARTICLE_CHARS = 2_000_000
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def max_file_bytes() -> int:
+    """The size limit of one file or .jsonl line: $QA_MAX_FILE_BYTES, else MAX_FILE_BYTES."""
+    try:
+        return int(os.environ.get("QA_MAX_FILE_BYTES") or MAX_FILE_BYTES)
+    except ValueError:
+        return MAX_FILE_BYTES
+
+
+def _size_error(what: str, size: int, limit: int) -> IngestError:
+    return IngestError(f"{what} too large ({size:,} bytes; the limit is {limit:,}, set by QA_MAX_FILE_BYTES)")
 
 
 @dataclass
@@ -193,10 +207,17 @@ def _sidecar(path: Path) -> dict:
     return data
 
 
+def article_from_json(record: object, where: str) -> Article:
+    """Build an article from one `.jsonl` record (a parsed JSON object); IngestError says what is wrong."""
+    return _from_fields(record, where)
+
+
 def _from_fields(d: dict, where: str, *, clean: bool = True) -> Article:
     """Build an article from `.jsonl`-style fields, validating each."""
     if not isinstance(d, dict):
         raise IngestError(f"{where}: expected a JSON object")
+    # JSON can carry lone surrogates ("\ud800"), which no UTF-8 store or hash accepts.
+    d = {k: _SURROGATE.sub("\ufffd", v) if isinstance(v, str) else v for k, v in d.items()}
     text, title = d.get("text"), d.get("title")
     if not isinstance(text, str) or not text.strip():
         raise IngestError(f"{where}: missing or empty \"text\"")
@@ -216,8 +237,8 @@ def _from_fields(d: dict, where: str, *, clean: bool = True) -> Article:
             continue
         if not isinstance(value, str):
             raise IngestError(f"{where}: \"{key}\" must be a string")
-        setattr(art, key, value.strip())
-    if art.id is not None and not ID_RE.match(art.id):
+        setattr(art, key, value if key == "id" else value.strip())  # an id is used as given, or refused
+    if art.id is not None and not ID_RE.fullmatch(art.id):
         raise IngestError(f"{where}: id {art.id!r} must be 1-128 URL-safe characters (letters, digits, . _ ~ -)")
     if art.published:
         try:
@@ -266,16 +287,23 @@ def read_file(path: Path) -> Iterator[Article | Failure]:
     """Yield the articles in one file, or a Failure for each part that cannot be read."""
     where = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise IngestError(f"file too large ({size / 2**20:.1f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB)")
-        if size == 0:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise IngestError("not a regular file")
+        if st.st_size == 0:
             raise IngestError("empty file")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             yield from _read_jsonl(path)
             return
-        raw = decode(path.read_bytes())
+        limit = max_file_bytes()
+        if st.st_size > limit:
+            raise _size_error("file", st.st_size, limit)
+        with path.open("rb") as f:
+            data = f.read(limit + 1)  # never more than the limit in memory, even if the file grows meanwhile
+        if len(data) > limit:
+            raise _size_error("file", len(data), limit)
+        raw = decode(data)
         if not raw.strip():
             raise IngestError("empty file (only whitespace)")
         if suffix in (".html", ".htm"):
@@ -290,15 +318,37 @@ def read_file(path: Path) -> Iterator[Article | Failure]:
         fields = {"title": title, **meta, "text": raw}
         yield _from_fields({**fields, "text": "\n\n".join(raw.splitlines())}, where)
     except IngestError as e:
-        yield Failure(where, e.message)
+        yield Failure(where, e.message.removeprefix(f"{where}: "))
     except OSError as e:
         yield Failure(where, f"cannot read: {e.strerror or e}")
 
 
+def _lines(f, limit: int) -> Iterator[bytes | int]:
+    """Yield the lines of a binary file, or the byte length of a line longer than `limit` (skipped unread)."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = f.readline(1 << 20)
+            if not line:
+                break
+            size += len(line)
+        yield size
+
+
 def _read_jsonl(path: Path) -> Iterator[Article | Failure]:
+    limit = max_file_bytes()
     with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(_lines(f, limit), 1):
             where = f"{path}:{n}"
+            if isinstance(line, int):
+                yield Failure(where, _size_error("line", line, limit).message)
+                continue
             if not line.strip():
                 continue
             try:
@@ -328,6 +378,10 @@ def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
         base = root.resolve()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for d in dirnames:  # os.walk does not enter linked folders; say so when one leads out
+                link = Path(dirpath) / d
+                if link.is_symlink() and not link.resolve().is_relative_to(base):
+                    yield Failure(str(link), f"symlink leads outside {root} (to {link.resolve()}); skipped")
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 if name.startswith(".") or p.suffix.lower() not in SUFFIXES:

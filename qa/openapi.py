@@ -85,9 +85,42 @@ _article = {
 }
 
 
+_new_article = {
+    "type": "object",
+    "required": ["text"],
+    "description": "one article, as on a .jsonl line; an existing id is replaced; null means absent",
+    "properties": {
+        "title": {**_nullable_str, "description": "taken from the text when missing or empty"},
+        "text": {"type": "string", "minLength": 1, "description": "blank lines separate paragraphs"},
+        "id": {**_nullable_str, "pattern": "^([A-Za-z0-9][A-Za-z0-9._~-]{0,127})?$",
+               "description": "URL-safe; derived from the title and text when missing or empty"},
+        "url": _nullable_str,
+        "source": _nullable_str,
+        "author": _nullable_str,
+        "published": {**_nullable_str, "pattern": "^(\\d{4}-?\\d{2}-?\\d{2}([T ].*)?)?$",
+                      "description": "ISO 8601 date or date-time"},
+    },
+}
+
+_write_result = {
+    "type": "object",
+    "required": ["id", "status", "generation"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["added", "unchanged", "deleted"]},
+        "passages": {"type": "integer", "minimum": 0},
+        "generation": {"type": "integer", "minimum": 0},
+    },
+}
+
+# Text with something besides white space and no NUL: what validate() accepts.
+_QUERY_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+
+
 def _errors(*codes: int) -> dict:
-    names = {400: "Bad request", 404: "Not found", 413: "Body too large", 415: "Not JSON",
-             500: "Internal error", 503: "Index not available"}
+    names = {400: "Bad request", 401: "No admin token", 403: "Wrong admin token", 404: "Not found",
+             413: "Body too large", 415: "Not JSON", 500: "Internal error",
+             503: "Index not available, still loading, or locked by a writer"}
     return {
         str(c): {"description": names[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         for c in codes
@@ -99,13 +132,44 @@ def _ok(schema_ref: str, description: str) -> dict:
                     "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}}}}}
 
 
-def spec(server_url: str = "") -> dict:
-    """Return the OpenAPI 3.0 document."""
+def _admin_paths() -> dict:
+    security = [{"bearer": []}]
+    return {
+        "/api/articles": {
+            "post": {
+                "summary": "Add one article (admin token); it is searchable when this answers",
+                "operationId": "addArticle",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/NewArticle"}}}},
+                "responses": {
+                    "201": {"description": "Added", "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/WriteResult"}}}},
+                    "200": {"description": "Already there with the same text: nothing changed",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
+                    **_errors(400, 401, 403, 413, 415, 500, 503),
+                },
+            }
+        },
+        "/api/articles/{article_id}": {
+            "delete": {
+                "summary": "Delete an article and its passages (admin token)",
+                "operationId": "deleteArticle",
+                "security": security,
+                "parameters": [{"name": "article_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {**_ok("WriteResult", "Deleted"), **_errors(400, 401, 403, 404, 500, 503)},
+            }
+        },
+    }
+
+
+def spec(server_url: str = "", admin: bool = False) -> dict:
+    """Return the OpenAPI 3.0 document (with the write operations when an admin token is set)."""
     q_param = {"name": "q", "in": "query", "required": True, "description": "the question",
-               "schema": {"type": "string", "minLength": 1, "maxLength": 1000}}
+               "schema": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": _QUERY_PATTERN}}
     k_param = {"name": "k", "in": "query", "required": False, "description": "how many passages (default 5)",
                "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}
-    return {
+    doc = {
         "openapi": "3.0.3",
         "info": {
             "title": "News question answering",
@@ -129,8 +193,10 @@ def spec(server_url: str = "") -> dict:
                         "content": {"application/json": {"schema": {
                             "type": "object",
                             "required": ["q"],
-                            "properties": {"q": {"type": "string", "minLength": 1, "maxLength": 1000},
-                                           "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}},
+                            "properties": {"q": {"type": "string", "minLength": 1, "maxLength": 1000,
+                                                 "pattern": _QUERY_PATTERN},
+                                           "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5,
+                                                 "nullable": True}},
                         }}},
                     },
                     "responses": {**_ok("SearchResponse", "The best passages, best first"),
@@ -174,3 +240,9 @@ def spec(server_url: str = "") -> dict:
             }
         },
     }
+    if admin:
+        for path, ops in _admin_paths().items():
+            doc["paths"].setdefault(path, {}).update(ops)
+        doc["components"]["schemas"].update(NewArticle=_new_article, WriteResult=_write_result)
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 
 import snowballstemmer
@@ -23,7 +24,7 @@ STOPWORDS = frozenset(
     which while who whom why will with would you your yours yourself yourselves s t""".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
-_stemmer = snowballstemmer.stemmer("porter")
+_local = threading.local()  # snowball stemmers keep state per call: one per thread
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SearchConfig:
     dense_weight: float = 0.65
     # A passage's dense score leans on its best sentence: an answer is usually one
     # sentence, and a whole-window vector blurs it with its neighbours.
-    sentence_weight: float = 0.7
+    sentence_weight: float = 0.85
     candidates: int = 100      # taken from each side before fusion
     title_weight: float = 1.0  # bm25 weight of the title column
     max_query_chars: int = 1000
@@ -127,7 +128,10 @@ def _overlaps(a: PassageRow, b: PassageRow) -> bool:
 
 
 def stem(word: str) -> str:
-    return _stemmer.stemWord(word.lower())
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = snowballstemmer.stemmer("porter")
+    return stemmer.stemWord(word.lower())
 
 
 def highlight(text: str, terms: list[str], idf: dict[str, float]) -> list[dict]:

@@ -11,9 +11,11 @@ from flask import Flask, current_app
 
 from .chunk import ChunkConfig
 from .embed import Embedder, get_embedder
+from .errors import IndexCorrupt, NotReady
 from .indexer import Report, add_articles, iter_articles
+from .ingest import Article
 from .search import SearchConfig, Searcher
-from .store import MANIFEST_NAME, Index, Writer, read_manifest
+from .store import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class Service:
         self._searcher: Searcher | None = None
         self._stamp: tuple | None = None
         self._lock = threading.Lock()
+        self.reload_error: str | None = None  # why the newest snapshot could not be loaded, if it could not
 
     @property
     def embedder(self) -> Embedder:
@@ -43,18 +46,46 @@ class Service:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def searcher(self) -> Searcher:
-        """The searcher over the newest published snapshot (checked with one stat per call)."""
+    def searcher(self, wait: bool = False) -> Searcher:
+        """The searcher over the newest published snapshot (checked with one stat per call).
+
+        While one thread loads a new snapshot the others keep answering from the
+        current one; if the new one cannot be loaded, the current one keeps serving.
+        """
         stamp = self._manifest_stamp()
-        if self._searcher is None or stamp != self._stamp:
-            with self._lock:
-                if self._searcher is None or stamp != self._stamp:
-                    index = Index.load(self.index_dir, self.model, self.embedder.dim)
-                    if self._searcher is not None:
-                        log.info("loaded index generation %d (%d passages)", index.generation, index.passage_count)
-                    self._searcher = Searcher(index, self.embedder, self.cfg)
-                    self._stamp = stamp
-        return self._searcher
+        current = self._searcher
+        if current is not None and stamp == self._stamp:
+            return current
+        if current is None and stamp is None:  # say so at once, without loading the model
+            raise IndexCorrupt(f"no index in {self.index_dir}; run `qa ingest PATH --index {self.index_dir}` first",
+                               code="index_missing")
+        if not self._lock.acquire(blocking=wait):
+            if current is None:
+                raise NotReady("the index is still loading; try again in a moment")
+            return current
+        try:
+            if self._searcher is None or stamp != self._stamp:
+                self._load(stamp)
+            return self._searcher
+        finally:
+            self._lock.release()
+
+    def _load(self, stamp: tuple | None) -> None:
+        try:
+            index = Index.load(self.index_dir, self.model, self.embedder.dim)
+        except Exception as e:
+            if self._searcher is None:
+                raise
+            # Keep the last good snapshot; retry when the manifest changes again.
+            self._stamp = stamp
+            self.reload_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            log.error("cannot load the new index snapshot, still serving generation %d: %s",
+                      self._searcher.index.generation, self.reload_error)
+            return
+        if self._searcher is not None:
+            log.info("loaded index generation %d (%d passages)", index.generation, index.passage_count)
+        self._searcher = Searcher(index, self.embedder, self.cfg)
+        self._stamp, self.reload_error = stamp, None
 
     @property
     def ready(self) -> bool:
@@ -65,12 +96,39 @@ class Service:
         return manifest is None or int(manifest.get("articles", 0)) == 0
 
     def writer(self, wait: float = 0.0) -> Writer:
-        return Writer(self.index_dir, self.model, self.embedder.dim, wait=wait)
+        """Take the writer lock, then load the model: a second writer is refused before it spends time loading."""
+        lock = lock_index(self.index_dir, wait)
+        try:
+            dim = self.embedder.dim
+        except BaseException:
+            lock.close()
+            raise
+        return Writer(self.index_dir, self.model, dim, lock=lock)
 
     def ingest(self, paths, chunking: ChunkConfig = ChunkConfig(), on_progress=None, wait: float = 0.0) -> Report:
         """Add files and folders to the index."""
         with self.writer(wait) as w:
             return add_articles(w, self.embedder, iter_articles(paths), chunking, on_progress)
+
+    def add(self, article: Article, wait: float = 2.0) -> dict:
+        """Add (or replace, by id) one article and publish the new snapshot at once."""
+        with self.writer(wait) as w:
+            report = add_articles(w, self.embedder, [article])
+            article_id = article.id if report.added else w.id_of(article.content_hash)
+            passages = w.conn.execute("SELECT count(*) FROM passages WHERE article_id = ?", (article_id,)).fetchone()[0]
+            generation = w.save()["generation"] if w.dirty else w.generation
+        self.searcher(wait=True)  # read-your-writes for the next request
+        return {"id": article_id, "status": "added" if report.added else "unchanged",
+                "passages": passages, "generation": generation}
+
+    def delete(self, article_id: str, wait: float = 2.0) -> int | None:
+        """Delete an article from both stores and publish; the new generation, or None if there was no such article."""
+        with self.writer(wait) as w:
+            if not w.delete(article_id):
+                return None
+            generation = w.save()["generation"]
+        self.searcher(wait=True)
+        return generation
 
 
 def service_from_config(config) -> Service:

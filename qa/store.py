@@ -1,9 +1,24 @@
 """The index folder: SQLite (articles, passages, FTS5) + FAISS (vectors) + a JSON manifest.
 
-SQLite is the source of truth, vectors included; `vectors.faiss` is a fast copy
-of them that is rebuilt whenever it does not match the database's generation.
-Every file is written under a temporary name and moved into place with
-`os.replace`, so a reader never sees half an index.
+How the three files stay in step, and what happens when they do not:
+
+- SQLite is the source of truth, vectors included. Every change is one
+  transaction of whole articles, stamped with a new generation number.
+- `vectors.faiss` is a fast copy of the vectors; `manifest.json` vouches for
+  it (model, dimension, article and passage counts, generation). Both are
+  written under a temporary name, fsynced and moved into place with
+  `os.replace`, faiss first: a crash leaves the old pair, or a new faiss with
+  the old manifest, never half a file.
+- A reader serves exactly the published generation: every query filters
+  `gen <= manifest generation`, so rows a writer committed later (or a killed
+  writer left unpublished) stay invisible until the next publish.
+- On load, a faiss file that does not match its manifest (count, dimension)
+  is rebuilt from SQLite with a logged warning. A manifest or database that
+  cannot be read, or a database older than its manifest, refuses to load with
+  an `index_corrupt` message saying what to do; a running server keeps
+  serving its last good snapshot (see `service.Service.searcher`).
+- One writer at a time (`flock` on `.lock`); the next writer republishes
+  whatever a crashed one committed but did not publish.
 """
 
 from __future__ import annotations
@@ -15,7 +30,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,12 +40,15 @@ import faiss
 import numpy as np
 
 from .errors import IndexCorrupt, IndexLocked, ModelMismatch
+from .sentences import SentenceIndex
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME, FAISS_NAME, MANIFEST_NAME, LOCK_NAME = "qa.sqlite3", "vectors.faiss", "manifest.json", ".lock"
 HNSW_ABOVE = 200_000  # exact search below this many passages, HNSW above
+PUBLISH_EVERY = 2.0  # seconds between snapshots published during a long ingest
+MANIFEST_KEYS = ("model", "dim", "generation", "passages", "articles")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +73,17 @@ CREATE TABLE IF NOT EXISTS passages (
 );
 CREATE INDEX IF NOT EXISTS passages_article ON passages(article_id);
 CREATE INDEX IF NOT EXISTS passages_embed_hash ON passages(embed_hash);
+CREATE TABLE IF NOT EXISTS sentences (
+    id INTEGER PRIMARY KEY,
+    article_id TEXT NOT NULL REFERENCES articles(id) ON DELETE CASCADE,
+    start_char INTEGER NOT NULL,
+    end_char INTEGER NOT NULL,
+    embed_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    gen INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sentences_article ON sentences(article_id);
+CREATE INDEX IF NOT EXISTS sentences_embed_hash ON sentences(embed_hash);
 CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(title, text, tokenize='porter unicode61');
 CREATE VIRTUAL TABLE IF NOT EXISTS passages_vocab USING fts5vocab(passages_fts, 'row');
 """
@@ -74,13 +104,21 @@ class PassageRow:
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.DatabaseError as e:
+        raise _corrupt_db(path, e) from None
     return conn
+
+
+def _corrupt_db(path: Path, e: Exception) -> IndexCorrupt:
+    return IndexCorrupt(f"{path} is not a readable index database ({e}); restore it from a backup, "
+                        f"or delete the folder {path.parent} and ingest again")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,12 +141,22 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def read_manifest(path: Path) -> dict | None:
+    """The manifest of an index folder, None when there is none; IndexCorrupt when it is unusable."""
     try:
-        return json.loads((path / MANIFEST_NAME).read_text("utf-8"))
+        manifest = json.loads((path / MANIFEST_NAME).read_text("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise IndexCorrupt(f"{path / MANIFEST_NAME} is unreadable ({e}); delete the index folder and ingest again") from None
+        manifest, problem = None, str(e)
+    else:
+        missing = [k for k in MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+        problem = f"missing {', '.join(missing)}" if missing else None
+        if not problem and not all(isinstance(manifest[k], int) for k in ("dim", "generation", "passages", "articles")):
+            problem = "counts are not whole numbers"
+    if problem:
+        raise IndexCorrupt(f"{path / MANIFEST_NAME} is unreadable ({problem}); run `qa ingest PATH --index {path}` "
+                           "to republish it from the database, or delete the folder and ingest again")
+    return manifest
 
 
 def _new_faiss(dim: int, n: int) -> faiss.Index:
@@ -119,38 +167,66 @@ def _new_faiss(dim: int, n: int) -> faiss.Index:
 class Index:
     """A read-only snapshot of an index folder, safe to share between threads."""
 
-    def __init__(self, path: Path, manifest: dict, vectors: faiss.Index):
+    def __init__(self, path: Path, manifest: dict, vectors: faiss.Index, sentences: SentenceIndex | None = None):
         self.path = path
         self.manifest = manifest
         self.generation = int(manifest["generation"])
         self.vectors = vectors
+        self.sentences = sentences
         self._local = threading.local()
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None) -> Index:
-        """Open the index in `path`, checking that it was built with `model`."""
+        """Open the published snapshot in `path`, checking that it was built with `model`."""
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest is None or not (path / DB_NAME).exists():
-            raise IndexCorrupt(f"no index in {path}; run `qa ingest PATH --index {path}` first", code="index_missing")
-        check_model(manifest, path, model, dim)
-        gen = int(manifest["generation"])
-        vectors = None
-        try:
-            vectors = faiss.read_index(str(path / FAISS_NAME))
-        except Exception as e:  # faiss raises RuntimeError for any bad file
-            log.warning("cannot read %s (%s); rebuilding vectors from the database", path / FAISS_NAME, e)
+        for _ in range(5):
+            manifest = read_manifest(path)
+            if manifest is None or not (path / DB_NAME).exists():
+                raise IndexCorrupt(f"no index in {path}; run `qa ingest PATH --index {path}` first", code="index_missing")
+            check_model(manifest, path, model, dim)
+            try:
+                vectors = faiss.read_index(str(path / FAISS_NAME))
+            except Exception as e:  # faiss raises RuntimeError for any bad file
+                log.warning("cannot read %s (%s); rebuilding vectors from the database", path / FAISS_NAME, e)
+                vectors = None
+            # A writer may have published between the two reads: then take the newer pair.
+            if read_manifest(path) == manifest:
+                break
+        gen, dim = manifest["generation"], manifest["dim"]
         conn = _connect(path / DB_NAME, readonly=True)
         try:
-            count = conn.execute("SELECT count(*) FROM passages WHERE gen <= ?", (gen,)).fetchone()[0]
-            if vectors is None or vectors.ntotal != count or vectors.d != int(manifest["dim"]):
+            db_gen, count = _db_state(conn, path / DB_NAME, gen)
+            if db_gen < gen or count > manifest["passages"]:
+                raise IndexCorrupt(
+                    f"{path / DB_NAME} (generation {db_gen}, {count} passages) does not match {MANIFEST_NAME} "
+                    f"(generation {gen}, {manifest['passages']} passages): the files come from different runs; "
+                    f"restore the folder as a whole, or run `qa ingest PATH --index {path}` to republish from the database")
+            if vectors is None or vectors.ntotal != manifest["passages"] or vectors.d != dim:
                 if vectors is not None:
-                    log.warning("%s holds %d vectors but the database has %d passages at generation %d; "
-                                "rebuilding vectors from the database", FAISS_NAME, vectors.ntotal, count, gen)
-                vectors = vectors_from_db(conn, int(manifest["dim"]), gen)
+                    log.warning("%s holds %d %d-dimensional vectors but %s vouches for %d %d-dimensional ones; "
+                                "rebuilding the vectors from the database", FAISS_NAME, vectors.ntotal, vectors.d,
+                                MANIFEST_NAME, manifest["passages"], dim)
+                vectors = vectors_from_db(conn, dim, gen)
+            sentences = SentenceIndex.load(conn, dim, gen)
+        except sqlite3.DatabaseError as e:
+            raise _corrupt_db(path / DB_NAME, e) from None
         finally:
             conn.close()
-        return cls(path, manifest, vectors)
+        return cls(path, manifest, vectors, sentences)
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Run the enclosed queries in one read transaction, so they all see the same database state."""
+        conn = self.db
+        if conn.in_transaction:  # nested: the outer block holds the snapshot
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:  # an error inside may have ended it already
+                conn.execute("COMMIT")
 
     # One connection per thread: sqlite3 connections must not be shared mid-query.
     @property
@@ -159,6 +235,18 @@ class Index:
         if conn is None:
             conn = self._local.conn = _connect(self.path / DB_NAME, readonly=True)
         return conn
+
+    @property
+    def has_sentences(self) -> bool:
+        return self.sentences is not None
+
+    def sentence_search(self, query: np.ndarray, n: int) -> list[int]:
+        """Passages owning the sentences nearest the query."""
+        return self.sentences.search(query, n) if self.sentences else []
+
+    def sentence_max(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+        """Each passage's best sentence score."""
+        return self.sentences.best(query, ids) if self.sentences else {}
 
     @property
     def passage_count(self) -> int:
@@ -187,8 +275,9 @@ class Index:
             return {}
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            f"SELECT rowid, -bm25(passages_fts, ?, 1.0) FROM passages_fts WHERE passages_fts MATCH ? AND rowid IN ({marks})",
-            (title_weight, match, *ids),
+            "SELECT f.rowid, -bm25(passages_fts, ?, 1.0) FROM passages_fts f JOIN passages p ON p.id = f.rowid "
+            f"WHERE passages_fts MATCH ? AND f.rowid IN ({marks}) AND p.gen <= ?",
+            (title_weight, match, *ids, self.generation),
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
@@ -216,26 +305,29 @@ class Index:
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
             "SELECT p.id, p.article_id, p.start_char, p.end_char, substr(a.text, p.start_char + 1, p.end_char - p.start_char) AS text, "
-            f"a.title, a.url, a.source, a.published FROM passages p JOIN articles a ON a.id = p.article_id WHERE p.id IN ({marks})",
-            list(ids),
+            f"a.title, a.url, a.source, a.published FROM passages p JOIN articles a ON a.id = p.article_id "
+            f"WHERE p.id IN ({marks}) AND p.gen <= ?",
+            [*ids, self.generation],
         ).fetchall()
         return {r[0]: PassageRow(*r) for r in rows}
 
     def article(self, article_id: str) -> dict | None:
         """Return an article with its passages' offsets, or None."""
-        row = self.db.execute(
-            "SELECT id, title, url, source, author, published, text FROM articles WHERE id = ? AND gen <= ?",
-            (article_id, self.generation),
-        ).fetchone()
-        if row is None:
-            return None
-        art = dict(row)
-        art["passages"] = [
-            {"id": r[0], "start": r[1], "end": r[2]}
-            for r in self.db.execute(
-                "SELECT id, start_char, end_char FROM passages WHERE article_id = ? ORDER BY start_char", (article_id,)
-            )
-        ]
+        with self.reading():
+            row = self.db.execute(
+                "SELECT id, title, url, source, author, published, text FROM articles WHERE id = ? AND gen <= ?",
+                (article_id, self.generation),
+            ).fetchone()
+            if row is None:
+                return None
+            art = dict(row)
+            art["passages"] = [
+                {"id": r[0], "start": r[1], "end": r[2]}
+                for r in self.db.execute(
+                    "SELECT id, start_char, end_char FROM passages WHERE article_id = ? AND gen <= ? ORDER BY start_char",
+                    (article_id, self.generation),
+                )
+            ]
         return art
 
     def doc_freqs(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
@@ -245,6 +337,19 @@ class Index:
         marks = ",".join("?" * len(terms))
         rows = self.db.execute(f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", list(terms)).fetchall()
         return {r[0]: r[1] for r in rows}, self.passage_count
+
+
+def _db_state(conn: sqlite3.Connection, path: Path, gen: int) -> tuple[int, int]:
+    """The database's generation and its passage count up to `gen`; IndexCorrupt when it is not an index."""
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        count = conn.execute("SELECT count(*) FROM passages WHERE gen <= ?", (gen,)).fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise _corrupt_db(path, e) from None
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise IndexCorrupt(f"{path} has schema version {meta.get('schema_version')!r}; this qa reads version "
+                           f"{SCHEMA_VERSION}: delete the folder and ingest again")
+    return int(meta.get("generation", 0)), count
 
 
 def check_model(manifest: dict, path: Path, model: str | None, dim: int | None) -> None:
@@ -278,47 +383,73 @@ class NewPassage:
     vector: np.ndarray
 
 
+def lock_index(path: str | os.PathLike, wait: float = 0.0):
+    """Take the index folder's writer lock (an open file; closing it releases the lock)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / LOCK_NAME, "a+")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                raise IndexLocked(f"index is locked: another writer (a `qa ingest`?) is writing to {path}; "
+                                  "wait for it to finish, or pass --wait SECONDS") from None
+            time.sleep(0.1)
+    # The holder's pid, for people wondering who holds it (the kernel drops the lock when it dies).
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 class Writer:
     """The single writer of an index folder: holds its lock, adds and deletes articles."""
 
-    def __init__(self, path: str | os.PathLike, model: str, dim: int, wait: float = 0.0):
+    def __init__(self, path: str | os.PathLike, model: str, dim: int, wait: float = 0.0, lock=None):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path / LOCK_NAME, "a+")
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    self._lock_file.close()
-                    raise IndexLocked(
-                        f"index is locked: another `qa ingest` is writing to {self.path}; wait for it to finish"
-                    ) from None
-                time.sleep(0.2)
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(str(os.getpid()))
-        self._lock_file.flush()
-        manifest = read_manifest(self.path)
+        self._lock_file = lock if lock is not None else lock_index(self.path, wait)
+        try:
+            self._open(model, dim)
+        except BaseException:
+            self._lock_file.close()
+            raise
+
+    def _open(self, model: str, dim: int) -> None:
+        for stale in self.path.glob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock
+            stale.unlink(missing_ok=True)
+        try:
+            manifest = read_manifest(self.path)
+        except IndexCorrupt as e:  # the database is the truth: republish from it
+            log.warning("%s; republishing it from the database", e.message)
+            manifest = None
         if manifest:
             check_model(manifest, self.path, model, dim)
         self.model, self.dim = model, dim
         self.conn = _connect(self.path / DB_NAME)
-        self.conn.executescript(SCHEMA)
-        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-        self.generation = int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
-        self.vectors = vectors_from_db(self.conn, dim)
-        self.dirty = manifest is None or int(manifest.get("generation", -1)) != self.generation
+        try:
+            self.conn.executescript(SCHEMA)
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            self.generation = int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+            self.vectors = vectors_from_db(self.conn, dim)
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise _corrupt_db(self.path / DB_NAME, e) from None
+        self.dirty = manifest is None or manifest["generation"] != self.generation
+        self._saved_at, self._save_took = time.monotonic(), 0.0
 
     def close(self) -> None:
-        if self.dirty:
-            self.save()
-        self.conn.close()
-        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-        self._lock_file.close()
+        try:
+            if self.dirty:
+                self.save()
+        finally:
+            self.conn.close()
+            self._lock_file.close()  # releases the flock
 
     def __enter__(self) -> Writer:
         return self
@@ -340,11 +471,12 @@ class Writer:
         for i in range(0, len(hashes), 500):
             part = hashes[i:i + 500]
             marks = ",".join("?" * len(part))
-            for h, blob in self.conn.execute(f"SELECT embed_hash, vector FROM passages WHERE embed_hash IN ({marks})", part):
-                out[h] = np.frombuffer(blob, dtype=np.float32)
+            for table in ("passages", "sentences"):
+                for h, blob in self.conn.execute(f"SELECT embed_hash, vector FROM {table} WHERE embed_hash IN ({marks})", part):
+                    out[h] = np.frombuffer(blob, dtype=np.float32)
         return out
 
-    def add(self, items: Sequence[tuple[object, Sequence[NewPassage]]]) -> None:
+    def add(self, items: Sequence[tuple]) -> None:
         """Add articles with their passages in one transaction: all of them or none."""
         gen = self.generation + 1
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -352,7 +484,7 @@ class Writer:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            for art, passages in items:
+            for art, passages, *more in items:  # (article, passages[, sentences])
                 old = c.execute("SELECT id FROM passages WHERE article_id = ?", (art.id,)).fetchall()
                 if old:  # same id, new content: the article was updated
                     removed += [r[0] for r in old]
@@ -373,6 +505,12 @@ class Writer:
                     c.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)", (pid, art.title, art.text[p.start:p.end]))
                     new_ids.append(pid)
                     new_vecs.append(vec)
+                for sent in (more[0] if more else ()):
+                    c.execute(
+                        "INSERT INTO sentences (article_id, start_char, end_char, embed_hash, vector, gen) VALUES (?,?,?,?,?,?)",
+                        (art.id, sent.start, sent.end, sent.embed_hash,
+                         np.ascontiguousarray(sent.vector, dtype=np.float32).tobytes(), gen),
+                    )
             c.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(gen),))
             c.execute("COMMIT")
         except BaseException:
@@ -384,11 +522,15 @@ class Writer:
         if new_ids:
             self.vectors.add_with_ids(np.vstack(new_vecs), np.asarray(new_ids, dtype=np.int64))
         self.dirty = True
+        # Publish now and then so a long ingest shows up while it runs, spending at most ~10% on it.
+        if time.monotonic() - self._saved_at >= max(PUBLISH_EVERY, 10 * self._save_took):
+            self.save()
 
     def _delete_rows(self, article_id: str) -> None:
         c = self.conn
         c.execute("DELETE FROM passages_fts WHERE rowid IN (SELECT id FROM passages WHERE article_id = ?)", (article_id,))
         c.execute("DELETE FROM passages WHERE article_id = ?", (article_id,))
+        c.execute("DELETE FROM sentences WHERE article_id = ?", (article_id,))
         c.execute("DELETE FROM articles WHERE id = ?", (article_id,))
 
     def delete(self, article_id: str) -> bool:
@@ -412,8 +554,14 @@ class Writer:
             self.dirty = True
         return found
 
+    def id_of(self, content_hash: str) -> str | None:
+        """The id of the stored article with this content, if any."""
+        row = self.conn.execute("SELECT id FROM articles WHERE content_hash = ?", (content_hash,)).fetchone()
+        return row[0] if row else None
+
     def save(self) -> dict:
-        """Write the FAISS file, then the manifest that vouches for it."""
+        """Publish a snapshot: write the FAISS file, then the manifest that vouches for it."""
+        t0 = time.monotonic()
         articles, passages = self.conn.execute(
             "SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM passages)"
         ).fetchone()
@@ -437,4 +585,6 @@ class Writer:
         }
         write_atomic(self.path / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
         self.dirty = False
+        self._saved_at = time.monotonic()
+        self._save_took = self._saved_at - t0
         return manifest

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
+import re
 import time
 from dataclasses import asdict
+from urllib.parse import unquote_to_bytes
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
-from .errors import BadRequest, NotFound, QAError
+from .errors import BadRequest, Forbidden, IndexLocked, IngestError, NotFound, QAError, Unauthorized
+from .ingest import article_from_json
 from .openapi import spec
 from .search import validate
 from .service import get_service
 
 log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
+admin = Blueprint("admin", __name__)  # registered only when an admin token is configured
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+MAX_ARTICLE_BODY = 4 * 1024 * 1024  # POST /api/articles may carry a long article; searches stay at MAX_CONTENT_LENGTH
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def error_body(code: str, message: str, status: int):
@@ -29,11 +37,34 @@ def error_body(code: str, message: str, status: int):
 def run_search(q, k) -> dict:
     """Validate, search and shape the API answer."""
     svc = get_service()
+    if isinstance(q, str):
+        # Checked before validate() strips, so a body the schema calls too long is refused, not trimmed.
+        if len(q) > svc.cfg.max_query_chars:
+            raise BadRequest(f"the query is too long ({len(q)} characters; at most {svc.cfg.max_query_chars})",
+                             code="query_too_long")
+        if _SURROGATE.search(q):  # lone surrogates from a JSON body are not text
+            raise BadRequest("q is not valid Unicode text", code="invalid_query")
     q, k = validate(q, k, svc.cfg)
+    searcher = svc.searcher()
+    g.generation = searcher.index.generation
     t0 = time.perf_counter()
-    hits = svc.searcher().search(q, k)
+    with searcher.index.reading():  # every query of this search sees the same database state
+        hits = searcher.search(q, k)
     took = (time.perf_counter() - t0) * 1000
     return {"query": q, "took_ms": round(took, 2), "results": [asdict(h) for h in hits]}
+
+
+def json_body() -> object:
+    """The request's JSON body, or a 415/400 error that says what to send."""
+    if not request.is_json:
+        raise QAError("send JSON with Content-Type: application/json", code="unsupported_media_type", status=415)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nesting deep enough to exhaust the parser's stack
+        body = None
+    if body is None:
+        raise BadRequest("the request body is not valid JSON", code="invalid_json")
+    return body
 
 
 @api.get("/api/search")
@@ -43,12 +74,7 @@ def search_get():
 
 @api.post("/api/search")
 def search_post():
-    if not request.is_json:
-        raise QAError("send the query as JSON with Content-Type: application/json, e.g. {\"q\": \"...\", \"k\": 5}",
-                      code="unsupported_media_type", status=415)
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("the request body is not valid JSON", code="invalid_json")
+    body = json_body()
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object like {\"q\": \"...\", \"k\": 5}", code="invalid_json")
     return jsonify(run_search(body.get("q"), body.get("k")))
@@ -56,7 +82,9 @@ def search_post():
 
 @api.get("/api/articles/<article_id>")
 def article_json(article_id: str):
-    art = get_service().searcher().index.article(article_id)
+    searcher = get_service().searcher()
+    g.generation = searcher.index.generation
+    art = searcher.index.article(article_id)
     if art is None:
         raise NotFound(f"no article with id {article_id!r}", code="article_not_found")
     return jsonify(art)
@@ -73,13 +101,71 @@ def readyz():
     if not svc.ready:
         return error_body("not_ready", "the index is still loading", 503)
     idx = svc.searcher().index
-    return jsonify({"status": "ready", "generation": idx.generation, "articles": idx.article_count,
-                    "passages": idx.passage_count, "model": idx.manifest.get("model")})
+    body = {"status": "ready", "generation": idx.generation, "articles": idx.article_count,
+            "passages": idx.passage_count, "model": idx.manifest.get("model")}
+    if svc.reload_error:  # still serving, but from an older snapshot
+        body["reload_error"] = svc.reload_error
+    return jsonify(body)
 
 
 @api.get("/openapi.json")
 def openapi():
-    return jsonify(spec(request.host_url.rstrip("/")))
+    return jsonify(spec(request.host_url.rstrip("/"), admin=admin_token() is not None))
+
+
+# --- writes (admin token only) ------------------------------------------------------
+
+def admin_token() -> str | None:
+    """The configured admin token, or None when writes are switched off."""
+    token = current_app.config.get("ADMIN_TOKEN")
+    if token is None or token == "":
+        return None
+    if not isinstance(token, str):  # from_prefixed_env parsed QA_ADMIN_TOKEN as JSON (e.g. digits)
+        token = os.environ.get("QA_ADMIN_TOKEN") or str(token)
+    return token
+
+
+@admin.before_request
+def require_token():
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("this needs the admin token: send Authorization: Bearer <token>")
+    if not hmac.compare_digest(given.strip().encode(), admin_token().encode()):
+        raise Forbidden("the admin token is wrong")
+
+
+@admin.post("/api/articles")
+def add_article():
+    request.max_content_length = MAX_ARTICLE_BODY
+    try:
+        article = article_from_json(json_body(), "request body")
+    except IngestError as e:
+        raise BadRequest(e.message.removeprefix("request body: "), code="invalid_article") from None
+    result = get_service().add(article)
+    status = 201 if result["status"] == "added" else 200
+    return jsonify(result), status, {"Location": f"/api/articles/{result['id']}"}
+
+
+@admin.delete("/api/articles/<article_id>")
+def delete_article(article_id: str):
+    generation = get_service().delete(article_id)
+    if generation is None:
+        raise NotFound(f"no article with id {article_id!r}", code="article_not_found")
+    return jsonify({"id": article_id, "status": "deleted", "generation": generation})
+
+
+# --- every request and response ---------------------------------------------------------
+
+def _check_encoding():
+    """Refuse a path or query string that is not UTF-8 (werkzeug would quietly turn it into U+FFFD)."""
+    # REQUEST_URI is the request line's target as sent (latin-1 per PEP 3333), before any decoding.
+    uri = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI")
+    if uri is None:
+        uri = request.environ.get("PATH_INFO", "") + "?" + request.environ.get("QUERY_STRING", "")
+    try:
+        unquote_to_bytes(uri.encode("latin-1").replace(b"+", b" ")).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadRequest("the URL is not valid UTF-8 (after percent-decoding)", code="invalid_encoding") from None
 
 
 def _set_headers(resp):
@@ -87,6 +173,8 @@ def _set_headers(resp):
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["Referrer-Policy"] = "no-referrer"
+    if "generation" in g:  # which snapshot answered, for clients that compare answers
+        resp.headers["X-Index-Generation"] = str(g.generation)
     return resp
 
 
@@ -108,7 +196,12 @@ def _http_error(e: HTTPException):
 
 
 def _qa_error(e: QAError):
-    return error_body(e.code, e.message, e.status)
+    resp, status = error_body(e.code, e.message, e.status)
+    if isinstance(e, Unauthorized):
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="qa"'
+    elif isinstance(e, IndexLocked):
+        resp.headers["Retry-After"] = "5"
+    return resp, status
 
 
 def _unexpected(e: Exception):
@@ -121,6 +214,10 @@ def init_app(app: Flask) -> None:
 
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    with app.app_context():
+        if admin_token() is not None:
+            app.register_blueprint(admin)
+    app.before_request(_check_encoding)
     app.after_request(_set_headers)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(QAError, _qa_error)

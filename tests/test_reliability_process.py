@@ -1,0 +1,367 @@
+"""The faults for real: kill -9 during `qa ingest`, two writers, a live server read during an ingest.
+
+One story, real processes and the real model throughout:
+1. an index holds two articles; `qa ingest` of 600 more is SIGKILLed after its first batch commits,
+   while a second `qa ingest` is refused with "index is locked";
+2. the folder is checked as the kill left it (a copy): whole articles only, stores in step, searchable;
+3. `qa serve` starts on it (/readyz 503 until loaded) and answers a stream of searches while a re-run of
+   the ingest adds the rest, publishing new snapshots the server picks up without a restart;
+4. the wire: malformed requests to waitress get JSON 4xx; the load script runs clean.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from qa.embed import DEFAULT_MODEL
+from qa.service import Service
+from qa.store import DB_NAME, LOCK_NAME, MANIFEST_NAME, Index
+
+from .conftest import ROOT, SEEDS, FakeEmbedder
+
+pytestmark = pytest.mark.slow
+
+N_ARTICLES = 600  # several commit batches (256 passages or 512 sentences each): the kill lands between two
+TOKEN = "live-token"
+TOWNS = ["Kelvik", "Marrow", "Oskby", "Telford", "Brannock", "Quillon", "Dunmere", "Haverly"]
+THINGS = ["bridge", "library", "ferry", "school", "clinic", "harbour wall", "tram line", "market hall"]
+
+
+class ModelShapedFake(FakeEmbedder):
+    """The fake embedder with the real model's name and size, to seed an index quickly in-process."""
+
+    name = DEFAULT_MODEL
+    dim = 384
+
+
+def article_line(n: int) -> str:
+    town, thing = TOWNS[n % len(TOWNS)], THINGS[n // len(TOWNS) % len(THINGS)]
+    return json.dumps({"id": f"bulletin-{n}", "title": f"Bulletin {n}: {town} funds a {thing}",
+                       "text": f"The {town} council voted on Monday to fund {thing} project number {n}. "
+                               f"Officials said work on project {n} starts in spring."})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qa(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qa", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=kw.pop("timeout", 300), env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kw)
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def lock_holder(index) -> str:
+    try:
+        return (index / LOCK_NAME).read_text().strip()
+    except OSError:
+        return ""
+
+
+def db_count(index, sql: str) -> int:
+    try:
+        db = sqlite3.connect(f"file:{index / DB_NAME}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute(sql).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """Kill -9 a real `qa ingest` after its first commit; try a second writer while it runs."""
+    base = tmp_path_factory.mktemp("crash")
+    index, feed = base / "index", base / "bulletins.jsonl"
+    feed.write_text("\n".join(article_line(n) for n in range(N_ARTICLES)) + "\n")
+    report = Service(index, DEFAULT_MODEL, embedder=ModelShapedFake()).ingest([SEEDS])  # the "before" state
+    assert report.added == 2
+    before = json.loads((index / MANIFEST_NAME).read_text())
+
+    proc = subprocess.Popen([sys.executable, "-m", "qa", "ingest", str(feed), "--index", str(index), "-q"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        wait_for(lambda: lock_holder(index) == str(proc.pid) or proc.poll() is not None, 120, "the ingest to lock")
+        t0 = time.monotonic()
+        second = qa("ingest", str(SEEDS), "--index", str(index))
+        second_took = time.monotonic() - t0
+        t0 = time.monotonic()
+        waiting = qa("ingest", str(SEEDS), "--index", str(index), "--wait", "1")
+        waiting_took = time.monotonic() - t0
+        wait_for(lambda: db_count(index, "SELECT count(*) FROM articles") > 2 or proc.poll() is not None, 300,
+                 "the first batch to commit")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    after = base / "after-kill"
+    shutil.copytree(index, after)  # as the kill left it; the live server goes on with `index`
+    return {"index": index, "after": after, "feed": feed, "rc": proc.returncode, "stderr": err, "before": before,
+            "second": second, "second_took": second_took, "waiting": waiting, "waiting_took": waiting_took}
+
+
+def test_a_second_ingest_is_refused_while_one_runs(crashed):
+    second, waiting = crashed["second"], crashed["waiting"]
+    assert second.returncode == 1 and "index is locked" in second.stderr, second.stderr
+    assert waiting.returncode == 1 and "index is locked" in waiting.stderr
+    assert crashed["waiting_took"] >= 1.0  # --wait 1 waited before giving up
+    print(f"\nsecond ingest refused in {crashed['second_took']:.1f} s; with --wait 1 in {crashed['waiting_took']:.1f} s")
+
+
+def test_kill_9_mid_ingest_leaves_whole_articles_and_a_loadable_index(crashed):
+    assert crashed["rc"] == -signal.SIGKILL, f"the ingest finished before it could be killed: {crashed['stderr']}"
+    after = crashed["after"]
+    db = sqlite3.connect(after / DB_NAME)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    lines = sorted(int(r[0].rsplit(":", 1)[1]) for r in db.execute("SELECT origin FROM articles WHERE id LIKE 'bulletin-%'"))
+    assert 0 < len(lines) < N_ARTICLES and lines == list(range(1, len(lines) + 1))  # a prefix: whole batches
+    for art_id, text in db.execute("SELECT id, text FROM articles"):
+        spans = db.execute("SELECT id, start_char, end_char, length(vector), gen FROM passages WHERE article_id = ? "
+                           "ORDER BY start_char", (art_id,)).fetchall()
+        assert spans and spans[-1][2] <= len(text), art_id
+        for pid, start, end, vec_bytes, _ in spans:
+            assert vec_bytes == 384 * 4
+            fts = db.execute("SELECT text FROM passages_fts WHERE rowid = ?", (pid,)).fetchone()
+            assert fts and fts[0] == text[start:end]
+    assert db.execute("SELECT count(*) FROM passages_fts").fetchone()[0] == db.execute("SELECT count(*) FROM passages").fetchone()[0]
+
+    # The published snapshot: the one before the run, or a later one with whole articles; vectors in step.
+    idx = Index.load(after, DEFAULT_MODEL, 384)
+    assert idx.generation >= crashed["before"]["generation"]
+    assert idx.article_count in {2} | {2 + n for n in range(1, len(lines) + 1)}
+    assert idx.vectors.ntotal == idx.passage_count == db.execute(
+        "SELECT count(*) FROM passages WHERE gen <= ?", (idx.generation,)).fetchone()[0]
+    # And it answers (with a model-shaped fake, to leave the real model to the processes).
+    svc = Service(after, DEFAULT_MODEL, embedder=ModelShapedFake())
+    hits = svc.searcher().search("Where did Assad flee to?", 5)
+    assert hits
+    for h in hits:
+        art = svc.searcher().index.article(h.citation.article_id)
+        assert art["text"][h.citation.start:h.citation.end] == h.text
+    print(f"\nkilled after {len(lines)} of {N_ARTICLES} articles committed; published snapshot: "
+          f"generation {idx.generation}, {idx.article_count} articles, {idx.passage_count} passages")
+
+
+@pytest.fixture(scope="module")
+def live(crashed):
+    """`qa serve` on the folder the kill left, with writes enabled; notes what /healthz and /readyz said meanwhile."""
+    index = crashed["index"]
+    port = free_port()
+    log = open(index.parent / "serve.log", "w+")
+    env = {**os.environ, "QA_INDEX_DIR": str(index), "QA_ADMIN_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    seen = []
+    try:
+        def ready():
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"qa serve exited with {proc.returncode}:\n{log.read()}")
+            try:
+                health, ready_ = request(port, "GET", "/healthz")[0], request(port, "GET", "/readyz")[0]
+            except OSError:
+                return False
+            seen.append((health, ready_))
+            return ready_ == 200
+
+        wait_for(ready, 300, "qa serve to become ready", step=0.1)
+        yield {"port": port, "index": index, "feed": crashed["feed"], "seen": seen, "log": log}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 60):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+def test_readyz_says_503_until_the_index_is_loaded(live):
+    seen = live["seen"]
+    assert (200, 503) in seen, seen  # up and answering, not yet ready
+    assert seen[-1] == (200, 200)
+    print(f"\n/readyz answered 503 {seen.count((200, 503))} times while the model loaded, then 200")
+
+
+def test_searches_during_an_ingest_see_one_snapshot_each(live):
+    port, index = live["port"], live["index"]
+    questions = ["Where did Assad flee to?", "Which council voted to fund a ferry?", "When does work on project 300 start?",
+                 "Who is the leader of HTS?", "Kelvik bridge project"]
+    answers, errors, stop = [], [], threading.Event()
+
+    def reader(n: int):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = n
+        while not stop.is_set():
+            q = questions[i % len(questions)]
+            i += 1
+            try:
+                conn.request("GET", "/api/search?" + urllib.parse.urlencode({"q": q, "k": 10}))
+                r = conn.getresponse()
+                body = r.read()
+            except (OSError, http.client.HTTPException) as e:
+                errors.append(repr(e))
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            if r.status != 200:
+                errors.append((r.status, body[:300]))
+                continue
+            answers.append((int(r.headers["X-Index-Generation"]), json.loads(body)["results"]))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    start_gen = json.loads((index / MANIFEST_NAME).read_text())["generation"]
+    try:
+        rerun = subprocess.Popen([sys.executable, "-m", "qa", "ingest", str(live["feed"]), "--index", str(index), "-q"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        # While the ingest holds the lock, a write through the API is told so.
+        wait_for(lambda: lock_holder(index) == str(rerun.pid) or rerun.poll() is not None, 120, "the re-run to lock")
+        auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        article = json.dumps({"id": "live-note", "title": "Live note", "text": "The Oskby ferry timetable changed on Friday."})
+        locked = request(port, "POST", "/api/articles", article, auth) if rerun.poll() is None else None
+        out, err = rerun.communicate(timeout=300)
+        time.sleep(1.0)  # a few more answers from the final snapshot
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+    # The re-run completed the interrupted ingest: the rest added, what the killed run committed skipped.
+    assert rerun.returncode == 0, err
+    m = re.search(r"(\d+) articles added, (\d+) skipped as duplicates", out)
+    added, dupes = int(m[1]), int(m[2])
+    assert added + dupes == N_ARTICLES and dupes > 0, out
+    manifest = json.loads((index / MANIFEST_NAME).read_text())
+    assert manifest["articles"] == 2 + N_ARTICLES
+    db = sqlite3.connect(index / DB_NAME)
+    assert manifest["generation"] == int(db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    # No errors; the server moved through snapshots without a restart; no answer mixed in newer passages.
+    assert not errors, errors[:5]
+    gens = [g for g, _ in answers]
+    assert gens[0] == start_gen and gens[-1] == manifest["generation"] and len(set(gens)) >= 2, sorted(set(gens))
+    for gen, results in answers:
+        for res in results:
+            row = db.execute("SELECT gen FROM passages WHERE id = ?", (res["passage_id"],)).fetchone()
+            assert row is not None and row[0] <= gen, (gen, res["passage_id"], row)
+            text = db.execute("SELECT text FROM articles WHERE id = ?", (res["citation"]["article_id"],)).fetchone()[0]
+            assert text[res["citation"]["start"]:res["citation"]["end"]] == res["text"]
+
+    if locked is not None:
+        status, headers, body = locked
+        assert status == 503 and json.loads(body)["error"]["code"] == "index_locked", body
+    # With the lock free, the write goes through and is searchable at once.
+    status, _, body = request(port, "POST", "/api/articles", article, auth)
+    assert status == 201, body
+    status, headers, body = request(port, "GET", "/api/search?q=Oskby+ferry+timetable&k=1")
+    assert json.loads(body)["results"][0]["citation"]["article_id"] == "live-note"
+    print(f"\n{len(answers)} answers, 0 errors, generations {sorted(set(gens))}; re-run: {out.strip()}")
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b"GET /api/search?q=%FF%FE HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_encoding"),
+    (b"GET /api/search?q=a%00b HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_query"),
+    (b"GET /api/search?q=hi&k=abc HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_k"),
+    (b"GET /api/search?q=hi&k=51 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "k_out_of_range"),
+    (b"GET /api/search?q=" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "query_too_long"),
+    (b"GET /api/articles/%C0%AF HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_encoding"),
+    (b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{bad}",
+     400, "invalid_json"),
+    (b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi", 415,
+     "unsupported_media_type"),
+    (b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+     + b" " * 100000, 413, "request_entity_too_large"),
+    (b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+     + b"".join(b"4000\r\n" + b" " * 0x4000 + b"\r\n" for _ in range(6)) + b"0\r\n\r\n", 413, "request_entity_too_large"),
+    (b"BREW /api/search HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+    (b"GET /no/such/thing HTTP/1.1\r\nHost: x\r\n\r\n", 404, "not_found"),
+    (b"DELETE /api/articles/live-note HTTP/1.1\r\nHost: x\r\n\r\n", 401, "unauthorized"),
+    (b"DELETE /api/articles/live-note HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n", 403, "forbidden"),
+])
+def test_malformed_requests_on_the_wire_get_json_4xx(live, raw, status, code):
+    got, headers, body, data = send_raw(live["port"], raw)
+    assert got == status, data[:500]
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == code
+    assert headers["x-content-type-options"] == "nosniff" and "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert b"Traceback" not in data
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /api/search?q=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",  # raw bytes: not HTTP, never reaches the app
+    b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"\x00\x01garbage\r\n\r\n",
+])
+def test_requests_that_are_not_http_are_refused_by_waitress(live, raw):
+    got, headers, body, data = send_raw(live["port"], raw)
+    assert got == 400 and headers["content-type"].startswith("text/plain"), data[:300]  # plain, not HTML
+    assert b"Traceback" not in data
+
+
+def send_raw(port: int, raw: bytes):
+    """Send bytes as they are; return status, lower-cased headers, body and the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body, data
+
+
+def test_static_files_and_pages_carry_the_security_headers(live):
+    for path in ["/static/style.css", "/", "/openapi.json", "/healthz"]:
+        status, headers, _ = request(live["port"], "GET", path)
+        assert status == 200, path
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY", path
+        assert "default-src 'self'" in headers["Content-Security-Policy"], path
+
+
+def test_load_script_runs_clean(live):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--url", f"http://127.0.0.1:{live['port']}",
+                        "--clients", "2", "--duration", "3", "--json"], capture_output=True, text=True, timeout=120)
+    figures = json.loads(r.stdout)
+    assert r.returncode == 0 and figures["errors"] == 0 and figures["ok"] > 0, (figures, r.stderr)
+    print(f"\nload smoke: {figures}")
