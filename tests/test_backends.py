@@ -1,0 +1,42 @@
+"""Each embedding backend gives the same top results as the plain fp32 path (real model)."""
+
+import numpy as np
+import pytest
+
+from qa.embed import get_embedder
+from qa.service import Service
+
+from .conftest import SEEDS
+from .test_e2e import QUESTIONS
+
+pytestmark = pytest.mark.slow
+
+
+def top_results(tmp_path, backend: str) -> list[list[tuple]]:
+    svc = Service(tmp_path / backend, "all-MiniLM-L6-v2", backend)
+    svc.ingest([SEEDS])
+    searcher = svc.searcher()
+    return [[(h.citation.article_id, h.citation.start, h.citation.end) for h in searcher.search(q, 3)]
+            for q, _ in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return top_results(tmp_path_factory.mktemp("torch"), "torch")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_backend_gives_the_same_top_results_as_torch_fp32(tmp_path, reference, backend):
+    ref, other = get_embedder(backend="torch"), get_embedder(backend=backend)
+    assert other.dim == ref.dim and other.max_tokens == ref.max_tokens
+    sample = [q for q, _ in QUESTIONS]
+    assert other.count_tokens(sample) == ref.count_tokens(sample)
+    cos = np.sum(other.encode(sample) * ref.encode(sample), axis=1)
+    got = top_results(tmp_path, backend)
+    same_top1 = np.mean([a[0] == b[0] for a, b in zip(reference, got)])
+    overlap3 = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(reference, got)])
+    print(f"\n{backend}: min cosine to fp32 {cos.min():.4f}, same top-1 {same_top1:.2f}, top-3 overlap {overlap3:.2f}")
+    if backend == "onnx":
+        assert cos.min() > 0.9999 and got == reference
+    else:
+        assert cos.min() > 0.97 and same_top1 >= 0.9 and overlap3 >= 0.8
