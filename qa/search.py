@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import snowballstemmer
+import Stemmer  # PyStemmer: the Snowball stemmers in C
 
 from .chunk import sentence_spans
 from .embed import Embedder
@@ -24,7 +25,7 @@ STOPWORDS = frozenset(
     which while who whom why will with would you your yours yourself yourselves s t""".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
-_local = threading.local()  # snowball stemmers keep state per call: one per thread
+_local = threading.local()  # a stemmer object is not thread-safe: one per thread
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class SearchConfig:
     # sentence, and a whole-window vector blurs it with its neighbours.
     sentence_weight: float = 0.85
     candidates: int = 100      # taken from each side before fusion
+    lexical_depth: int = 1000  # FTS5 matches scored per query, to fill in the dense candidates
     title_weight: float = 1.0  # bm25 weight of the title column
     max_query_chars: int = 1000
     max_k: int = 50
@@ -119,24 +121,27 @@ def fuse(lexical: dict[int, float], dense: dict[int, float], cfg: SearchConfig) 
     return sorted(fused, key=lambda t: (-t[1], t[0]))
 
 
-def _overlaps(a: PassageRow, b: PassageRow) -> bool:
+def _overlaps(a: PassageRow, b: PassageRow, words: Callable[[PassageRow], set[str]]) -> bool:
     """Two passages are near-identical: overlapping windows of one article, or the same words."""
     if a.article_id == b.article_id:
         return min(a.end, b.end) > max(a.start, b.start)
-    wa, wb = set(_WORD.findall(a.text.lower())), set(_WORD.findall(b.text.lower()))
+    if min(len(a.text), len(b.text)) < 0.8 * max(len(a.text), len(b.text)):
+        return False  # lengths this far apart cannot share 90% of their words
+    wa, wb = words(a), words(b)
     return bool(wa) and len(wa & wb) / len(wa | wb) > 0.9
 
 
 def stem(word: str) -> str:
     stemmer = getattr(_local, "stemmer", None)
     if stemmer is None:
-        stemmer = _local.stemmer = snowballstemmer.stemmer("porter")
+        stemmer = _local.stemmer = Stemmer.Stemmer("porter")  # the algorithm FTS5's porter tokenizer uses
     return stemmer.stemWord(word.lower())
 
 
-def highlight(text: str, terms: list[str], idf: dict[str, float]) -> list[dict]:
+def highlight(text: str, terms: list[str], idf: dict[str, float],
+              spans: list[tuple[int, int]] | None = None) -> list[dict]:
     """Offsets of the sentence(s) in `text` that best match the query terms."""
-    spans = sentence_spans(text)
+    spans = [(a, b) for a, b in spans or () if 0 <= a < b <= len(text)] or sentence_spans(text)
     if not spans:
         return []
     stems = {stem(t) for t in terms}
@@ -177,26 +182,35 @@ class Searcher:
         terms = query_terms(q)
         match = fts_query(terms)
         n = max(cfg.candidates, k)
-        lexical = dict(index.lexical(match, n, cfg.title_weight)) if cfg.lexical_weight > 0 else {}
+        # One FTS5 pass scores the top n and, deeper down, the dense side's candidates;
+        # a passage past `lexical_depth` matches so weakly that 0 is near enough.
+        deep = index.lexical(match, max(cfg.lexical_depth, n), cfg.title_weight) if cfg.lexical_weight > 0 else []
+        lexical = dict(deep[:n])
         dense: dict[int, float] = {}
         if cfg.dense_weight > 0:
             qvec = self.embedder.encode([q])[0]
             dense = self.dense_scores(qvec, n, extra=list(lexical))
-        if lexical and cfg.lexical_weight > 0:
-            missing = [i for i in dense if i not in lexical]
-            lexical.update(index.lexical_for(match, missing, cfg.title_weight))
+            scores = dict(deep)
+            lexical.update((i, scores[i]) for i in dense if i in scores)
         ranked = fuse(lexical, dense, cfg)
 
         # Collapse near-duplicates while filling k slots; fetch rows in small pages.
         kept: list[tuple[PassageRow, float]] = []
         pos = 0
+        cache: dict[int, set[str]] = {}
+
+        def words(row: PassageRow) -> set[str]:
+            if row.id not in cache:
+                cache[row.id] = set(_WORD.findall(row.text.lower()))
+            return cache[row.id]
+
         while len(kept) < k and pos < len(ranked):
             page = ranked[pos: pos + 2 * k]
             pos += len(page)
             rows = index.passages([i for i, _ in page])
             for pid, score in page:
                 row = rows.get(pid)
-                if row is None or any(_overlaps(row, other) for other, _ in kept):
+                if row is None or any(_overlaps(row, other, words) for other, _ in kept):
                     continue
                 kept.append((row, score))
                 if len(kept) == k:
@@ -212,7 +226,8 @@ class Searcher:
                 score=round(score, 4),
                 passage_id=row.id,
                 text=row.text,
-                highlight=highlight(row.text, terms, idf),
+                highlight=highlight(row.text, terms, idf,
+                                    [(a - row.start, b - row.start) for a, b in index.sentence_spans(row.id)]),
                 citation=Citation(
                     article_id=row.article_id, title=row.title, url=row.url, source=row.source,
                     published=row.published, start=row.start, end=row.end,

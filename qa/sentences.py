@@ -39,8 +39,10 @@ def passage_vector(sentences: Sequence[NewSentence], start: int, end: int) -> np
 class SentenceIndex:
     """Sentence vectors of one snapshot, with which passage windows own which sentences."""
 
-    def __init__(self, vectors: np.ndarray, owners: list[list[int]], ranges: dict[int, tuple[int, int]]):
+    def __init__(self, vectors: np.ndarray, owners: list[list[int]], ranges: dict[int, tuple[int, int]],
+                 bounds: list[tuple[int, int]]):
         self.matrix = vectors
+        self.bounds = bounds      # sentence row -> (start, end) in its article
         self.owners = owners      # sentence row -> passage ids that contain it
         self.ranges = ranges      # passage id -> its rows [lo, hi)
         self.index = faiss.IndexFlatIP(vectors.shape[1]) if len(vectors) else None
@@ -75,7 +77,7 @@ class SentenceIndex:
                 hi += 1
             if hi > lo:
                 ranges[pid] = (idx[lo], idx[hi - 1] + 1)
-        return cls(np.ascontiguousarray(matrix), owners, ranges)
+        return cls(np.ascontiguousarray(matrix), owners, ranges, [(r[1], r[2]) for r in rows])
 
     def search(self, query: np.ndarray, n: int) -> list[int]:
         """Passages owning the n sentences nearest the query, best first."""
@@ -83,6 +85,11 @@ class SentenceIndex:
             return []
         _, rows = self.index.search(query.reshape(1, -1).astype(np.float32), min(n, self.index.ntotal))
         return list(dict.fromkeys(pid for r in rows[0] if r >= 0 for pid in self.owners[r]))
+
+    def spans(self, pid: int) -> list[tuple[int, int]]:
+        """Article offsets of the sentences in a passage, as found at ingest."""
+        lo, hi = self.ranges.get(pid, (0, 0))
+        return self.bounds[lo:hi]
 
     def best(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Each passage's best sentence score."""

@@ -43,6 +43,8 @@ from .errors import IndexCorrupt, IndexLocked, ModelMismatch
 from .sentences import SentenceIndex
 
 log = logging.getLogger(__name__)
+# Queries search one vector at a time: OpenMP threads would only fight the model's threads.
+faiss.omp_set_num_threads(1)
 
 SCHEMA_VERSION = 1
 DB_NAME, FAISS_NAME, MANIFEST_NAME, LOCK_NAME = "qa.sqlite3", "vectors.faiss", "manifest.json", ".lock"
@@ -243,6 +245,10 @@ class Index:
     def sentence_search(self, query: np.ndarray, n: int) -> list[int]:
         """Passages owning the sentences nearest the query."""
         return self.sentences.search(query, n) if self.sentences else []
+
+    def sentence_spans(self, pid: int) -> list[tuple[int, int]]:
+        """Article offsets of a passage's sentences ([] when the index has none)."""
+        return self.sentences.spans(pid) if self.sentences else []
 
     def sentence_max(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Each passage's best sentence score."""
