@@ -30,6 +30,7 @@ def create_app(test_config: dict | None = None):
         BACKEND="onnx-int8",  # fp32 "onnx" and plain "torch" stay available (QA_BACKEND)
         LEXICAL_WEIGHT=defaults.lexical_weight,
         DENSE_WEIGHT=defaults.dense_weight,
+        SENTENCE_WEIGHT=defaults.sentence_weight,
         CANDIDATES=defaults.candidates,
         TITLE_WEIGHT=defaults.title_weight,
         MAX_QUERY_CHARS=defaults.max_query_chars,

@@ -139,6 +139,7 @@ def service_from_config(config) -> Service:
         SearchConfig(
             lexical_weight=float(config["LEXICAL_WEIGHT"]),
             dense_weight=float(config["DENSE_WEIGHT"]),
+            sentence_weight=float(config["SENTENCE_WEIGHT"]),
             candidates=int(config["CANDIDATES"]),
             title_weight=float(config["TITLE_WEIGHT"]),
             max_query_chars=int(config["MAX_QUERY_CHARS"]),
