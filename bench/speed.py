@@ -7,7 +7,7 @@ Prints min / median / max over repeats for:
      in-process around encode() only, against `qa ingest` of the same paragraphs as a whole
      process (start, model load, chunking, embedding, index write);
   2. one question: the plain path's in-process encode + FAISS search p50, against one search
-     over HTTP against a running `qa serve` (p50 over 200 questions);
+     over HTTP (keep-alive connection) against a running `qa serve` (p50 over 200 questions);
   3. serving under load: 1 and 8 concurrent HTTP clients, throughput and p50/p99.
 Only public tools are used (sentence-transformers, faiss, urllib). Absolute times on a shared
 machine are noise; read the ratios.
@@ -16,6 +16,7 @@ machine are noise; read the ratios.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -26,7 +27,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,11 +64,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_conns = threading.local()
+
+
 def get(url: str) -> float:
+    """GET over this thread's keep-alive connection (as browsers and HTTP client libraries do); ms."""
+    parts = urllib.parse.urlsplit(url)
+    conn = getattr(_conns, "conn", None)
+    if conn is None:
+        conn = _conns.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     t0 = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=60) as r:
+    try:
+        conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""))
+        r = conn.getresponse()
         r.read()
-        assert r.status == 200
+    except Exception:
+        conn.close()
+        _conns.conn = None
+        raise
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status} for {url}")
     return (time.perf_counter() - t0) * 1000
 
 
