@@ -97,7 +97,9 @@ def get_embedder(name: str = DEFAULT_MODEL, backend: str = "onnx-int8") -> Embed
             elif backend in ("onnx", "onnx-int8"):
                 from .onnx_backend import OnnxEmbedder
 
-                _cache[key] = OnnxEmbedder(model_path(name), cache_dir() / "onnx", quantize=backend == "onnx-int8")
+                threads = int(os.environ.get("QA_MODEL_THREADS") or 0) or None  # default: all cores
+                _cache[key] = OnnxEmbedder(model_path(name), cache_dir() / "onnx", quantize=backend == "onnx-int8",
+                                           threads=threads)
             else:
                 raise QAError(f"unknown embedding backend {backend!r}; use one of {', '.join(BACKENDS)}",
                               code="bad_backend")
