@@ -1,6 +1,14 @@
-"""The human pages: the search page and the article page."""
+"""The human pages: the search page and the article page.
+
+Everything an article holds is untrusted: templates autoescape it, links to an
+article's own URL are only made for http(s) URLs, and the pages carry no inline
+script or style (the Content-Security-Policy forbids both).
+"""
 
 from __future__ import annotations
+
+import re
+from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, render_template, request
 
@@ -10,17 +18,156 @@ from .web import run_search
 
 pages = Blueprint("pages", __name__)
 
+_PARAGRAPH_BREAK = re.compile(r"[ \t\r\f\v]*\n[ \t\r\f\v]*\n\s*")
+_LINE_BREAK = re.compile(r"(\s*\n\s*)")
+
+
+def mark_parts(text: str, highlight: list[dict]) -> list[tuple[str, bool]]:
+    """Cut `text` into (piece, marked) parts from the API's highlight offsets (merged, clipped, sorted)."""
+    spans = sorted((max(0, int(h["start"])), min(len(text), int(h["end"]))) for h in highlight or [])
+    merged: list[list[int]] = []
+    for s, e in spans:
+        if s >= e:
+            continue
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    parts, pos = [], 0
+    for s, e in merged:
+        if s > pos:
+            parts.append((text[pos:s], False))
+        parts.append((text[s:e], True))
+        pos = e
+    if pos < len(text) or not parts:
+        parts.append((text[pos:], False))
+    # A marked span that crosses a paragraph break is marked paragraph by paragraph, not across the gap.
+    out = []
+    for piece, marked in parts:
+        if not marked:
+            out.append((piece, False))
+            continue
+        for i, bit in enumerate(_LINE_BREAK.split(piece)):
+            if bit:
+                out.append((bit, marked and i % 2 == 0))
+    return out
+
+
+def article_link(article_id: str, q: str = "", passage_id: int | None = None, anchor: bool = True) -> str:
+    """The page's own link to an article: carries the question (for the way back) and the cited passage."""
+    from flask import url_for
+
+    params = {}
+    if q:
+        params["q"] = q
+    if passage_id is not None:
+        params["p"] = passage_id
+    url = url_for("pages.article_page", article_id=article_id)
+    if params:
+        url += "?" + urlencode(params)
+    if anchor and passage_id is not None:
+        url += f"#p-{passage_id}"
+    return url
+
+
+def safe_url(url: str | None) -> str | None:
+    """An article's URL if it is one a link may point at (http or https), else None."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return url.strip() if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def site_name(source: str | None, url: str | None) -> str:
+    """What to show as the article's source: its `source`, else the host of its URL."""
+    if source:
+        return source
+    url = safe_url(url)
+    if url:
+        host = urlsplit(url).hostname or ""
+        return host.removeprefix("www.")
+    return ""
+
+
+def paragraphs(text: str, passages: list[dict], cited: int | None = None) -> tuple[list[list[dict]], list[int]]:
+    """Lay an article out as paragraphs of segments so that every passage can be found and marked.
+
+    Passages may overlap (a sentence shared by neighbouring windows) and may span
+    paragraphs, so they cannot each be one element. The text is cut at every
+    paragraph break and every passage boundary; each segment knows the passages
+    that cover it, and the first segment of each passage carries its anchor
+    (`id="p-ID"`). Returns the paragraphs and the ids of passages that got no
+    segment (they get an empty anchor so that their links still land).
+    """
+    spans = [(p["id"], max(0, p["start"]), min(len(text), p["end"])) for p in passages]
+    cuts = {0, len(text)}
+    for _, s, e in spans:
+        cuts.update((s, e))
+    anchored: set[int] = set()
+    out: list[list[dict]] = []
+    pos = 0
+    blocks = []
+    for m in _PARAGRAPH_BREAK.finditer(text):
+        blocks.append((pos, m.start()))
+        pos = m.end()
+    blocks.append((pos, len(text)))
+    for b_start, b_end in blocks:
+        # Trim leading/trailing whitespace of the paragraph.
+        chunk = text[b_start:b_end]
+        b_start += len(chunk) - len(chunk.lstrip())
+        b_end -= len(chunk) - len(chunk.rstrip())
+        if b_start >= b_end:
+            continue
+        bounds = sorted(c for c in cuts if b_start < c < b_end)
+        edges = [b_start, *bounds, b_end]
+        segs = []
+        for s, e in zip(edges, edges[1:]):
+            if s >= e:
+                continue
+            covering = [pid for pid, ps, pe in spans if ps <= s and e <= pe]
+            anchor = None
+            for pid in covering:
+                if pid not in anchored:
+                    anchored.add(pid)
+                    if anchor is None:
+                        anchor = pid
+                    else:  # two passages start on the same segment: an extra empty anchor
+                        segs.append({"text": "", "passages": [pid], "anchor": pid, "cited": False})
+            segs.append({"text": text[s:e], "passages": covering, "anchor": anchor,
+                         "cited": cited is not None and cited in covering})
+        out.append(segs)
+    missing = [pid for pid, _, _ in spans if pid not in anchored]
+    return out, missing
+
 
 @pages.get("/")
 def home():
-    q = request.args.get("q", "")
-    results, error = None, None
-    if q.strip():
+    q = request.args.get("q")
+    k = request.args.get("k")
+    results, error, empty_query = None, None, False
+    if q is not None and not q.strip():
+        empty_query = True
+    elif q:
         try:
-            results = run_search(q, request.args.get("k"))
+            results = run_search(q, k)
         except QAError as e:
             error = e.message
-    return render_template("index.html", q=q, results=results, error=error)
+    hits = []
+    for r in (results or {}).get("results", []):
+        c = r["citation"]
+        hits.append({
+            **r,
+            "parts": mark_parts(r["text"], r["highlight"]),
+            "site": site_name(c.get("source"), c.get("url")),
+            "date": (c.get("published") or "")[:10],
+            "title_href": article_link(c["article_id"], q or "", r["passage_id"], anchor=False),
+            "cite_href": article_link(c["article_id"], q or "", r["passage_id"]),
+        })
+    return render_template("index.html", q=q or "", k=k or "", results=results, hits=hits, error=error,
+                           empty_query=empty_query)
 
 
 @pages.get("/articles/<article_id>")
@@ -28,14 +175,22 @@ def article_page(article_id: str):
     art = get_service().searcher().index.article(article_id)
     if art is None:
         abort(404, description=f"no article with id {article_id!r}")
-    text = art["text"]
-    # Paragraph-wise segments so the cited passage can be marked inside the text.
-    segments, pos = [], 0
-    for p in art["passages"]:
-        if p["start"] < pos:
-            continue
-        segments.append({"text": text[pos:p["start"]], "id": None})
-        segments.append({"text": text[p["start"]:p["end"]], "id": p["id"]})
-        pos = p["end"]
-    segments.append({"text": text[pos:], "id": None})
-    return render_template("article.html", art=art, segments=segments, q=request.args.get("q", ""))
+    q = request.args.get("q", "")
+    try:
+        cited = int(request.args["p"]) if "p" in request.args else None
+    except ValueError:
+        cited = None
+    if cited is not None and not any(p["id"] == cited for p in art["passages"]):
+        cited = None
+    paras, missing = paragraphs(art["text"], art["passages"], cited)
+    back = article_back_link(q)
+    return render_template("article.html", art=art, paragraphs=paras, missing=missing, q=q, cited=cited,
+                           back=back, site=site_name(art.get("source"), art.get("url")),
+                           url=safe_url(art.get("url")), date=(art.get("published") or "")[:10])
+
+
+def article_back_link(q: str) -> str:
+    from flask import url_for
+
+    home = url_for("pages.home")
+    return home + "?" + urlencode({"q": q}) if q.strip() else home
