@@ -1,6 +1,7 @@
 import hashlib
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,62 @@ class Runner:
         from qa.cli import cli
 
         return self.cli.invoke(cli, args, obj={"app": self.app}, catch_exceptions=False, **kw)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def qa_server(index: Path, env: dict | None = None, probe=None, timeout: float = 300):
+    """Run a real `qa serve` on a free port for the block; yield (port, log file) once it is ready.
+
+    `probe(port)` decides readiness (default: /readyz answers 200); it may record what it sees.
+    """
+    import http.client
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def readyz(port: int) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+    port = free_port()
+    log = open(Path(index).parent / f"serve-{port}.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(index), "--port", str(port)],
+                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"qa serve exited with {proc.returncode}:\n{log.read()}")
+            try:
+                if (probe or readyz)(port):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"qa serve did not become ready in {timeout:.0f} s")
+            time.sleep(0.1)
+        yield port, log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -10,17 +10,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import pytest
 
-from .conftest import ROOT, SEEDS
-from .test_e2e import free_port, get
+from .conftest import ROOT, SEEDS, qa_server
+from .test_e2e import get
 
 pytestmark = pytest.mark.slow
 
@@ -55,32 +53,8 @@ def server(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "qa", "ingest", str(SEEDS), str(evil), "--index", str(index), "-q"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    port = free_port()
-    log = open(work / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(index), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"qa serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if get(base + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("qa serve did not become ready in 300 s")
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with qa_server(index, env) as (port, _log):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

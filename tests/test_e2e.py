@@ -1,11 +1,6 @@
 """End to end: the real packaged model, `qa serve` as a real process, questions over HTTP."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -13,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import qa_server
 from .test_ingest import CHROME
 
 pytestmark = pytest.mark.slow
@@ -33,12 +28,6 @@ QUESTIONS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str):
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
@@ -50,35 +39,10 @@ def get(url: str):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     index = tmp_path_factory.mktemp("e2e") / "index"
-    port = free_port()
-    env = {**os.environ, "QA_INDEX_DIR": str(index), "HF_HUB_OFFLINE": "1"}
-    log = open(index.parent / "serve.log", "w+")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"qa serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if get(base + "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("qa serve did not become ready in 300 s")
+    with qa_server(index) as (port, _log):
         print(f"\nqa serve built the seed index and became ready in {time.monotonic() - t0:.1f} s")
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        yield f"http://127.0.0.1:{port}"
 
 
 def search(base: str, q: str, k: int = 3) -> dict:

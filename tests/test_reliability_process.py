@@ -29,7 +29,7 @@ from qa.embed import DEFAULT_MODEL
 from qa.service import Service
 from qa.store import DB_NAME, LOCK_NAME, MANIFEST_NAME, Index
 
-from .conftest import ROOT, SEEDS, FakeEmbedder
+from .conftest import ROOT, SEEDS, FakeEmbedder, qa_server
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +51,6 @@ def article_line(n: int) -> str:
     return json.dumps({"id": f"bulletin-{n}", "title": f"Bulletin {n}: {town} funds a {thing}",
                        "text": f"The {town} council voted on Monday to fund {thing} project number {n}. "
                                f"Officials said work on project {n} starts in spring."})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def qa(*args, **kw) -> subprocess.CompletedProcess:
@@ -172,34 +166,15 @@ def test_kill_9_mid_ingest_leaves_whole_articles_and_a_loadable_index(crashed):
 def live(crashed):
     """`qa serve` on the folder the kill left, with writes enabled; notes what /healthz and /readyz said meanwhile."""
     index = crashed["index"]
-    port = free_port()
-    log = open(index.parent / "serve.log", "w+")
-    env = {**os.environ, "QA_INDEX_DIR": str(index), "QA_ADMIN_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
     seen = []
-    try:
-        def ready():
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"qa serve exited with {proc.returncode}:\n{log.read()}")
-            try:
-                health, ready_ = request(port, "GET", "/healthz")[0], request(port, "GET", "/readyz")[0]
-            except OSError:
-                return False
-            seen.append((health, ready_))
-            return ready_ == 200
 
-        wait_for(ready, 300, "qa serve to become ready", step=0.1)
+    def ready(port: int) -> bool:
+        health, ready_ = request(port, "GET", "/healthz")[0], request(port, "GET", "/readyz")[0]
+        seen.append((health, ready_))
+        return ready_ == 200
+
+    with qa_server(index, {"QA_ADMIN_TOKEN": TOKEN}, probe=ready) as (port, log):
         yield {"port": port, "index": index, "feed": crashed["feed"], "seen": seen, "log": log}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 60):
