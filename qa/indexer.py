@@ -47,7 +47,7 @@ def add_articles(
 ) -> Report:
     """Chunk, embed and store articles, committing whole articles in batches."""
     report = Report()
-    batch: list[tuple[Article, list, list]] = []
+    batch: list[tuple[Article, list, tuple]] = []  # article, (hash, model input) per sentence, (sentences, passages)
     pending = 0
     seen: set[str] = set()
 
@@ -59,8 +59,7 @@ def add_articles(
         if not batch:
             return
         # Only sentences go through the model; each is embedded once, ever.
-        inputs = {key(title_prefix(art.title) + art.text[a:b]): title_prefix(art.title) + art.text[a:b]
-                  for art, units, _ in batch for a, b, _n in units}
+        inputs = {h: text for _, sents, _ in batch for h, text in sents}
         vectors = writer.cached_vectors(inputs)
         todo = [h for h in inputs if h not in vectors]
         if todo:
@@ -68,13 +67,11 @@ def add_articles(
                 vectors[h] = v
             report.embedded += len(todo)
         items = []
-        for art, units, chunks in batch:
-            prefix = title_prefix(art.title)
-            sents = [NewSentence(a, b, n, key(prefix + art.text[a:b]), vectors[key(prefix + art.text[a:b])])
-                     for a, b, n in units]
-            news = [NewPassage(c.start, c.end, key("passage\0" + prefix + c.text), passage_vector(sents, c.start, c.end))
-                    for c in chunks]
-            items.append((art, news, sents))
+        for art, sents, (units, chunks) in batch:
+            new_sents = [NewSentence(a, b, n, h, vectors[h]) for (a, b, n), (h, _) in zip(units, sents)]
+            news = [NewPassage(c.start, c.end, key("passage\0" + title_prefix(art.title) + c.text),
+                               passage_vector(new_sents, c.start, c.end)) for c in chunks]
+            items.append((art, news, new_sents))
         writer.add(items)
         batch, pending = [], 0
 
@@ -89,7 +86,9 @@ def add_articles(
             else:
                 seen.add(h)
                 units, chunks = split(item.text, item.title, embedder.count_tokens, chunking)
-                batch.append((item, units, chunks))
+                prefix = title_prefix(item.title)
+                sents = [(key(prefix + item.text[a:b]), prefix + item.text[a:b]) for a, b, _ in units]
+                batch.append((item, sents, (units, chunks)))
                 pending += len(units)
                 report.added += 1
                 report.passages += len(chunks)

@@ -274,19 +274,6 @@ class Index:
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def lexical_for(self, match: str, ids: Iterable[int], title_weight: float = 1.0) -> dict[int, float]:
-        """bm25 scores of the given passages for a MATCH expression (absent: no term matched)."""
-        ids = list(ids)
-        if not match or not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(
-            "SELECT f.rowid, -bm25(passages_fts, ?, 1.0) FROM passages_fts f JOIN passages p ON p.id = f.rowid "
-            f"WHERE passages_fts MATCH ? AND f.rowid IN ({marks}) AND p.gen <= ?",
-            (title_weight, match, *ids, self.generation),
-        ).fetchall()
-        return {r[0]: r[1] for r in rows}
-
     def dense(self, query: np.ndarray, n: int) -> list[tuple[int, float]]:
         """Top-n passages by inner product with a normalised query vector."""
         if self.vectors.ntotal == 0:
@@ -442,12 +429,23 @@ class Writer:
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
             self.generation = int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
-            self.vectors = vectors_from_db(self.conn, dim)
+            self.vectors = self._published_vectors(manifest) or vectors_from_db(self.conn, dim)
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise _corrupt_db(self.path / DB_NAME, e) from None
         self.dirty = manifest is None or manifest["generation"] != self.generation
         self._saved_at, self._save_took = time.monotonic(), 0.0
+
+    def _published_vectors(self, manifest: dict | None) -> faiss.Index | None:
+        """The published FAISS file when it matches the database exactly, to save re-reading every vector."""
+        if not manifest or manifest["generation"] != self.generation or manifest["dim"] != self.dim:
+            return None
+        try:
+            vectors = faiss.read_index(str(self.path / FAISS_NAME))
+        except Exception:  # faiss raises RuntimeError for any bad file; rebuild instead
+            return None
+        count = self.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
+        return vectors if vectors.ntotal == count and vectors.d == self.dim else None
 
     def close(self) -> None:
         try:
@@ -477,9 +475,9 @@ class Writer:
         for i in range(0, len(hashes), 500):
             part = hashes[i:i + 500]
             marks = ",".join("?" * len(part))
-            for table in ("passages", "sentences"):
-                for h, blob in self.conn.execute(f"SELECT embed_hash, vector FROM {table} WHERE embed_hash IN ({marks})", part):
-                    out[h] = np.frombuffer(blob, dtype=np.float32)
+            # Only sentences go through the model; passage vectors are derived from them.
+            for h, blob in self.conn.execute(f"SELECT embed_hash, vector FROM sentences WHERE embed_hash IN ({marks})", part):
+                out[h] = np.frombuffer(blob, dtype=np.float32)
         return out
 
     def add(self, items: Sequence[tuple]) -> None:

@@ -151,7 +151,6 @@ def test_unpublished_rows_are_invisible_to_readers(index, fake_embedder, monkeyp
         for idx in (before, Index.load(index, "fake", 64)):  # committed, not yet published
             assert idx.generation == before.generation
             assert idx.lexical('"quixotic"', 10) == []
-            assert idx.lexical_for('"quixotic"', new_ids) == {}
             assert idx.passages(new_ids) == {}
             art_id = w.conn.execute("SELECT id FROM articles WHERE gen > ?", (before.generation,)).fetchone()[0]
             assert idx.article(art_id) is None
