@@ -86,10 +86,6 @@ def ingest(paths, index, wait, quiet):
         f"{report.added} articles added, {report.duplicates} skipped as duplicates, {report.failed} failed; "
         f"{report.passages} passages ({report.embedded} embedded) in {took:.1f} s -> {svc.index_dir}"
     )
-    if report.failures:
-        click.echo("Failed:", err=True)
-        for f in report.failures:
-            click.echo(f"  {f.origin}: {f.reason}", err=True)
     sys.exit(1 if report.failures else 0)
 
 
