@@ -113,6 +113,7 @@ def split(text: str, title: str, count: CountTokens,
     units = sentence_units(text, count, min(cfg.max_sentence_tokens, budget))
 
     passages: list[Passage] = []
+    sizes: list[int | None] = []  # word pieces with the prefix, where the sum of the sentences' is exact
     i, last_end = 0, -1
     while i < len(units):
         j, used = i, 0
@@ -122,6 +123,10 @@ def split(text: str, title: str, count: CountTokens,
         if j - 1 > last_end:  # a window inside the previous one adds nothing
             s, e = units[i][0], units[j - 1][1]
             passages.append(Passage(s, e, text[s:e]))
+            # WordPiece never joins across whitespace, so pieces counted apart
+            # sum exactly when only whitespace lies between the sentences.
+            exact = all(text[units[m][1]:units[m + 1][0]].isspace() for m in range(i, j - 1))
+            sizes.append(prefix_tokens + used if exact else None)
             last_end = j - 1
         if j >= len(units):
             break
@@ -130,13 +135,18 @@ def split(text: str, title: str, count: CountTokens,
             skipped += units[k][2]
             k += 1
         i = max(k, i + 1)
-    return units, _fit(passages, text, title, count, cfg.max_tokens)
+    return units, _fit(passages, text, title, count, cfg.max_tokens, sizes)
 
 
-def _fit(passages: list[Passage], text: str, title: str, count: CountTokens, max_tokens: int) -> list[Passage]:
+def _fit(passages: list[Passage], text: str, title: str, count: CountTokens, max_tokens: int,
+         known: list[int | None] | None = None) -> list[Passage]:
     """Check each passage with the real tokenizer and split any that still overflow, losing nothing."""
     prefix = title_prefix(title)
-    sizes = count([prefix + p.text for p in passages]) if passages else []
+    known = known or [None] * len(passages)
+    unknown = [i for i, n in enumerate(known) if n is None]
+    sizes = list(known)
+    for i, n in zip(unknown, count([prefix + passages[i].text for i in unknown]) if unknown else []):
+        sizes[i] = n
     out = []
     for p, n in zip(passages, sizes):
         if n <= max_tokens or p.end - p.start < 2:

@@ -50,3 +50,27 @@ def test_seed_passages_fit_and_keep_paragraphs():
     for p in passages:
         assert art.text[p.start:p.end] == p.text
         assert count([title_prefix(art.title) + p.text])[0] <= 256
+
+
+def test_real_tokenizer_counts_match_the_summed_sentence_counts(monkeypatch):
+    """The chunker adds up per-sentence counts instead of re-tokenizing each window; check it against the real tokenizer."""
+    from qa import chunk as chunk_mod
+    from qa.embed import get_embedder
+
+    real = get_embedder(backend="onnx-int8").count_tokens
+    seen = []
+    fit = chunk_mod._fit
+
+    def spy(passages, text, title, count, max_tokens, known=None):
+        seen.extend(zip(passages, known or [None] * len(passages), [title] * len(passages)))
+        return fit(passages, text, title, count, max_tokens, known)
+
+    monkeypatch.setattr(chunk_mod, "_fit", spy)
+    for path in sorted(SEEDS.iterdir()):
+        for art in read_file(path):
+            for p in chunk(art.text, art.title, real):
+                assert real([title_prefix(art.title) + p.text])[0] <= 256
+    assert seen and any(n is not None for _, n, _ in seen)
+    for p, n, title in seen:
+        if n is not None:
+            assert n == real([title_prefix(title) + p.text])[0]
