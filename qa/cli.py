@@ -93,35 +93,50 @@ def ingest(paths, index, wait, quiet):
 @index_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int, help="Worker threads of the WSGI server.")
-def serve(index, host, port, threads):
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Server processes, each with its own model and index snapshot  [default: one per CPU core]")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Threads per process (keep-alive and slow clients each hold one).")
+def serve(index, host, port, workers, threads):
     """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
-    from waitress import serve as waitress_serve
+    from . import server
+    from .errors import IndexLocked
 
-    app, svc = _service(index)
+    app, svc = _service(index)  # here only to check the settings and say where the index is
+    workers = workers or server.default_workers()
+    if not os.environ.get("QA_MODEL_THREADS"):  # share the cores out instead of every process taking them all
+        os.environ["QA_MODEL_THREADS"] = str(max(1, server.default_workers() // workers))
 
-    def load() -> None:  # in the background, so /healthz answers and /readyz says 503 meanwhile
+    def make_app():
+        return create_app({"INDEX_DIR": str(svc.index_dir)})
+
+    def load(app) -> None:  # in each worker, in the background, so /healthz answers and /readyz says 503 meanwhile
+        wsvc = app.extensions["qa"]
         try:
-            if svc.is_empty():
+            while wsvc.is_empty():
                 seeds = Path(app.config["SEEDS_DIR"])
-                click.echo(f"The index in {svc.index_dir} is empty: building it from {seeds} ...", err=True)
-                report, took = run_ingest(svc, [seeds])
-                click.echo(f"  {report.added} articles, {report.passages} passages in {took:.1f} s", err=True)
+                try:
+                    report, took = run_ingest(wsvc, [seeds], quiet=True)
+                except IndexLocked:  # another worker is building it
+                    time.sleep(0.2)
+                    continue
+                click.echo(f"The index in {wsvc.index_dir} was empty: built it from {seeds}: "
+                           f"{report.added} articles, {report.passages} passages in {took:.1f} s", err=True)
                 for f in report.failures:
                     click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
+                break
             t0 = time.perf_counter()
-            searcher = svc.searcher(wait=True)
+            searcher = wsvc.searcher(wait=True)
             searcher.search("warm up", 1)  # load the model and touch the index before the first user
-            click.echo(f"Loaded {searcher.index.article_count} articles, {searcher.index.passage_count} passages "
-                       f"in {time.perf_counter() - t0:.1f} s", err=True)
+            click.echo(f"[{os.getpid()}] loaded {searcher.index.article_count} articles, "
+                       f"{searcher.index.passage_count} passages in {time.perf_counter() - t0:.1f} s", err=True)
         except QAError as e:
             click.secho(f"Error: {e.message}", fg="red", err=True)
-            os._exit(1)
+            os._exit(server.BOOT_ERROR)  # the arbiter then stops the whole server, not just this worker
 
-    threading.Thread(target=load, name="qa-load", daemon=True).start()
-    click.echo(f"Serving on http://{host}:{port}  (Ctrl+C to stop; /readyz answers 200 once loaded)", err=True)
-    waitress_serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
-                   _quiet=True)
+    click.echo(f"Serving on http://{host}:{port} with {workers} processes x {threads} threads "
+               f"(Ctrl+C to stop; /readyz answers 200 once loaded)", err=True)
+    server.serve(make_app, load, host, port, workers, threads)
 
 
 @cli.command()

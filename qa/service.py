@@ -19,6 +19,8 @@ from .store import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
 
 log = logging.getLogger(__name__)
 
+FIRST_LOAD_WAIT = 15.0  # seconds a request waits for its process's first index load before a 503
+
 
 class Service:
     """One process's view of an index folder: reloads the snapshot when a writer publishes a new one."""
@@ -59,7 +61,9 @@ class Service:
         if current is None and stamp is None:  # say so at once, without loading the model
             raise IndexCorrupt(f"no index in {self.index_dir}; run `qa ingest PATH --index {self.index_dir}` first",
                                code="index_missing")
-        if not self._lock.acquire(blocking=wait):
+        # Only the first load is waited for (briefly: a request to a freshly
+        # started worker beats a 503); later reloads never hold anyone up.
+        if not (self._lock.acquire() if wait else self._lock.acquire(timeout=FIRST_LOAD_WAIT if current is None else 0)):
             if current is None:
                 raise NotReady("the index is still loading; try again in a moment")
             return current

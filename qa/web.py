@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import re
@@ -11,7 +12,7 @@ from dataclasses import asdict
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
 from .errors import BadRequest, Forbidden, IndexLocked, IngestError, NotFound, QAError, Unauthorized
@@ -54,13 +55,29 @@ def run_search(q, k) -> dict:
     return {"query": q, "took_ms": round(took, 2), "results": [asdict(h) for h in hits]}
 
 
+def _body_bytes() -> bytes:
+    """The request body, refused with 413 past the size limit whether or not it came with a Content-Length."""
+    limit = request.max_content_length
+    if request.content_length is not None or limit is None:
+        return request.get_data(cache=False)  # werkzeug checks Content-Length against the limit first
+    # Chunked: no length up front, and werkzeug stops quietly at the limit, so
+    # read one byte past it ourselves to tell "too large" from "just fits".
+    stream, chunks, size = request.environ["wsgi.input"], [], 0
+    while size <= limit and (chunk := stream.read(min(65536, limit + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    return b"".join(chunks)
+
+
 def json_body() -> object:
     """The request's JSON body, or a 415/400 error that says what to send."""
     if not request.is_json:
         raise QAError("send JSON with Content-Type: application/json", code="unsupported_media_type", status=415)
     try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nesting deep enough to exhaust the parser's stack
+        body = json.loads(_body_bytes())
+    except (ValueError, RecursionError):  # RecursionError: nesting deep enough to exhaust the parser's stack
         body = None
     if body is None:
         raise BadRequest("the request body is not valid JSON", code="invalid_json")
