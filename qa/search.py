@@ -131,11 +131,15 @@ def _overlaps(a: PassageRow, b: PassageRow, words: Callable[[PassageRow], set[st
     return bool(wa) and len(wa & wb) / len(wa | wb) > 0.9
 
 
-def stem(word: str) -> str:
-    stemmer = getattr(_local, "stemmer", None)
+def _stemmer() -> Stemmer.Stemmer:
+    stemmer = getattr(_local, "stemmer", None)  # one per thread: a Stemmer is not thread-safe
     if stemmer is None:
         stemmer = _local.stemmer = Stemmer.Stemmer("porter")  # the algorithm FTS5's porter tokenizer uses
-    return stemmer.stemWord(word.lower())
+    return stemmer
+
+
+def stem(word: str) -> str:
+    return _stemmer().stemWord(word.lower())
 
 
 def highlight(text: str, terms: list[str], idf: dict[str, float],
@@ -145,9 +149,10 @@ def highlight(text: str, terms: list[str], idf: dict[str, float],
     if not spans:
         return []
     stems = {stem(t) for t in terms}
+    stem_words = _stemmer().stemWords  # one call per sentence, not one per word
     scores = []
     for a, b in spans:
-        found = {stem(w) for w in _WORD.findall(text[a:b])} & stems
+        found = stems.intersection(stem_words(_WORD.findall(text[a:b].lower())))
         scores.append(sum(idf.get(s, 1.0) for s in found))
     best = max(range(len(spans)), key=lambda i: (scores[i], -i))
     chosen = [best]

@@ -93,10 +93,13 @@ class SentenceIndex:
 
     def best(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Each passage's best sentence score."""
-        q = query.reshape(-1)
-        out = {}
-        for pid in ids:
-            span = self.ranges.get(pid)
-            if span:
-                out[pid] = float(np.max(self.matrix[span[0]:span[1]] @ q))
-        return out
+        found = [(pid, span) for pid in ids if (span := self.ranges.get(pid))]
+        if not found:
+            return {}
+        # One gather, one product and one segmented max instead of a numpy call per passage.
+        lo = np.fromiter((span[0] for _, span in found), dtype=np.int64, count=len(found))
+        sizes = np.fromiter((span[1] - span[0] for _, span in found), dtype=np.int64, count=len(found))
+        firsts = np.cumsum(sizes) - sizes
+        rows = np.repeat(lo - firsts, sizes) + np.arange(int(sizes.sum()))
+        best = np.maximum.reduceat(self.matrix[rows] @ query.reshape(-1), firsts)
+        return dict(zip((pid for pid, _ in found), best.tolist()))

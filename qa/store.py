@@ -176,6 +176,7 @@ class Index:
         self.vectors = vectors
         self.sentences = sentences
         self._local = threading.local()
+        self._doc_freqs: dict[str, int] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None) -> Index:
@@ -327,9 +328,17 @@ class Index:
         """Document frequencies of stemmed terms and the passage count, for idf."""
         if not terms:
             return {}, self.passage_count
-        marks = ",".join("?" * len(terms))
-        rows = self.db.execute(f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", list(terms)).fetchall()
-        return {r[0]: r[1] for r in rows}, self.passage_count
+        cache = self._doc_freqs  # per snapshot; near enough, as FTS5's vocabulary ignores generations anyway
+        out = {t: cache.get(t) for t in terms}
+        todo = [t for t, n in out.items() if n is None]
+        if todo:
+            marks = ",".join("?" * len(todo))
+            found = dict(self.db.execute(f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", todo).fetchall())
+            if len(cache) > 100_000:
+                cache.clear()
+            for t in todo:
+                out[t] = cache[t] = found.get(t, 0)
+        return {t: n for t, n in out.items() if n}, self.passage_count
 
 
 def _db_state(conn: sqlite3.Connection, path: Path, gen: int) -> tuple[int, int]:
