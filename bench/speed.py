@@ -130,7 +130,7 @@ def main() -> None:
 
     articles, paragraphs, questions = load(args.squad, args.paragraphs)
     print(f"{len(paragraphs)} paragraphs in {len(articles)} articles, {len(questions)} questions; "
-          f"{os.cpu_count()} CPUs; backend {os.environ.get('QA_BACKEND', 'onnx-int8 (default)')}", flush=True)
+          f"{os.cpu_count()} CPUs; backend {os.environ.get('QA_BACKEND', 'openvino-int8 (default)')}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="qa-bench-"))
     jsonl = tmp / "paragraphs.jsonl"
     jsonl.write_text("".join(json.dumps(a) + "\n" for a in articles))

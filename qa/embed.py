@@ -75,7 +75,7 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-BACKENDS = ("onnx-int8", "onnx", "torch")
+BACKENDS = ("openvino-int8", "onnx-int8", "onnx", "torch")
 
 
 def cache_dir() -> Path:
@@ -83,11 +83,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QA_CACHE_DIR") or Path.home() / ".cache" / "qa-news")
 
 
+def _threads() -> int | None:
+    return int(os.environ.get("QA_MODEL_THREADS") or 0) or None  # default: all cores
+
+
 _cache: dict[tuple[str, str], Embedder] = {}
 _lock = threading.Lock()
 
 
-def get_embedder(name: str = DEFAULT_MODEL, backend: str = "onnx-int8") -> Embedder:
+def get_embedder(name: str = DEFAULT_MODEL, backend: str = "openvino-int8") -> Embedder:
     """Load a model once per process and hand out the same instance afterwards."""
     key = (name, backend)
     with _lock:
@@ -97,9 +101,12 @@ def get_embedder(name: str = DEFAULT_MODEL, backend: str = "onnx-int8") -> Embed
             elif backend in ("onnx", "onnx-int8"):
                 from .onnx_backend import OnnxEmbedder
 
-                threads = int(os.environ.get("QA_MODEL_THREADS") or 0) or None  # default: all cores
                 _cache[key] = OnnxEmbedder(model_path(name), cache_dir() / "onnx", quantize=backend == "onnx-int8",
-                                           threads=threads)
+                                           threads=_threads())
+            elif backend == "openvino-int8":
+                from .openvino_backend import OpenVinoEmbedder
+
+                _cache[key] = OpenVinoEmbedder(model_path(name), cache_dir() / "openvino", threads=_threads())
             else:
                 raise QAError(f"unknown embedding backend {backend!r}; use one of {', '.join(BACKENDS)}",
                               code="bad_backend")

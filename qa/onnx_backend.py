@@ -72,6 +72,8 @@ def _default_threads() -> int:
 class OnnxEmbedder:
     """Embed text with an ONNX Runtime export of a sentence-transformers BERT-style model (mean pooling, L2-normalised)."""
 
+    runtime = "onnx"
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -96,7 +98,7 @@ class OnnxEmbedder:
         if folder in ("model", "models") and self.model_dir.parent.name:
             # pip-packaged models live in <package>/model: use the package name.
             folder = self.model_dir.parent.name
-        self.name: str = f"{folder}/onnx-{'int8' if self.quantize else 'fp32'}"
+        self.name: str = f"{folder}/{self.runtime}-{'int8' if self.quantize else 'fp32'}"
 
         # Two tokenizers so neither is ever reconfigured after construction
         # (reconfiguring a shared Tokenizer is not thread-safe).  tokenizer.json
@@ -110,10 +112,13 @@ class OnnxEmbedder:
         self._tok_full.no_padding()
         self._tok_full.no_truncation()
 
-        self.model_path: Path = _ensure_model(self.model_dir, self.cache_dir, config, self.quantize)
+        self._open(config, int(threads) if threads else _default_threads())
 
+    def _open(self, config: dict, threads: int) -> None:
+        """Build (first use) or find the cached model file and start the runtime on it."""
+        self.model_path: Path = _ensure_model(self.model_dir, self.cache_dir, config, self.quantize)
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads) if threads else _default_threads()
+        so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -25,7 +25,7 @@ def reference(tmp_path_factory):
     return top_results(tmp_path_factory.mktemp("torch"), "torch")
 
 
-@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8", "openvino-int8"])
 def test_backend_gives_the_same_top_results_as_torch_fp32(tmp_path, reference, backend):
     ref, other = get_embedder(backend="torch"), get_embedder(backend=backend)
     assert other.dim == ref.dim and other.max_tokens == ref.max_tokens
