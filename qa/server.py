@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import HaltServer
 from gunicorn.workers.gthread import ThreadWorker
 
 from .web import CSP
@@ -91,4 +92,7 @@ def serve(make_app: Callable[[], object], on_start: Callable[[object], None], ho
         "preload_app": False,  # the model session's threads do not survive a fork
     }
     sys.argv = sys.argv[:1]  # gunicorn reads its own options from argv otherwise
-    Server(make_app, on_start, options).run()
+    try:
+        Server(make_app, on_start, options).run()
+    except HaltServer as e:  # a worker could not load; it has said why on stderr
+        sys.exit(e.exit_status)

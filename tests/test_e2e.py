@@ -96,3 +96,17 @@ def test_pages_and_health(server):
         status, _, body = get(server + path)
         assert status == 200, path
     assert json.loads(get(server + "/healthz")[2])["status"] == "ok"
+
+
+def test_serve_on_a_broken_index_stops_with_the_reason_and_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, free_port
+
+    (tmp_path / "manifest.json").write_text('{"articles": 3, "generation": 1}')
+    r = subprocess.run([sys.executable, "-m", "qa", "serve", "--index", str(tmp_path), "--port", str(free_port())],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0
+    assert "manifest.json is unreadable" in r.stderr and "Traceback" not in r.stderr, r.stderr
