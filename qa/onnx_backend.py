@@ -172,7 +172,7 @@ class OnnxEmbedder:
         return out
 
     def __repr__(self) -> str:
-        return f"OnnxEmbedder(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens}, model={str(self.model_path)!r})"
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens}, model={str(self.model_path)!r})"
 
     # ------------------------------------------------------------ internals
 
