@@ -94,7 +94,7 @@ def ingest(paths, index, wait, quiet):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
-              help="Server processes, each with its own model and index snapshot  [default: one per CPU core]")
+              help="Server processes, each with its own model and index snapshot  [default: one per CPU core, at most 8]")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Threads per process (keep-alive and slow clients each hold one).")
 def serve(index, host, port, workers, threads):
@@ -105,7 +105,7 @@ def serve(index, host, port, workers, threads):
     app, svc = _service(index)  # here only to check the settings and say where the index is
     workers = workers or server.default_workers()
     if not os.environ.get("QA_MODEL_THREADS"):  # share the cores out instead of every process taking them all
-        os.environ["QA_MODEL_THREADS"] = str(max(1, server.default_workers() // workers))
+        os.environ["QA_MODEL_THREADS"] = str(max(1, server.cores() // workers))
 
     def make_app():
         return create_app({"INDEX_DIR": str(svc.index_dir)})

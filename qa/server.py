@@ -67,11 +67,18 @@ class Server(BaseApplication):
         return self.make_app()
 
 
-def default_workers() -> int:
+MAX_DEFAULT_WORKERS = 8  # each holds its own model and snapshot; more is a choice (--workers), not a default
+
+
+def cores() -> int:
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return max(1, len(os.sched_getaffinity(0)))  # honours taskset/cgroup cpusets
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    return min(cores(), MAX_DEFAULT_WORKERS)
 
 
 def serve(make_app: Callable[[], object], on_start: Callable[[object], None], host: str, port: int,
