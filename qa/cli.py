@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import textwrap
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -133,6 +132,9 @@ def serve(index, host, port, workers, threads):
         except QAError as e:
             click.secho(f"Error: {e.message}", fg="red", err=True)
             os._exit(server.BOOT_ERROR)  # the arbiter then stops the whole server, not just this worker
+        except Exception as e:  # noqa: BLE001 - a worker that can never be ready must not linger half-alive
+            click.secho(f"Error: could not load the index: {type(e).__name__}: {e}", fg="red", err=True)
+            os._exit(server.BOOT_ERROR)
 
     click.echo(f"Serving on http://{host}:{port} with {workers} processes x {threads} threads "
                f"(Ctrl+C to stop; /readyz answers 200 once loaded)", err=True)
