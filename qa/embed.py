@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from .errors import QAError
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,6 +86,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QA_CACHE_DIR") or Path.home() / ".cache" / "qa-news")
 
 
+def _onnx(name: str, quantize: bool) -> Embedder:
+    from .onnx_backend import OnnxEmbedder
+
+    return OnnxEmbedder(model_path(name), cache_dir() / "onnx", quantize=quantize, threads=_threads())
+
+
 def _threads() -> int | None:
     return int(os.environ.get("QA_MODEL_THREADS") or 0) or None  # default: all cores
 
@@ -99,14 +108,18 @@ def get_embedder(name: str = DEFAULT_MODEL, backend: str = "openvino-int8") -> E
             if backend == "torch":
                 _cache[key] = SentenceTransformerEmbedder(name)
             elif backend in ("onnx", "onnx-int8"):
-                from .onnx_backend import OnnxEmbedder
-
-                _cache[key] = OnnxEmbedder(model_path(name), cache_dir() / "onnx", quantize=backend == "onnx-int8",
-                                           threads=_threads())
+                _cache[key] = _onnx(name, quantize=backend == "onnx-int8")
             elif backend == "openvino-int8":
-                from .openvino_backend import OpenVinoEmbedder
+                try:
+                    from .openvino_backend import OpenVinoEmbedder
 
-                _cache[key] = OpenVinoEmbedder(model_path(name), cache_dir() / "openvino", threads=_threads())
+                    _cache[key] = OpenVinoEmbedder(model_path(name), cache_dir() / "openvino", threads=_threads())
+                except QAError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - e.g. a CPU or model OpenVINO cannot convert
+                    log.warning("OpenVINO could not prepare %s (%s: %s); using ONNX Runtime int8 instead",
+                                name, type(e).__name__, e)
+                    _cache[key] = _onnx(name, quantize=True)
             else:
                 raise QAError(f"unknown embedding backend {backend!r}; use one of {', '.join(BACKENDS)}",
                               code="bad_backend")

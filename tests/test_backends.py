@@ -40,3 +40,17 @@ def test_backend_gives_the_same_top_results_as_torch_fp32(tmp_path, reference, b
         assert cos.min() > 0.9999 and got == reference
     else:
         assert cos.min() > 0.97 and same_top1 >= 0.9 and overlap3 >= 0.8
+
+
+def test_openvino_failure_falls_back_to_onnx_int8(monkeypatch, caplog):
+    from qa import embed, openvino_backend
+
+    def broken(*a, **k):
+        raise RuntimeError("no conversion today")
+
+    monkeypatch.setattr(openvino_backend, "_ensure_ir", broken)
+    monkeypatch.setattr(embed, "_cache", {})
+    e = embed.get_embedder(backend="openvino-int8")
+    assert e.name.endswith("onnx-int8")
+    assert "using ONNX Runtime int8 instead" in caplog.text and "no conversion today" in caplog.text
+    assert e.encode(["a question"]).shape == (1, e.dim)
