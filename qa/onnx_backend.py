@@ -319,13 +319,13 @@ def _ensure_model(model_dir: Path, cache_dir: Path, config: dict, quantize: bool
     return target
 
 
-def _export_fp32(model_dir: Path, out_path: Path, config: dict) -> None:
-    """torch.onnx.export of AutoModel + in-graph mean pooling/L2, then ORT BERT fusion."""
+def pooled_model(model_dir: Path, with_hidden: bool = True):
+    """The packaged PyTorch model with mean pooling and L2 normalisation in the graph, for export."""
     import torch  # lazy: export only
     import transformers
     from transformers import AutoModel
 
-    class _Pooled(torch.nn.Module):
+    class Pooled(torch.nn.Module):
         def __init__(self, model: torch.nn.Module) -> None:
             super().__init__()
             self.model = model
@@ -339,7 +339,7 @@ def _export_fp32(model_dir: Path, out_path: Path, config: dict) -> None:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
-            return hidden, pooled
+            return (hidden, pooled) if with_hidden else pooled
 
     progress = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
@@ -351,6 +351,12 @@ def _export_fp32(model_dir: Path, out_path: Path, config: dict) -> None:
     finally:
         if progress:
             transformers.utils.logging.enable_progress_bar()
+    return Pooled(model).eval()
+
+
+def _export_fp32(model_dir: Path, out_path: Path, config: dict) -> None:
+    """torch.onnx.export of AutoModel + in-graph mean pooling/L2, then ORT BERT fusion."""
+    import torch
 
     ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0, 0]])
     mask = (ids != 0).to(torch.int64)
@@ -362,7 +368,7 @@ def _export_fp32(model_dir: Path, out_path: Path, config: dict) -> None:
             # dynamo=False: the TorchScript exporter needs no onnxscript and
             # gives a graph that ORT's BERT fusions recognise.
             torch.onnx.export(
-                _Pooled(model),
+                pooled_model(model_dir),
                 (ids, mask),
                 str(raw_path),
                 dynamo=False,

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+from tokenizers import Tokenizer
 
-from .onnx_backend import _OUTPUT, OnnxEmbedder, _file_lock, _weights_digest
+from .onnx_backend import _OUTPUT, BATCH_TOKENS, OnnxEmbedder, _file_lock, _weights_digest, pooled_model
 
 log = logging.getLogger(__name__)
 
-_RECIPE_VERSION = 1  # bump when the conversion or quantisation recipe changes
+_RECIPE_VERSION = 2  # bump when the conversion or quantisation recipe changes
 CALIBRATION = Path(__file__).with_name("data") / "calibration.txt"
 
 _core_lock = threading.Lock()
@@ -52,7 +53,7 @@ class OpenVinoEmbedder(OnnxEmbedder):
     runtime = "openvino"
 
     def _open(self, config: dict, threads: int) -> None:
-        self.model_path = _ensure_ir(self.model_dir, self.cache_dir, self.quantize)
+        self.model_path = _ensure_ir(self.model_dir, self.cache_dir, self.quantize, self._tok)
         compiled = _ov_core().compile_model(str(self.model_path), "CPU", {
             "CACHE_DIR": str(self.cache_dir / "compiled"),  # later starts load the compiled blob: 0.5 s less
             "INFERENCE_NUM_THREADS": threads,
@@ -67,7 +68,7 @@ class OpenVinoEmbedder(OnnxEmbedder):
         self._onnx: OnnxEmbedder | None = None
         self._onnx_lock = threading.Lock()
 
-    def encode(self, texts: list[str], batch_size: int = 32, batch_tokens: int = 512) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 32, batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """Embed many texts here; a single text (a question) goes to ONNX Runtime int8, which is faster for one."""
         if isinstance(texts, list) and len(texts) == 1 and self.quantize:
             return self._single().encode(texts)
@@ -104,7 +105,7 @@ def _cache_key(model_dir: Path, cache_dir: Path, quantize: bool) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _ensure_ir(model_dir: Path, cache_dir: Path, quantize: bool) -> Path:
+def _ensure_ir(model_dir: Path, cache_dir: Path, quantize: bool, tokenizer: Tokenizer) -> Path:
     """Return the cached IR (.xml beside its .bin) for these weights and settings, building it if missing."""
     stem = model_dir.parent.name if model_dir.name in ("model", "models") else model_dir.name
     folder = cache_dir / f"{stem}-{_cache_key(model_dir, cache_dir, quantize)}-{'int8' if quantize else 'fp32'}"
@@ -120,7 +121,7 @@ def _ensure_ir(model_dir: Path, cache_dir: Path, quantize: bool) -> Path:
         try:
             model = _convert(model_dir)
             if quantize:
-                model = _quantize(model, model_dir)
+                model = _quantize(model, tokenizer)
             ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
             for f in tmp.iterdir():
                 f.chmod(0o644)
@@ -132,30 +133,15 @@ def _ensure_ir(model_dir: Path, cache_dir: Path, quantize: bool) -> Path:
 
 
 def _convert(model_dir: Path) -> ov.Model:
-    """The PyTorch model with mean pooling and L2 normalisation in the graph, as an OpenVINO model."""
+    """The PyTorch model with pooling in the graph, as an OpenVINO model."""
     import torch
-    import transformers
-    from transformers import AutoModel
 
-    class Pooled(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-
-    transformers.utils.logging.disable_progress_bar()
-    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", dtype=torch.float32).eval()
     example = torch.ones((2, 16), dtype=torch.int64)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = ov.convert_model(
-            Pooled(bert), example_input={"input_ids": example, "attention_mask": example},
+            pooled_model(model_dir, with_hidden=False),
+            example_input={"input_ids": example, "attention_mask": example},
             input=[("input_ids", ov.PartialShape([-1, -1]), ov.Type.i64),
                    ("attention_mask", ov.PartialShape([-1, -1]), ov.Type.i64)],
         )
@@ -163,14 +149,10 @@ def _convert(model_dir: Path) -> ov.Model:
     return model
 
 
-def _quantize(model: ov.Model, model_dir: Path) -> ov.Model:
+def _quantize(model: ov.Model, tok: Tokenizer) -> ov.Model:
     """NNCF post-training int8, its activation ranges measured on the calibration text."""
     import nncf
-    from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(max_length=256)
     texts = [t for t in CALIBRATION.read_text("utf-8").splitlines() if t.strip()]
     samples = []
     for enc in tok.encode_batch(texts):  # one unpadded text per sample, as queries and sentences arrive

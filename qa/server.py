@@ -45,7 +45,6 @@ class Worker(ThreadWorker):
     on_start: Callable[[object], None] | None = None
 
     def load_wsgi(self) -> None:
-        util.write_error = _write_json_error  # this process's parse errors, answered as JSON
         super().load_wsgi()  # creates the app in this worker
         if Worker.on_start is not None:
             threading.Thread(target=Worker.on_start, args=(self.wsgi,), name="qa-load", daemon=True).start()
@@ -99,6 +98,7 @@ def serve(make_app: Callable[[], object], on_start: Callable[[object], None], ho
         "preload_app": False,  # the model session's threads do not survive a fork
     }
     sys.argv = sys.argv[:1]  # gunicorn reads its own options from argv otherwise
+    util.write_error = _write_json_error  # gunicorn has no hook for its parse-error page; workers inherit this
     try:
         Server(make_app, on_start, options).run()
     except HaltServer as e:  # a worker could not load; it has said why on stderr

@@ -63,7 +63,8 @@ class Service:
                                code="index_missing")
         # Only the first load is waited for (briefly: a request to a freshly
         # started worker beats a 503); later reloads never hold anyone up.
-        if not (self._lock.acquire() if wait else self._lock.acquire(timeout=FIRST_LOAD_WAIT if current is None else 0)):
+        timeout = -1 if wait else FIRST_LOAD_WAIT if current is None else 0
+        if not self._lock.acquire(timeout=timeout):
             if current is None:
                 raise NotReady("the index is still loading; try again in a moment")
             return current
