@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexCorrupt, IndexLocked, ModelMismatch
-from .sentences import SentenceIndex
+from .sentences import SentenceIndex, terms_of
 
 log = logging.getLogger(__name__)
 # Queries search one vector at a time: OpenMP threads would only fight the model's threads.
@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS sentences (
     end_char INTEGER NOT NULL,
     embed_hash TEXT NOT NULL,
     vector BLOB NOT NULL,
-    gen INTEGER NOT NULL
+    gen INTEGER NOT NULL,
+    terms TEXT  -- distinct porter stems, space-separated
 );
 CREATE INDEX IF NOT EXISTS sentences_article ON sentences(article_id);
 CREATE INDEX IF NOT EXISTS sentences_embed_hash ON sentences(embed_hash);
@@ -254,6 +255,14 @@ class Index:
     def sentence_max(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Each passage's best sentence score."""
         return self.sentences.best(query, ids) if self.sentences else {}
+
+    def sentence_terms_max(self, weights: dict[str, float], ids: Sequence[int]) -> dict[int, float]:
+        """Each passage's best sentence by the summed weights of the stems it holds ({} without sentences)."""
+        return self.sentences.best_terms(weights, ids) if self.sentences else {}
+
+    def sentence_term_scores(self, weights: dict[str, float], pid: int) -> list[float]:
+        """The summed weights of the stems in each of a passage's sentences ([] without sentences)."""
+        return self.sentences.passage_term_scores(weights, pid) if self.sentences else []
 
     @property
     def passage_count(self) -> int:
@@ -435,6 +444,8 @@ class Writer:
         self.conn = _connect(self.path / DB_NAME)
         try:
             self.conn.executescript(SCHEMA)
+            if "terms" not in {r[1] for r in self.conn.execute("PRAGMA table_info(sentences)")}:
+                self.conn.execute("ALTER TABLE sentences ADD COLUMN terms TEXT")  # readers fill in older rows
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
             self.generation = int(self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
@@ -520,9 +531,11 @@ class Writer:
                     new_vecs.append(vec)
                 for sent in (more[0] if more else ()):
                     c.execute(
-                        "INSERT INTO sentences (article_id, start_char, end_char, embed_hash, vector, gen) VALUES (?,?,?,?,?,?)",
+                        "INSERT INTO sentences (article_id, start_char, end_char, embed_hash, vector, gen, terms) "
+                        "VALUES (?,?,?,?,?,?,?)",
                         (art.id, sent.start, sent.end, sent.embed_hash,
-                         np.ascontiguousarray(sent.vector, dtype=np.float32).tobytes(), gen),
+                         np.ascontiguousarray(sent.vector, dtype=np.float32).tobytes(), gen,
+                         terms_of(art.text[sent.start:sent.end])),
                     )
             c.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(gen),))
             c.execute("COMMIT")

@@ -45,7 +45,7 @@ def server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
 
 
-def search(base: str, q: str, k: int = 3) -> dict:
+def search(base: str, q: str, k: int = 5) -> dict:  # the API's default page of results
     status, _, body = get(f"{base}/api/search?" + urllib.parse.urlencode({"q": q, "k": k}))
     assert status == 200, body
     return json.loads(body)

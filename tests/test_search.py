@@ -1,7 +1,14 @@
+import shutil
+import sqlite3
+
+import numpy as np
 import pytest
 
 from qa.errors import BadRequest
-from qa.search import SearchConfig, fts_query, fuse, highlight, query_terms, validate
+from qa.search import SearchConfig, Searcher, fts_query, fuse, highlight, query_terms, validate
+from qa.sentences import SentenceIndex, terms_of
+from qa.service import get_service
+from qa.store import DB_NAME, Index, Writer
 
 
 def test_query_terms_drop_stop_words_but_never_everything():
@@ -52,3 +59,44 @@ def test_validate_rejects(q, k, code):
 def test_validate_defaults():
     assert validate(" hi ", None, SearchConfig()) == ("hi", 5)
     assert validate("hi", "7", SearchConfig()) == ("hi", 7)
+
+
+def test_fuse_mixes_the_best_sentence_into_the_lexical_side():
+    cfg = SearchConfig(lexical_weight=1, dense_weight=0, lexical_sentence_weight=0.5)
+    lexical = {1: 10.0, 2: 8.0}  # passage 1 scatters the query terms over its window ...
+    best_sentence = {1: 1.0, 2: 4.0}  # ... passage 2 holds them in one sentence
+    ranked = dict(fuse(lexical, {}, cfg, best_sentence))
+    assert ranked[1] == pytest.approx(0.5 * 1.0 + 0.5 * 0.25)
+    assert ranked[2] == pytest.approx(0.5 * 0.8 + 0.5 * 1.0)
+    assert fuse(lexical, {}, cfg)[0][0] == 1  # the window's BM25 alone would rank 1 first
+
+
+def test_sentence_term_scores_sum_the_weights_of_held_stems():
+    texts = ["Assad fled to Moscow.", "Rebels entered Damascus.", "Moscow granted asylum to Assad."]
+    terms = [terms_of(t) for t in texts]
+    assert terms[0] == "assad fled moscow to"
+    sents = SentenceIndex(np.zeros((3, 4), np.float32), [[10], [10, 11], [11]], {10: (0, 2), 11: (1, 3)},
+                          [(0, 21), (22, 46), (47, 78)], terms)
+    weights = {"assad": 2.0, "moscow": 1.0, "asylum": 3.0, "zebra": 9.0}
+    assert sents.passage_term_scores(weights, 10) == [3.0, 0.0]
+    assert sents.passage_term_scores(weights, 11) == [0.0, 6.0]
+    assert sents.best_terms(weights, [11, 10, 99]) == {11: 6.0, 10: 3.0}
+    assert sents.best_terms({"zebra": 1.0}, [10]) == {10: 0.0}
+    assert sents.best_terms(weights, [99]) == {}
+
+
+def test_index_from_before_stems_were_kept_loads_and_searches_the_same(app, tmp_path):
+    """A folder whose sentences table has no terms column gets its stems at load, then from the writer."""
+    with app.app_context():
+        svc = get_service()
+        before = [(h.passage_id, h.score, h.highlight) for h in svc.searcher().search("Where did Assad go?", 5)]
+        old = tmp_path / "old"
+        shutil.copytree(svc.index_dir, old)
+    with sqlite3.connect(old / DB_NAME) as conn:
+        conn.execute("ALTER TABLE sentences DROP COLUMN terms")
+    searcher = Searcher(Index.load(old), svc.embedder, svc.cfg)
+    assert [(h.passage_id, h.score, h.highlight) for h in searcher.search("Where did Assad go?", 5)] == before
+    with Writer(old, "fake", svc.embedder.dim):
+        pass
+    with sqlite3.connect(old / DB_NAME) as conn:
+        assert "terms" in {r[1] for r in conn.execute("PRAGMA table_info(sentences)")}
