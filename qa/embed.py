@@ -53,6 +53,7 @@ class SentenceTransformerEmbedder:
     """The plain sentence-transformers path (PyTorch, fp32)."""
 
     def __init__(self, name: str = DEFAULT_MODEL):
+        import copy
         import logging
 
         from sentence_transformers import SentenceTransformer
@@ -66,7 +67,9 @@ class SentenceTransformerEmbedder:
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
                        else self.model.get_sentence_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)
-        self.tokenizer = self.model.tokenizer
+        # A copy for counting: ingest counts the next articles' word pieces while another
+        # thread encodes, and one fast tokenizer used by two threads raises "Already borrowed".
+        self.tokenizer = copy.deepcopy(self.model.tokenizer)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Count word pieces, [CLS] and [SEP] included, without truncation."""

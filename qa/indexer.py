@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .chunk import ChunkConfig, split, title_prefix
 from .embed import Embedder
@@ -27,6 +30,12 @@ class Report:
     @property
     def failed(self) -> int:
         return len(self.failures)
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def iter_articles(paths: Iterable[str | os.PathLike]) -> Iterator[Article | Failure]:
@@ -54,47 +63,69 @@ def add_articles(
     def key(text: str) -> str:
         return hashlib.sha1(f"{writer.model}\0{text}".encode()).hexdigest()
 
-    def flush() -> None:
-        nonlocal batch, pending
-        if not batch:
-            return
-        # Only sentences go through the model; each is embedded once, ever.
-        inputs = {h: text for _, sents, _ in batch for h, text in sents}
-        vectors = writer.cached_vectors(inputs)
-        todo = [h for h in inputs if h not in vectors]
-        if todo:
-            for h, v in zip(todo, embedder.encode([inputs[h] for h in todo])):
-                vectors[h] = v
-            report.embedded += len(todo)
+    # The model embeds one batch in a worker thread while this thread chunks the next
+    # articles and writes the previous batch (the model releases the GIL).
+    pool = ThreadPoolExecutor(1, thread_name_prefix="qa-embed")
+    inflight: tuple | None = None  # (batch, vectors, todo, future)
+
+    def finish() -> dict[str, np.ndarray]:
+        """Wait for the batch being embedded, store it, and return its new vectors."""
+        nonlocal inflight
+        if inflight is None:
+            return {}
+        done, vectors, todo, future = inflight
+        inflight = None
+        fresh = dict(zip(todo, future.result()))
+        vectors.update(fresh)
+        report.embedded += len(todo)
         items = []
-        for art, sents, (units, chunks) in batch:
+        for art, sents, (units, chunks) in done:
             new_sents = [NewSentence(a, b, n, h, vectors[h]) for (a, b, n), (h, _) in zip(units, sents)]
             news = [NewPassage(c.start, c.end, key("passage\0" + title_prefix(art.title) + c.text),
                                passage_vector(new_sents, c.start, c.end)) for c in chunks]
             items.append((art, news, new_sents))
         writer.add(items)
+        return fresh
+
+    def flush() -> None:
+        nonlocal batch, pending, inflight
+        if not batch:
+            return
+        # Only sentences go through the model; each is embedded once, ever.
+        inputs = {h: text for _, sents, _ in batch for h, text in sents}
+        vectors = writer.cached_vectors(inputs)
+        embedding = set(inflight[2]) if inflight else set()  # not stored yet, but on their way
+        todo = [h for h in inputs if h not in vectors and h not in embedding]
+        future = pool.submit(embedder.encode, [inputs[h] for h in todo]) if todo else _done(np.zeros((0, 0)))
+        fresh = finish()
+        vectors.update((h, fresh[h]) for h in inputs if h in fresh and h not in vectors)
+        inflight = (batch, vectors, todo, future)
         batch, pending = [], 0
 
-    for item in articles:
-        if isinstance(item, Failure):
-            report.failures.append(item)
-        else:
-            item.ensure_id()
-            h = item.content_hash
-            if h in seen or writer.known_hashes([h]):
-                report.duplicates += 1
+    try:
+        for item in articles:
+            if isinstance(item, Failure):
+                report.failures.append(item)
             else:
-                seen.add(h)
-                units, chunks = split(item.text, item.title, embedder.count_tokens, chunking)
-                prefix = title_prefix(item.title)
-                sents = [(key(prefix + item.text[a:b]), prefix + item.text[a:b]) for a, b, _ in units]
-                batch.append((item, sents, (units, chunks)))
-                pending += len(units)
-                report.added += 1
-                report.passages += len(chunks)
-                if pending >= BATCH_SENTENCES:
-                    flush()
-        if on_progress:
-            on_progress(report, item)
-    flush()
+                item.ensure_id()
+                h = item.content_hash
+                if h in seen or writer.known_hashes([h]):
+                    report.duplicates += 1
+                else:
+                    seen.add(h)
+                    units, chunks = split(item.text, item.title, embedder.count_tokens, chunking)
+                    prefix = title_prefix(item.title)
+                    sents = [(key(prefix + item.text[a:b]), prefix + item.text[a:b]) for a, b, _ in units]
+                    batch.append((item, sents, (units, chunks)))
+                    pending += len(units)
+                    report.added += 1
+                    report.passages += len(chunks)
+                    if pending >= BATCH_SENTENCES:
+                        flush()
+            if on_progress:
+                on_progress(report, item)
+        flush()
+        finish()
+    finally:
+        pool.shutdown(cancel_futures=True)
     return report

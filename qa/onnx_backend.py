@@ -149,14 +149,28 @@ class OnnxEmbedder:
             ids = np.array([self._tok.encode(texts[0]).ids], dtype=np.int64)
             return self._run(ids, np.ones_like(ids))
 
+        out = np.empty((n, self.dim), dtype=np.float32)
+        for idx, ids, mask in self._batches(texts, batch_size, batch_tokens):
+            out[idx] = self._run(ids, mask)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens}, model={str(self.model_path)!r})"
+
+    # ------------------------------------------------------------ internals
+
+    width_multiple = 1  # pad batch widths up to a multiple of this
+
+    def _batches(self, texts: list[str], batch_size: int, batch_tokens: int):
+        """Yield (row indices, input ids, attention mask) batches, longest texts first."""
         encodings = self._tok.encode_batch(list(texts))
+        n = len(encodings)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
         # Longest first (stable), so each batch pads only to its own longest text.
         order = np.argsort(-lengths, kind="stable")
-        out = np.empty((n, self.dim), dtype=np.float32)
-        start = 0
+        start, m = 0, self.width_multiple
         while start < n:
-            width = int(lengths[order[start]])
+            width = -(-int(lengths[order[start]]) // m) * m
             # Batches of about batch_tokens word pieces keep the activations in
             # cache: 512 ran 16% faster than a fixed 32 texts on 125k tokens.
             rows = max(1, min(int(batch_size), int(batch_tokens) // width))
@@ -167,14 +181,8 @@ class OnnxEmbedder:
                 k = int(lengths[j])
                 ids[row, :k] = encodings[j].ids
                 mask[row, :k] = 1
-            out[idx] = self._run(ids, mask)
+            yield idx, ids, mask
             start += len(idx)
-        return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, max_tokens={self.max_tokens}, model={str(self.model_path)!r})"
-
-    # ------------------------------------------------------------ internals
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (emb,) = self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})

@@ -51,28 +51,48 @@ class OpenVinoEmbedder(OnnxEmbedder):
     """Embed with an NNCF-quantised int8 OpenVINO model (same tokenization and batching as the ONNX backend)."""
 
     runtime = "openvino"
+    # Widths padded to a multiple of 8: each new input shape costs OpenVINO a first-run
+    # setup, and a one-off ingest meets most shapes once. On the bench sentences this
+    # pads 11% of positions instead of 3%, and still runs the first pass 10-15% faster.
+    width_multiple = 8
 
     def _open(self, config: dict, threads: int) -> None:
         self.model_path = _ensure_ir(self.model_dir, self.cache_dir, self.quantize, self._tok)
         compiled = _ov_core().compile_model(str(self.model_path), "CPU", {
             "CACHE_DIR": str(self.cache_dir / "compiled"),  # later starts load the compiled blob: 0.5 s less
             "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
+            # One single-threaded stream per core, each running its own batch, instead of
+            # one stream splitting each small batch across cores.
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "NUM_STREAMS": threads,
             # f32 for what stays in floating point, on every CPU (AMX ones would pick bf16)
             "INFERENCE_PRECISION_HINT": "f32",
         })
         self._compiled = compiled
-        self._output = compiled.output(_OUTPUT)
-        self._local = threading.local()  # an infer request serves one thread at a time
+        self._requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self._threads = threads
         self._onnx: OnnxEmbedder | None = None
         self._onnx_lock = threading.Lock()
 
     def encode(self, texts: list[str], batch_size: int = 32, batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """Embed many texts here; a single text (a question) goes to ONNX Runtime int8, which is faster for one."""
-        if isinstance(texts, list) and len(texts) == 1 and self.quantize:
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of strings, not a string")
+        if len(texts) == 1 and self.quantize:
             return self._single().encode(texts)
-        return super().encode(texts, batch_size, batch_tokens)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        queue = ov.AsyncInferQueue(self._compiled, self._requests)  # one per call: a queue serves one thread
+
+        def done(request: ov.InferRequest, idx: np.ndarray) -> None:
+            out[idx] = request.get_tensor(_OUTPUT).data
+
+        queue.set_callback(done)
+        for idx, ids, mask in self._batches(texts, batch_size, batch_tokens):
+            queue.start_async({"input_ids": ids, "attention_mask": mask}, idx)
+        queue.wait_all()
+        return out
 
     def _single(self) -> OnnxEmbedder:
         # Measured p50 for one 18-word-piece question, 2 threads: ORT dynamic
@@ -83,13 +103,6 @@ class OpenVinoEmbedder(OnnxEmbedder):
                 if self._onnx is None:
                     self._onnx = OnnxEmbedder(self.model_dir, self.cache_dir.parent / "onnx", threads=self._threads)
         return self._onnx
-
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        req = getattr(self._local, "request", None)
-        if req is None:
-            req = self._local.request = self._compiled.create_infer_request()
-        out = req.infer({"input_ids": ids, "attention_mask": mask})
-        return np.array(out[self._output], dtype=np.float32)  # a copy: the request reuses its buffers
 
 
 def _cache_key(model_dir: Path, cache_dir: Path, quantize: bool) -> str:

@@ -1,7 +1,7 @@
 """The faults for real: kill -9 during `qa ingest`, two writers, a live server read during an ingest.
 
 One story, real processes and the real model throughout:
-1. an index holds two articles; `qa ingest` of 600 more is SIGKILLed after its first batch commits,
+1. an index holds two articles; `qa ingest` of 3,000 more is SIGKILLed after its first batch commits,
    while a second `qa ingest` is refused with "index is locked";
 2. the folder is checked as the kill left it (a copy): whole articles only, stores in step, searchable;
 3. `qa serve` starts on it (/readyz 503 until loaded) and answers a stream of searches while a re-run of
@@ -33,7 +33,8 @@ from .conftest import ROOT, SEEDS, FakeEmbedder, qa_server
 
 pytestmark = pytest.mark.slow
 
-N_ARTICLES = 600  # several commit batches (256 passages or 512 sentences each): the kill lands between two
+N_ARTICLES = 3000  # many commit batches (512 sentences each): the kill lands between two, and the run
+# lasts long enough (several seconds) for the second writers below to find it still running
 TOKEN = "live-token"
 TOWNS = ["Kelvik", "Marrow", "Oskby", "Telford", "Brannock", "Quillon", "Dunmere", "Haverly"]
 THINGS = ["bridge", "library", "ferry", "school", "clinic", "harbour wall", "tram line", "market hall"]
