@@ -7,7 +7,6 @@ import os
 import sys
 import textwrap
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -161,7 +160,7 @@ def ask(question, k, index, as_json):
     except QAError as e:
         _fail(e)
     if as_json:
-        click.echo(json.dumps({"query": q, "took_ms": round(took, 2), "results": [asdict(h) for h in hits]},
+        click.echo(json.dumps({"query": q, "took_ms": round(took, 2), "results": [h.to_dict() for h in hits]},
                               ensure_ascii=False, indent=2))
         return
     if not hits:

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import time
-from dataclasses import asdict
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
@@ -52,7 +51,7 @@ def run_search(q, k) -> dict:
     with searcher.index.reading():  # every query of this search sees the same database state
         hits = searcher.search(q, k)
     took = (time.perf_counter() - t0) * 1000
-    return {"query": q, "took_ms": round(took, 2), "results": [asdict(h) for h in hits]}
+    return {"query": q, "took_ms": round(took, 2), "results": [h.to_dict() for h in hits]}
 
 
 def _body_bytes() -> bytes:

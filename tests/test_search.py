@@ -1,3 +1,4 @@
+import dataclasses
 import shutil
 import sqlite3
 
@@ -5,7 +6,7 @@ import numpy as np
 import pytest
 
 from qa.errors import BadRequest
-from qa.search import SearchConfig, Searcher, fts_query, fuse, highlight, query_terms, validate
+from qa.search import Citation, Hit, SearchConfig, Searcher, fts_query, fuse, highlight, query_terms, validate
 from qa.sentences import SentenceIndex, terms_of
 from qa.service import get_service
 from qa.store import DB_NAME, Index, Writer
@@ -100,3 +101,11 @@ def test_index_from_before_stems_were_kept_loads_and_searches_the_same(app, tmp_
         pass
     with sqlite3.connect(old / DB_NAME) as conn:
         assert "terms" in {r[1] for r in conn.execute("PRAGMA table_info(sentences)")}
+
+
+def test_hit_to_dict_is_asdict():
+    hit = Hit(rank=1, score=0.5, passage_id=7, text="Assad fled.", highlight=[{"start": 0, "end": 11}],
+              citation=Citation("a", "T", None, "src", None, 3, 14, "/articles/a#p-7"))
+    assert hit.to_dict() == dataclasses.asdict(hit)
+    assert list(hit.to_dict()) == [f.name for f in dataclasses.fields(Hit)]  # same key order on the wire
+    assert Hit(1, 0.5, 7, "x").to_dict() == dataclasses.asdict(Hit(1, 0.5, 7, "x"))
