@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -164,6 +165,10 @@ def highlight(text: str, terms: list[str], idf: dict[str, float],
     return [{"start": spans[chosen[0]][0], "end": spans[chosen[-1]][1]}]
 
 
+# Threads start on first use, so a process that forks before searching carries none over.
+_questions = ThreadPoolExecutor(4, thread_name_prefix="qa-question")
+
+
 class Searcher:
     """Answer questions from one index snapshot with one embedder."""
 
@@ -184,6 +189,9 @@ class Searcher:
 
     def search(self, q: str, k: int = 5) -> list[Hit]:
         cfg, index = self.cfg, self.index
+        # The model encodes the question on another thread while FTS5 and idf run here:
+        # both release the GIL, so on an idle core the two overlap.
+        qvec_future = _questions.submit(self.embedder.encode, [q]) if cfg.dense_weight > 0 else None
         terms = query_terms(q)
         match = fts_query(terms)
         n = max(cfg.candidates, k)
@@ -195,8 +203,8 @@ class Searcher:
         deep = index.lexical(match, max(cfg.lexical_depth, n), cfg.title_weight) if cfg.lexical_weight > 0 else []
         lexical = dict(deep[:n])
         dense: dict[int, float] = {}
-        if cfg.dense_weight > 0:
-            qvec = self.embedder.encode([q])[0]
+        if qvec_future is not None:
+            qvec = qvec_future.result()[0]
             dense = self.dense_scores(qvec, n, extra=list(lexical))
             scores = dict(deep)
             lexical.update((i, scores[i]) for i in dense if i in scores)
