@@ -31,6 +31,7 @@ def create_app(test_config: dict | None = None):
         LEXICAL_WEIGHT=defaults.lexical_weight,
         DENSE_WEIGHT=defaults.dense_weight,
         SENTENCE_WEIGHT=defaults.sentence_weight,
+        LEXICAL_SENTENCE_WEIGHT=defaults.lexical_sentence_weight,
         CANDIDATES=defaults.candidates,
         TITLE_WEIGHT=defaults.title_weight,
         MAX_QUERY_CHARS=defaults.max_query_chars,

@@ -145,6 +145,7 @@ def service_from_config(config) -> Service:
             lexical_weight=float(config["LEXICAL_WEIGHT"]),
             dense_weight=float(config["DENSE_WEIGHT"]),
             sentence_weight=float(config["SENTENCE_WEIGHT"]),
+            lexical_sentence_weight=float(config["LEXICAL_SENTENCE_WEIGHT"]),
             candidates=int(config["CANDIDATES"]),
             title_weight=float(config["TITLE_WEIGHT"]),
             max_query_chars=int(config["MAX_QUERY_CHARS"]),

@@ -5,6 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from qa import create_app
 from qa.errors import BadRequest
 from qa.search import Citation, Hit, SearchConfig, Searcher, fts_query, fuse, highlight, query_terms, validate
 from qa.sentences import SentenceIndex, terms_of
@@ -109,3 +110,11 @@ def test_hit_to_dict_is_asdict():
     assert hit.to_dict() == dataclasses.asdict(hit)
     assert list(hit.to_dict()) == [f.name for f in dataclasses.fields(Hit)]  # same key order on the wire
     assert Hit(1, 0.5, 7, "x").to_dict() == dataclasses.asdict(Hit(1, 0.5, 7, "x"))
+
+
+def test_search_settings_come_from_the_environment(monkeypatch, tmp_path, fake_embedder):
+    monkeypatch.setenv("QA_LEXICAL_SENTENCE_WEIGHT", "0.25")
+    monkeypatch.setenv("QA_SENTENCE_WEIGHT", "0.7")
+    app = create_app({"INDEX_DIR": str(tmp_path), "MODEL": "fake", "EMBEDDER": fake_embedder})
+    cfg = app.extensions["qa"].cfg
+    assert (cfg.lexical_sentence_weight, cfg.sentence_weight) == (0.25, 0.7)
