@@ -179,18 +179,19 @@ class Searcher:
         """Dense scores of the top-n passages (by passage or by best sentence) and of `extra`."""
         index, sw = self.index, self.cfg.sentence_weight
         by_passage = dict(index.dense(qvec, n))
-        if sw <= 0 or not getattr(index, "has_sentences", False):
+        sentences = index.sentence_dense(qvec) if sw > 0 else None
+        if sentences is None:
             by_passage.update(index.dense_for(qvec, [i for i in extra if i not in by_passage]))
             return by_passage
-        ids = list(dict.fromkeys([*by_passage, *index.sentence_search(qvec, n), *extra]))
+        ids = list(dict.fromkeys([*by_passage, *sentences.top(n), *extra]))
         whole = {**by_passage, **index.dense_for(qvec, [i for i in ids if i not in by_passage])}
-        best = index.sentence_max(qvec, ids)
+        best = sentences.best(ids)
         return {i: (1 - sw) * whole.get(i, 0.0) + sw * best.get(i, whole.get(i, 0.0)) for i in ids}
 
     def search(self, q: str, k: int = 5) -> list[Hit]:
         cfg, index = self.cfg, self.index
-        # The model encodes the question on another thread while FTS5 and idf run here:
-        # both release the GIL, so on an idle core the two overlap.
+        # The model encodes the question on another thread while the lexical side runs here:
+        # FTS5 releases the GIL, and the numpy work is short, so on an idle core the two overlap.
         qvec_future = _questions.submit(self.embedder.encode, [q]) if cfg.dense_weight > 0 else None
         terms = query_terms(q)
         match = fts_query(terms)
@@ -202,6 +203,7 @@ class Searcher:
         # a passage past `lexical_depth` matches so weakly that 0 is near enough.
         deep = index.lexical(match, max(cfg.lexical_depth, n), cfg.title_weight) if cfg.lexical_weight > 0 else []
         lexical = dict(deep[:n])
+        by_terms = index.sentence_terms(idf)  # the lexical best sentence, and the highlight's scores
         dense: dict[int, float] = {}
         if qvec_future is not None:
             qvec = qvec_future.result()[0]
@@ -209,8 +211,8 @@ class Searcher:
             scores = dict(deep)
             lexical.update((i, scores[i]) for i in dense if i in scores)
         best_sentence = None
-        if cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
-            best_sentence = index.sentence_terms_max(idf, list(dict.fromkeys([*lexical, *dense])))
+        if by_terms is not None and cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
+            best_sentence = by_terms.best(list(dict.fromkeys([*lexical, *dense])))
         ranked = fuse(lexical, dense, cfg, best_sentence)
 
         # Collapse near-duplicates while filling k slots; fetch rows in small pages.
@@ -244,7 +246,7 @@ class Searcher:
                 text=row.text,
                 highlight=highlight(row.text, terms, idf,
                                     [(a - row.start, b - row.start) for a, b in index.sentence_spans(row.id)],
-                                    index.sentence_term_scores(idf, row.id)),
+                                    by_terms.of(row.id) if by_terms is not None else []),
                 citation=Citation(
                     article_id=row.article_id, title=row.title, url=row.url, source=row.source,
                     published=row.published, start=row.start, end=row.end,

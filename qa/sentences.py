@@ -22,9 +22,14 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import Stemmer  # PyStemmer: the Snowball stemmers in C
+from threadpoolctl import threadpool_limits
+
+# A question's product with the sentence matrix is small: OpenBLAS's helper threads cut it
+# from 165 to 56 us but then spin for milliseconds, taking the other core from the next
+# question's model run (search p50 3.4 ms with them, 2.8 ms without).
+threadpool_limits(1, user_api="blas")
 
 WORD = re.compile(r"\w+", re.UNICODE)
 _local = threading.local()
@@ -64,27 +69,68 @@ def passage_vector(sentences: Sequence[NewSentence], start: int, end: int) -> np
     return vec / norm if norm > 0 else vec
 
 
+class SentenceScores:
+    """One question's score for every sentence of a snapshot, and each passage's best."""
+
+    def __init__(self, sentences: SentenceIndex, per_sentence: np.ndarray):
+        self.sentences = sentences
+        self.per_sentence = per_sentence
+        # One gather and one segmented max over every passage: cheaper than picking candidates
+        # out in Python, and no more work than the exact dense search over the sentences.
+        self.per_passage = (np.maximum.reduceat(per_sentence[sentences.rows], sentences.firsts)
+                            if len(sentences.pids) else np.zeros(0))
+
+    def best(self, ids: Sequence[int]) -> dict[int, float]:
+        """Each passage's best sentence score (passages without sentences left out)."""
+        where = self.sentences.position
+        found = [(pid, pos) for pid in ids if (pos := where.get(pid)) is not None]
+        return dict(zip([pid for pid, _ in found], self.per_passage[[pos for _, pos in found]].tolist()))
+
+    def top(self, n: int) -> list[int]:
+        """Passages owning the n best sentences, best first."""
+        scores = self.per_sentence
+        if not len(scores) or n <= 0:
+            return []
+        floor = np.partition(scores, -n)[-n] if n < len(scores) else -np.inf
+        picked = np.flatnonzero(self.per_passage >= floor)
+        picked = picked[np.argsort(-self.per_passage[picked], kind="stable")]
+        return self.sentences.pids[picked].tolist()
+
+    def of(self, pid: int) -> list[float]:
+        """The scores of one passage's sentences, in order."""
+        lo, hi = self.sentences.ranges.get(pid, (0, 0))
+        return self.per_sentence[lo:hi].tolist()
+
+
 class SentenceIndex:
     """Sentence vectors and stems of one snapshot, with which passage windows own which sentences."""
 
-    def __init__(self, vectors: np.ndarray, owners: list[list[int]], ranges: dict[int, tuple[int, int]],
+    def __init__(self, vectors: np.ndarray, ranges: dict[int, tuple[int, int]],
                  bounds: list[tuple[int, int]], terms: Sequence[str] | None = None):
         self.matrix = vectors
         self.bounds = bounds      # sentence row -> (start, end) in its article
-        self.owners = owners      # sentence row -> passage ids that contain it
         self.ranges = ranges      # passage id -> its rows [lo, hi)
-        self.index = faiss.IndexFlatIP(vectors.shape[1]) if len(vectors) else None
-        if self.index is not None:
-            self.index.add(vectors)
-        # Stems as a sparse row-per-sentence matrix: row r's term ids are term_ids[term_ptr[r]:term_ptr[r + 1]].
+        # Every passage's rows end to end (windows overlap, so a row may appear twice),
+        # where each passage starts among them, and a passage's place in that order.
+        spans = [(pid, lo, hi) for pid, (lo, hi) in ranges.items() if hi > lo]
+        self.pids = np.fromiter((pid for pid, _, _ in spans), dtype=np.int64, count=len(spans))
+        self.position = {pid: i for i, (pid, _, _) in enumerate(spans)}
+        sizes = np.fromiter((hi - lo for _, lo, hi in spans), dtype=np.int64, count=len(spans))
+        lows = np.fromiter((lo for _, lo, _ in spans), dtype=np.int64, count=len(spans))
+        self.firsts = np.cumsum(sizes) - sizes
+        self.rows = np.repeat(lows - self.firsts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+        # Stems as postings: the sentence rows holding term t are post_rows[post_ptr[t]:post_ptr[t + 1]].
         self.vocab: dict[str, int] = {}
         ids: list[int] = []
-        ptr = [0]
+        counts: list[int] = []
         for row_terms in terms or [""] * len(bounds):
-            ids.extend(self.vocab.setdefault(t, len(self.vocab)) for t in row_terms.split())
-            ptr.append(len(ids))
-        self.term_ids = np.asarray(ids, dtype=np.int64)
-        self.term_ptr = np.asarray(ptr, dtype=np.int64)
+            found = row_terms.split()
+            ids.extend(self.vocab.setdefault(t, len(self.vocab)) for t in found)
+            counts.append(len(found))
+        term_ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(term_ids, kind="stable")
+        self.post_rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)[order]
+        self.post_ptr = np.concatenate([[0], np.cumsum(np.bincount(term_ids, minlength=len(self.vocab)))])
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, dim: int, gen: int) -> SentenceIndex | None:
@@ -103,7 +149,6 @@ class SentenceIndex:
         for i, r in enumerate(rows):
             by_article[r[0]].append(i)
             ends_of[r[0]].append(r[2])
-        owners: list[list[int]] = [[] for _ in rows]
         ranges: dict[int, tuple[int, int]] = {}
         for pid, art, start, end in conn.execute(
             "SELECT id, article_id, start_char, end_char FROM passages WHERE gen <= ?", (gen,)
@@ -112,7 +157,6 @@ class SentenceIndex:
             lo = bisect.bisect_right(ends_of.get(art, []), start)  # first sentence ending after start
             hi = lo
             while hi < len(idx) and rows[idx[hi]][1] < end:
-                owners[idx[hi]].append(pid)
                 hi += 1
             if hi > lo:
                 ranges[pid] = (idx[lo], idx[hi - 1] + 1)
@@ -121,59 +165,22 @@ class SentenceIndex:
             (text,) = conn.execute("SELECT text FROM articles WHERE id = ?", (art,)).fetchone() or ("",)
             for i in by_article[art]:
                 terms[i] = terms_of(text[rows[i][1]:rows[i][2]])
-        return cls(np.ascontiguousarray(matrix), owners, ranges, [(r[1], r[2]) for r in rows], terms)
-
-    def search(self, query: np.ndarray, n: int) -> list[int]:
-        """Passages owning the n sentences nearest the query, best first."""
-        if self.index is None:
-            return []
-        _, rows = self.index.search(query.reshape(1, -1).astype(np.float32), min(n, self.index.ntotal))
-        return list(dict.fromkeys(pid for r in rows[0] if r >= 0 for pid in self.owners[r]))
+        return cls(np.ascontiguousarray(matrix), ranges, [(r[1], r[2]) for r in rows], terms)
 
     def spans(self, pid: int) -> list[tuple[int, int]]:
         """Article offsets of the sentences in a passage, as found at ingest."""
         lo, hi = self.ranges.get(pid, (0, 0))
         return self.bounds[lo:hi]
 
-    def _gather(self, ids: Sequence[int]) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """The passages among `ids` that own sentences, their sentence rows end to end, and where each starts."""
-        found = [(pid, span) for pid in ids if (span := self.ranges.get(pid))]
-        lo = np.fromiter((span[0] for _, span in found), dtype=np.int64, count=len(found))
-        sizes = np.fromiter((span[1] - span[0] for _, span in found), dtype=np.int64, count=len(found))
-        firsts = np.cumsum(sizes) - sizes
-        rows = np.repeat(lo - firsts, sizes) + np.arange(int(sizes.sum()))
-        return [pid for pid, _ in found], rows, firsts
+    def dense(self, query: np.ndarray) -> SentenceScores:
+        """Every sentence's inner product with a normalised query vector."""
+        return SentenceScores(self, self.matrix @ query.reshape(-1).astype(np.float32))
 
-    def best(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
-        """Each passage's best sentence score."""
-        pids, rows, firsts = self._gather(ids)
-        if not pids:
-            return {}
-        # One gather, one product and one segmented max instead of a numpy call per passage.
-        best = np.maximum.reduceat(self.matrix[rows] @ query.reshape(-1), firsts)
-        return dict(zip(pids, best.tolist()))
-
-    def term_scores(self, weights: Mapping[str, float], rows: np.ndarray) -> np.ndarray:
-        """For each sentence row, the summed weights of the stems it holds."""
-        wanted = [(self.vocab[t], w) for t, w in weights.items() if t in self.vocab]
-        if not wanted or not len(rows):
-            return np.zeros(len(rows))
-        starts, sizes = self.term_ptr[rows], self.term_ptr[rows + 1] - self.term_ptr[rows]
-        offsets = np.cumsum(sizes) - sizes
-        flat = self.term_ids[np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()))]
-        found = np.zeros(len(flat))
-        for term, w in wanted:
-            found[flat == term] = w
-        return np.bincount(np.repeat(np.arange(len(rows)), sizes), weights=found, minlength=len(rows))
-
-    def best_terms(self, weights: Mapping[str, float], ids: Sequence[int]) -> dict[int, float]:
-        """Each passage's best sentence by summed weights of the query stems it holds."""
-        pids, rows, firsts = self._gather(ids)
-        if not pids:
-            return {}
-        return dict(zip(pids, np.maximum.reduceat(self.term_scores(weights, rows), firsts).tolist()))
-
-    def passage_term_scores(self, weights: Mapping[str, float], pid: int) -> list[float]:
-        """The summed weights of the query stems in each sentence of one passage."""
-        lo, hi = self.ranges.get(pid, (0, 0))
-        return self.term_scores(weights, np.arange(lo, hi, dtype=np.int64)).tolist()
+    def terms(self, weights: Mapping[str, float]) -> SentenceScores:
+        """Every sentence's summed weights of the stems it holds."""
+        scores = np.zeros(len(self.bounds))
+        for term, w in weights.items():
+            t = self.vocab.get(term)
+            if t is not None:  # a term's rows are distinct: one stem counts once per sentence
+                scores[self.post_rows[self.post_ptr[t]:self.post_ptr[t + 1]]] += w
+        return SentenceScores(self, scores)

@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexCorrupt, IndexLocked, ModelMismatch
-from .sentences import SentenceIndex, terms_of
+from .sentences import SentenceIndex, SentenceScores, terms_of
 
 log = logging.getLogger(__name__)
 # Queries search one vector at a time: OpenMP threads would only fight the model's threads.
@@ -244,25 +244,17 @@ class Index:
     def has_sentences(self) -> bool:
         return self.sentences is not None
 
-    def sentence_search(self, query: np.ndarray, n: int) -> list[int]:
-        """Passages owning the sentences nearest the query."""
-        return self.sentences.search(query, n) if self.sentences else []
-
     def sentence_spans(self, pid: int) -> list[tuple[int, int]]:
         """Article offsets of a passage's sentences ([] when the index has none)."""
         return self.sentences.spans(pid) if self.sentences else []
 
-    def sentence_max(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
-        """Each passage's best sentence score."""
-        return self.sentences.best(query, ids) if self.sentences else {}
+    def sentence_dense(self, query: np.ndarray) -> SentenceScores | None:
+        """Every sentence's inner product with the query, and each passage's best (None without sentences)."""
+        return self.sentences.dense(query) if self.sentences else None
 
-    def sentence_terms_max(self, weights: dict[str, float], ids: Sequence[int]) -> dict[int, float]:
-        """Each passage's best sentence by the summed weights of the stems it holds ({} without sentences)."""
-        return self.sentences.best_terms(weights, ids) if self.sentences else {}
-
-    def sentence_term_scores(self, weights: dict[str, float], pid: int) -> list[float]:
-        """The summed weights of the stems in each of a passage's sentences ([] without sentences)."""
-        return self.sentences.passage_term_scores(weights, pid) if self.sentences else []
+    def sentence_terms(self, weights: dict[str, float]) -> SentenceScores | None:
+        """Every sentence's summed weights of the stems it holds, and each passage's best (None without sentences)."""
+        return self.sentences.terms(weights) if self.sentences else None
 
     @property
     def passage_count(self) -> int:
@@ -307,8 +299,10 @@ class Index:
             return {}
         marks = ",".join("?" * len(ids))
         rows = self.db.execute(
-            "SELECT p.id, p.article_id, p.start_char, p.end_char, substr(a.text, p.start_char + 1, p.end_char - p.start_char) AS text, "
-            f"a.title, a.url, a.source, a.published FROM passages p JOIN articles a ON a.id = p.article_id "
+            # The text from the FTS5 table's copy of the window (written as the article's slice):
+            # 5x faster than substr() over the article, which reads the whole article.
+            "SELECT p.id, p.article_id, p.start_char, p.end_char, f.text, a.title, a.url, a.source, a.published "
+            "FROM passages p JOIN articles a ON a.id = p.article_id JOIN passages_fts f ON f.rowid = p.id "
             f"WHERE p.id IN ({marks}) AND p.gen <= ?",
             [*ids, self.generation],
         ).fetchall()

@@ -77,14 +77,27 @@ def test_sentence_term_scores_sum_the_weights_of_held_stems():
     texts = ["Assad fled to Moscow.", "Rebels entered Damascus.", "Moscow granted asylum to Assad."]
     terms = [terms_of(t) for t in texts]
     assert terms[0] == "assad fled moscow to"
-    sents = SentenceIndex(np.zeros((3, 4), np.float32), [[10], [10, 11], [11]], {10: (0, 2), 11: (1, 3)},
+    sents = SentenceIndex(np.zeros((3, 4), np.float32), {10: (0, 2), 11: (1, 3)},
                           [(0, 21), (22, 46), (47, 78)], terms)
-    weights = {"assad": 2.0, "moscow": 1.0, "asylum": 3.0, "zebra": 9.0}
-    assert sents.passage_term_scores(weights, 10) == [3.0, 0.0]
-    assert sents.passage_term_scores(weights, 11) == [0.0, 6.0]
-    assert sents.best_terms(weights, [11, 10, 99]) == {11: 6.0, 10: 3.0}
-    assert sents.best_terms({"zebra": 1.0}, [10]) == {10: 0.0}
-    assert sents.best_terms(weights, [99]) == {}
+    by_terms = sents.terms({"assad": 2.0, "moscow": 1.0, "asylum": 3.0, "zebra": 9.0})
+    assert by_terms.of(10) == [3.0, 0.0]
+    assert by_terms.of(11) == [0.0, 6.0]
+    assert by_terms.best([11, 10, 99]) == {11: 6.0, 10: 3.0}
+    assert sents.terms({"zebra": 1.0}).best([10]) == {10: 0.0}
+    assert by_terms.best([99]) == {}
+    assert by_terms.top(1) == [11]  # the passage holding the best sentence
+    assert by_terms.top(2) == [11, 10]
+
+
+def test_sentence_dense_scores_every_sentence_and_each_passages_best():
+    vectors = np.eye(4, dtype=np.float32)[[0, 1, 2]]
+    sents = SentenceIndex(vectors, {10: (0, 2), 11: (1, 3), 12: (2, 3)}, [(0, 1), (2, 3), (4, 5)])
+    scores = sents.dense(np.array([0.2, 0.9, 0.5, 0.0], np.float32))
+    assert scores.of(11) == pytest.approx([0.9, 0.5])
+    assert scores.best([12, 10, 11]) == pytest.approx({12: 0.5, 10: 0.9, 11: 0.9})
+    # passages owning the best sentence (row 1, in windows 10 and 11), then the next
+    assert sorted(scores.top(1)) == [10, 11]
+    assert set(scores.top(2)) == {10, 11, 12}
 
 
 def test_index_from_before_stems_were_kept_loads_and_searches_the_same(app, tmp_path):
