@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .chunk import sentence_spans
 from .embed import Embedder
 from .errors import BadRequest
@@ -178,15 +180,32 @@ class Searcher:
     def dense_scores(self, qvec, n: int, extra: list[int]) -> dict[int, float]:
         """Dense scores of the top-n passages (by passage or by best sentence) and of `extra`."""
         index, sw = self.index, self.cfg.sentence_weight
-        by_passage = dict(index.dense(qvec, n))
+        whole = index.dense(qvec)
+        by_passage = whole.top(n)
         sentences = index.sentence_dense(qvec) if sw > 0 else None
         if sentences is None:
-            by_passage.update(index.dense_for(qvec, [i for i in extra if i not in by_passage]))
+            by_passage.update(whole.of([i for i in extra if i not in by_passage]))
             return by_passage
+        aligned = index.flat_rows_of_sentence_passages
+        if whole.all is not None and aligned is not None and (aligned >= 0).all():
+            return self._dense_arrays(whole, sentences, aligned, n, extra)
         ids = list(dict.fromkeys([*by_passage, *sentences.top(n), *extra]))
-        whole = {**by_passage, **index.dense_for(qvec, [i for i in ids if i not in by_passage])}
+        scores = {**by_passage, **whole.of([i for i in ids if i not in by_passage])}
         best = sentences.best(ids)
-        return {i: (1 - sw) * whole.get(i, 0.0) + sw * best.get(i, whole.get(i, 0.0)) for i in ids}
+        return {i: (1 - sw) * scores.get(i, 0.0) + sw * best.get(i, scores.get(i, 0.0)) for i in ids}
+
+    def _dense_arrays(self, whole, sentences, aligned: np.ndarray, n: int, extra: list[int]) -> dict[int, float]:
+        """dense_scores() over an exact index: every passage at once in numpy, the same numbers."""
+        sw, ids = self.cfg.sentence_weight, self.index.flat[0]
+        mixed = whole.all.copy()  # a passage without sentences keeps its own score
+        mixed[aligned] = (1 - sw) * whole.all[aligned] + sw * sentences.per_passage
+        pick = np.zeros(len(ids), dtype=bool)
+        pick[np.argpartition(-whole.all, n)[:n] if n < len(ids) else slice(None)] = True
+        pick[aligned[sentences.top_positions(n)]] = True
+        rows = self.index.flat[2]
+        pick[[r for i in extra if (r := rows.get(i)) is not None]] = True
+        chosen = np.flatnonzero(pick)
+        return dict(zip(ids[chosen].tolist(), mixed[chosen].tolist()))
 
     def search(self, q: str, k: int = 5) -> list[Hit]:
         cfg, index = self.cfg, self.index

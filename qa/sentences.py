@@ -88,13 +88,17 @@ class SentenceScores:
 
     def top(self, n: int) -> list[int]:
         """Passages owning the n best sentences, best first."""
-        scores = self.per_sentence
-        if not len(scores) or n <= 0:
-            return []
-        floor = np.partition(scores, -n)[-n] if n < len(scores) else -np.inf
-        picked = np.flatnonzero(self.per_passage >= floor)
+        picked = self.top_positions(n)
         picked = picked[np.argsort(-self.per_passage[picked], kind="stable")]
         return self.sentences.pids[picked].tolist()
+
+    def top_positions(self, n: int) -> np.ndarray:
+        """Where the passages owning the n best sentences sit in `sentences.pids`, in no order."""
+        scores = self.per_sentence
+        if not len(scores) or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        floor = np.partition(scores, -n)[-n] if n < len(scores) else -np.inf
+        return np.flatnonzero(self.per_passage >= floor)
 
     def of(self, pid: int) -> list[float]:
         """The scores of one passage's sentences, in order."""

@@ -167,6 +167,52 @@ def _new_faiss(dim: int, n: int) -> faiss.Index:
     return faiss.IndexIDMap2(inner)
 
 
+def _flat_view(vectors: faiss.Index) -> tuple[np.ndarray, np.ndarray, dict[int, int]] | None:
+    """(ids, matrix, id -> row) over an exact index's own memory, no copy; None for HNSW."""
+    inner = faiss.downcast_index(vectors.index) if isinstance(vectors, faiss.IndexIDMap) else None
+    if not isinstance(inner, faiss.IndexFlatIP) or inner.ntotal == 0:
+        return None
+    matrix = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+    ids = faiss.vector_to_array(vectors.id_map)
+    return ids, matrix, {int(i): row for row, i in enumerate(ids.tolist())}
+
+
+class PassageScores:
+    """A question's inner products with the passage vectors: all at once for an exact index, through FAISS for HNSW."""
+
+    def __init__(self, index: Index, query: np.ndarray):
+        self.index, self.query = index, query
+        # One product over the matrix costs less than FAISS's search plus reconstructing the
+        # extra candidates (0.05 against 0.16 ms for 964 passages), and serves both.
+        self.all = index.flat[1] @ query if index.flat is not None else None
+
+    def top(self, n: int) -> dict[int, float]:
+        """The n best passages and their scores."""
+        if self.all is not None:
+            ids, scores = self.index.flat[0], self.all
+            best = np.argpartition(-scores, n)[:n] if n < len(scores) else np.arange(len(scores))
+            return dict(zip(ids[best].tolist(), scores[best].tolist()))
+        vectors = self.index.vectors
+        if vectors.ntotal == 0:
+            return {}
+        scores, ids = vectors.search(self.query.reshape(1, -1), min(n, vectors.ntotal))
+        return {int(i): float(s) for i, s in zip(ids[0], scores[0]) if i >= 0}
+
+    def of(self, ids: Sequence[int]) -> dict[int, float]:
+        """The scores of the given passages (unknown ids left out)."""
+        if not ids:
+            return {}
+        if self.all is not None:
+            rows = self.index.flat[2]
+            found = [(i, r) for i in ids if (r := rows.get(i)) is not None]
+            return dict(zip([i for i, _ in found], self.all[[r for _, r in found]].tolist()))
+        try:
+            vecs = self.index.vectors.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        except RuntimeError:  # an id vanished between snapshot and query
+            return {}
+        return dict(zip(ids, (vecs @ self.query).tolist()))
+
+
 class Index:
     """A read-only snapshot of an index folder, safe to share between threads."""
 
@@ -176,6 +222,14 @@ class Index:
         self.generation = int(manifest["generation"])
         self.vectors = vectors
         self.sentences = sentences
+        self.flat = _flat_view(vectors)
+        # Where each passage of the sentence index sits in the flat matrix, so the two sides
+        # line up as arrays (-1: a passage FAISS does not hold, which a consistent snapshot never has).
+        self.flat_rows_of_sentence_passages = None
+        if self.flat is not None and sentences is not None:
+            rows = self.flat[2]
+            self.flat_rows_of_sentence_passages = np.fromiter(
+                (rows.get(pid, -1) for pid in sentences.pids.tolist()), dtype=np.int64, count=len(sentences.pids))
         self._local = threading.local()
         self._doc_freqs: dict[str, int] = {}
 
@@ -276,22 +330,9 @@ class Index:
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def dense(self, query: np.ndarray, n: int) -> list[tuple[int, float]]:
-        """Top-n passages by inner product with a normalised query vector."""
-        if self.vectors.ntotal == 0:
-            return []
-        scores, ids = self.vectors.search(query.reshape(1, -1).astype(np.float32), min(n, self.vectors.ntotal))
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-
-    def dense_for(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
-        """Exact inner products for the given passages."""
-        if not ids:
-            return {}
-        try:
-            vecs = self.vectors.reconstruct_batch(np.asarray(ids, dtype=np.int64))
-        except RuntimeError:  # an id vanished between snapshot and query
-            return {}
-        return dict(zip(ids, (vecs @ query.reshape(-1)).tolist()))
+    def dense(self, query: np.ndarray) -> PassageScores:
+        """A question's inner products with the passage vectors (query: normalised)."""
+        return PassageScores(self, query.reshape(-1).astype(np.float32))
 
     def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
         """Fetch passages with their article metadata."""

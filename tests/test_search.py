@@ -117,6 +117,28 @@ def test_index_from_before_stems_were_kept_loads_and_searches_the_same(app, tmp_
         assert "terms" in {r[1] for r in conn.execute("PRAGMA table_info(sentences)")}
 
 
+def test_exact_and_hnsw_passage_scores_agree(app):
+    """The numpy path over a flat index, its dict fallback and FAISS over HNSW give the same dense scores."""
+    import faiss
+
+    with app.app_context():
+        svc = get_service()
+        flat = svc.searcher().index
+        qvec = svc.embedder.encode(["Where did Assad go?"])[0]
+    ids = flat.flat[0]
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(flat.vectors.d, 32, faiss.METRIC_INNER_PRODUCT))
+    hnsw.add_with_ids(flat.flat[1].copy(), ids)
+    by_hnsw = Index(flat.path, flat.manifest, hnsw, flat.sentences)
+    assert by_hnsw.flat is None and flat.flat_rows_of_sentence_passages is not None
+    extra = ids[:3].tolist()
+    n = min(10, len(ids) - 1)
+    arrays = Searcher(flat, svc.embedder, svc.cfg).dense_scores(qvec, n, extra)
+    via_faiss = Searcher(by_hnsw, svc.embedder, svc.cfg).dense_scores(qvec, n, extra)
+    assert set(arrays) == set(via_faiss) and len(arrays) >= n
+    assert all(arrays[i] == pytest.approx(via_faiss[i], abs=1e-5) for i in arrays)
+    assert flat.dense(qvec).of([*extra, 10**9]) == pytest.approx(by_hnsw.dense(qvec).of(extra))
+
+
 def test_hit_to_dict_is_asdict():
     hit = Hit(rank=1, score=0.5, passage_id=7, text="Assad fled.", highlight=[{"start": 0, "end": 11}],
               citation=Citation("a", "T", None, "src", None, 3, 14, "/articles/a#p-7"))
