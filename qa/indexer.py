@@ -47,6 +47,18 @@ def iter_articles(paths: Iterable[str | os.PathLike]) -> Iterator[Article | Fail
             yield from read_file(item)
 
 
+def _model_input_counter(embedder: Embedder, prefix: str) -> Callable[[list[str]], list[int]]:
+    """Count sentences' word pieces as the model will see them, after the title prefix.
+
+    The embedder then tokenizes each model input once (it keeps what it counted);
+    the prefix ends in ": ", which WordPiece never joins across, so its share is fixed.
+    """
+    if not prefix:
+        return embedder.count_tokens
+    extra = embedder.count_tokens([prefix])[0] - 2
+    return lambda texts: [n - extra for n in embedder.count_tokens([prefix + t for t in texts])]
+
+
 def add_articles(
     writer: Writer,
     embedder: Embedder,
@@ -113,8 +125,8 @@ def add_articles(
                     report.duplicates += 1
                 else:
                     seen.add(h)
-                    units, chunks = split(item.text, item.title, embedder.count_tokens, chunking)
                     prefix = title_prefix(item.title)
+                    units, chunks = split(item.text, item.title, _model_input_counter(embedder, prefix), chunking)
                     sents = [(key(prefix + item.text[a:b]), prefix + item.text[a:b]) for a, b, _ in units]
                     batch.append((item, sents, (units, chunks)))
                     pending += len(units)

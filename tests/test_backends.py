@@ -54,3 +54,20 @@ def test_openvino_failure_falls_back_to_onnx_int8(monkeypatch, caplog):
     assert e.name.endswith("onnx-int8")
     assert "using ONNX Runtime int8 instead" in caplog.text and "no conversion today" in caplog.text
     assert e.encode(["a question"]).shape == (1, e.dim)
+
+
+def test_counted_texts_are_embedded_from_their_remembered_ids_exactly():
+    """encode() reuses the ids count_tokens saw, truncated as the tokenizer would, with the same vectors."""
+    from qa.indexer import _model_input_counter
+
+    e = get_embedder(backend="onnx-int8")
+    texts = ["Assad fled to Moscow.", "Rebels entered Damascus " * 80, "Ünïcödé wörds, punctuation!"]
+    fresh = e.encode(texts)
+    e.count_tokens(texts)
+    assert all(t in e._counted for t in texts)
+    assert np.array_equal(e.encode(texts), fresh)
+    assert not any(t in e._counted for t in texts)  # used once, then forgotten
+    assert e._token_ids([texts[1]]) == [e._tok.encode(texts[1]).ids]  # over-long: truncated alike
+    count = _model_input_counter(e, "Syria: ")
+    assert count(texts) == e.count_tokens(texts)  # the prefix's pieces left out
+    assert count(["Syria: "]) == e.count_tokens(["Syria: "])
