@@ -187,7 +187,7 @@ class Searcher:
             by_passage.update(whole.of([i for i in extra if i not in by_passage]))
             return by_passage
         aligned = index.flat_rows_of_sentence_passages
-        if whole.all is not None and aligned is not None and (aligned >= 0).all():
+        if whole.all is not None and aligned is not None:
             return self._dense_arrays(whole, sentences, aligned, n, extra)
         ids = list(dict.fromkeys([*by_passage, *sentences.top(n), *extra]))
         scores = {**by_passage, **whole.of([i for i in ids if i not in by_passage])}

@@ -224,12 +224,13 @@ class Index:
         self.sentences = sentences
         self.flat = _flat_view(vectors)
         # Where each passage of the sentence index sits in the flat matrix, so the two sides
-        # line up as arrays (-1: a passage FAISS does not hold, which a consistent snapshot never has).
+        # line up as arrays (None if FAISS lacks one, which a consistent snapshot never does).
         self.flat_rows_of_sentence_passages = None
         if self.flat is not None and sentences is not None:
             rows = self.flat[2]
-            self.flat_rows_of_sentence_passages = np.fromiter(
+            aligned = np.fromiter(
                 (rows.get(pid, -1) for pid in sentences.pids.tolist()), dtype=np.int64, count=len(sentences.pids))
+            self.flat_rows_of_sentence_passages = aligned if (aligned >= 0).all() else None
         self._local = threading.local()
         self._doc_freqs: dict[str, int] = {}
 
