@@ -181,14 +181,14 @@ class Searcher:
         """Dense scores of the top-n passages (by passage or by best sentence) and of `extra`."""
         index, sw = self.index, self.cfg.sentence_weight
         whole = index.dense(qvec)
-        by_passage = whole.top(n)
         sentences = index.sentence_dense(qvec) if sw > 0 else None
+        aligned = index.flat_rows_of_sentence_passages
+        if sentences is not None and whole.all is not None and aligned is not None:
+            return self._dense_arrays(whole, sentences, aligned, n, extra)
+        by_passage = whole.top(n)
         if sentences is None:
             by_passage.update(whole.of([i for i in extra if i not in by_passage]))
             return by_passage
-        aligned = index.flat_rows_of_sentence_passages
-        if whole.all is not None and aligned is not None:
-            return self._dense_arrays(whole, sentences, aligned, n, extra)
         ids = list(dict.fromkeys([*by_passage, *sentences.top(n), *extra]))
         scores = {**by_passage, **whole.of([i for i in ids if i not in by_passage])}
         best = sentences.best(ids)
@@ -196,16 +196,15 @@ class Searcher:
 
     def _dense_arrays(self, whole, sentences, aligned: np.ndarray, n: int, extra: list[int]) -> dict[int, float]:
         """dense_scores() over an exact index: every passage at once in numpy, the same numbers."""
-        sw, ids = self.cfg.sentence_weight, self.index.flat[0]
+        sw, flat = self.cfg.sentence_weight, self.index.flat
         mixed = whole.all.copy()  # a passage without sentences keeps its own score
         mixed[aligned] = (1 - sw) * whole.all[aligned] + sw * sentences.per_passage
-        pick = np.zeros(len(ids), dtype=bool)
-        pick[np.argpartition(-whole.all, n)[:n] if n < len(ids) else slice(None)] = True
+        pick = np.zeros(len(flat.ids), dtype=bool)
+        pick[whole.top_rows(n)] = True
         pick[aligned[sentences.top_positions(n)]] = True
-        rows = self.index.flat[2]
-        pick[[r for i in extra if (r := rows.get(i)) is not None]] = True
+        pick[flat.rows(extra)[1]] = True
         chosen = np.flatnonzero(pick)
-        return dict(zip(ids[chosen].tolist(), mixed[chosen].tolist()))
+        return dict(zip(flat.ids[chosen].tolist(), mixed[chosen].tolist()))
 
     def search(self, q: str, k: int = 5) -> list[Hit]:
         cfg, index = self.cfg, self.index
