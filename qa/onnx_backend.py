@@ -32,8 +32,9 @@ import os
 import tempfile
 import threading
 import warnings
+from array import array
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -57,7 +58,9 @@ _QUANT_SETTINGS = {
 }
 _OUTPUT = "sentence_embedding"
 BATCH_TOKENS = 512  # word pieces per model call when embedding many texts
-COUNTED_MAX = 50_000  # counted texts whose ids are kept for encode()
+# Counted texts whose ids are kept for encode(): an ingest needs about two batches' worth;
+# more only holds memory in a long-running server (a few MB at this size).
+COUNTED_MAX = 20_000
 _WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
 
 _export_lock = threading.Lock()  # one export at a time within a process
@@ -116,7 +119,7 @@ class OnnxEmbedder:
         # Ids of texts counted but not yet embedded: an ingest counts every sentence (as the
         # model will see it) to size its windows, then embeds it, and tokenizing twice cost
         # the model thread about 0.3 s of a 4.3 s ingest. Bounded, oldest out first.
-        self._counted: dict[str, list[int]] = {}
+        self._counted: dict[str, array] = {}
         self._counted_lock = threading.Lock()
 
         self._open(config, int(threads) if threads else _default_threads())
@@ -150,7 +153,7 @@ class OnnxEmbedder:
         with self._counted_lock:
             counted = self._counted
             for text, enc in zip(texts, encodings):
-                counted[text] = enc.ids
+                counted[text] = array("i", enc.ids)  # 4 bytes an id, not a list of int objects
             while len(counted) > COUNTED_MAX:
                 del counted[next(iter(counted))]
         return [len(e.ids) for e in encodings]
@@ -201,7 +204,7 @@ class OnnxEmbedder:
             yield idx, ids, mask
             start += len(idx)
 
-    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+    def _token_ids(self, texts: list[str]) -> list[Sequence[int]]:
         """Each text's ids, truncated to max_tokens: remembered from count_tokens where possible."""
         with self._counted_lock:
             found = [self._counted.pop(t, None) for t in texts]
