@@ -111,18 +111,15 @@ def serve(index, host, port, workers, threads):
     def load(app) -> None:  # in each worker, in the background, so /healthz answers and /readyz says 503 meanwhile
         wsvc = app.extensions["qa"]
         try:
-            while wsvc.is_empty():
-                seeds = Path(app.config["SEEDS_DIR"])
-                try:
-                    report, took = run_ingest(wsvc, [seeds], quiet=True)
-                except IndexLocked:  # another worker is building it
-                    time.sleep(0.2)
-                    continue
-                click.echo(f"The index in {wsvc.index_dir} was empty: built it from {seeds}: "
-                           f"{report.added} articles, {report.passages} passages in {took:.1f} s", err=True)
+            seeds = Path(app.config["SEEDS_DIR"])
+            t0 = time.perf_counter()
+            report = wsvc.seed_if_new(seeds)
+            if report is not None:
+                click.echo(f"The index in {wsvc.index_dir} was new: built it from {seeds}: "
+                           f"{report.added} articles, {report.passages} passages in {time.perf_counter() - t0:.1f} s",
+                           err=True)
                 for f in report.failures:
                     click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
-                break
             t0 = time.perf_counter()
             searcher = wsvc.searcher(wait=True)
             searcher.search("warm up", 1)  # load the model and touch the index before the first user

@@ -137,6 +137,12 @@ _CHROME = re.compile(
 _CAPTION = re.compile(r"\((photo(\ by)?:?\ )?[^()]{0,80}\b(getty images|ap photo|afp|reuters|shutterstock|epa)\b[^()]*\)\s*$", re.I | re.X)
 _TERMINAL = re.compile(r"[.!?:;\"”’)\]]\s*$")
 SANDWICH_WORDS = 80
+LIST_ITEMS = 12  # headlines taken as links under one list heading
+# Ad slots sit between an article's own paragraphs.
+_SLOT = re.compile(r"^(advertisement|sponsored(\ content)?)$", re.I)
+_LIST_HEADING = re.compile(
+    r"^(news\ feed|more\ news|editors?'?’?s?\ picks|top\ stories|most\ read|trending(\ now)?|read\ more"
+    r"|related(\ (articles|stories|news|content))?|more\ (from|on)\b.{0,40}|recommended(\ for\ you)?)$", re.I | re.X)
 
 
 def _is_headline(line: str, max_words: int = 14) -> bool:
@@ -152,9 +158,9 @@ def clean_text(raw: str) -> str:
     chrome = [bool(_CHROME.match(ln)) or bool(_CAPTION.search(ln)) for ln in lines]
 
     # A short stretch of text boxed in by chrome on both sides is a teaser or a
-    # newsletter name, not the article.
-    chrome_at = [i for i, c in enumerate(chrome) if c]
-    for a, b in zip(chrome_at, chrome_at[1:]):
+    # newsletter name, not the article; ad slots interleave real paragraphs, so they box nothing.
+    boxes = [i for i, c in enumerate(chrome) if c and not _SLOT.match(lines[i])]
+    for a, b in zip(boxes, boxes[1:]):
         if b - a > 1 and sum(len(lines[i].split()) for i in range(a + 1, b)) < SANDWICH_WORDS:
             for i in range(a + 1, b):
                 chrome[i] = True
@@ -162,15 +168,19 @@ def clean_text(raw: str) -> str:
     for i, ln in enumerate(lines):
         if ln.endswith(("…", "...")) and re.search(r"\w(…|\.\.\.)$", ln) and i > 0 and _is_headline(lines[i - 1], 24):
             chrome[i] = chrome[i - 1] = True
-    # Headline-like lines touching chrome belong to it ("Explaining Ukraine with ...").
-    changed = True
-    while changed:
-        changed = False
-        for i, ln in enumerate(lines):
-            if not chrome[i] and _is_headline(ln) and (
-                (i > 0 and chrome[i - 1]) or (i + 1 < len(lines) and chrome[i + 1])
-            ) and len(ln.split()) <= 8:
-                chrome[i] = changed = True
+    # Under a list heading ("Most read", "Related"), the short headlines that follow are links
+    # to other stories. Next to any other chrome a list of short lines is the article's own
+    # (school closures after an ad, vote results before "Share"), so nothing else spreads.
+    i = 0
+    while i < len(lines):
+        if _LIST_HEADING.match(lines[i]):
+            j = i + 1
+            while j < len(lines) and j - i <= LIST_ITEMS and _is_headline(lines[j]) and not chrome[j]:
+                chrome[j] = True
+                j += 1
+            i = j
+        else:
+            i += 1
     kept = [ln for ln, c in zip(lines, chrome) if not c]
     return "\n\n".join(kept)
 

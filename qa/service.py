@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from flask import Flask, current_app
 
 from .chunk import ChunkConfig
 from .embed import Embedder, get_embedder
-from .errors import IndexCorrupt, NotReady
+from .errors import IndexCorrupt, IndexLocked, NotReady
 from .indexer import Report, add_articles, iter_articles
 from .ingest import Article
 from .search import SearchConfig, Searcher
@@ -99,6 +100,15 @@ class Service:
     def is_empty(self) -> bool:
         manifest = read_manifest(self.index_dir)
         return manifest is None or int(manifest.get("articles", 0)) == 0
+
+    def seed_if_new(self, seeds: str | os.PathLike) -> Report | None:
+        """Build the index from `seeds` when the folder is empty; the report, or None when nothing was done."""
+        while self.is_empty():
+            try:
+                return self.ingest([seeds])
+            except IndexLocked:  # another worker is building it
+                time.sleep(0.2)
+        return None
 
     def writer(self, wait: float = 0.0) -> Writer:
         """Take the writer lock, then load the model: a second writer is refused before it spends time loading."""
