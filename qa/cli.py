@@ -81,7 +81,7 @@ def ingest(paths, index, wait, quiet):
     except QAError as e:
         _fail(e)
     click.echo(
-        f"{report.added} articles added, {report.duplicates} skipped as duplicates, {report.failed} failed; "
+        f"{report.added} articles added, {report.updated} updated, {report.duplicates} skipped as duplicates, {report.failed} failed; "
         f"{report.passages} passages ({report.embedded} embedded) in {took:.1f} s -> {svc.index_dir}"
     )
     sys.exit(1 if report.failures else 0)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .chunk import ChunkConfig, split, title_prefix
 from .embed import Embedder
-from .ingest import Article, Failure, discover, read_file
+from .ingest import Article, Failure, discover_roots, read_file
 from .sentences import NewSentence, passage_vector
 from .store import NewPassage, Writer
 
@@ -22,7 +22,8 @@ BATCH_SENTENCES = 512  # articles are committed in groups of about this many sen
 @dataclass
 class Report:
     added: int = 0
-    duplicates: int = 0
+    updated: int = 0  # stored before under the same id, now replaced
+    duplicates: int = 0  # unchanged: the same id with the same text and metadata
     passages: int = 0
     embedded: int = 0
     failures: list[Failure] = field(default_factory=list)
@@ -40,11 +41,11 @@ def _done(value) -> Future:
 
 def iter_articles(paths: Iterable[str | os.PathLike]) -> Iterator[Article | Failure]:
     """Yield every article (or failure) found under the given paths."""
-    for item in discover(paths):
+    for item in discover_roots(paths):
         if isinstance(item, Failure):
             yield item
         else:
-            yield from read_file(item)
+            yield from read_file(*item)
 
 
 def _model_input_counter(embedder: Embedder, prefix: str) -> Callable[[list[str]], list[int]]:
@@ -70,7 +71,7 @@ def add_articles(
     report = Report()
     batch: list[tuple[Article, list, tuple]] = []  # article, (hash, model input) per sentence, (sentences, passages)
     pending = 0
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # article id -> fingerprint, for this run
 
     def key(text: str) -> str:
         return hashlib.sha1(f"{writer.model}\0{text}".encode()).hexdigest()
@@ -119,18 +120,21 @@ def add_articles(
             if isinstance(item, Failure):
                 report.failures.append(item)
             else:
-                item.ensure_id()
-                h = item.content_hash
-                if h in seen or writer.known_hashes([h]):
+                art_id, h = item.ensure_id(), item.content_hash
+                before = seen[art_id] if art_id in seen else writer.fingerprint(art_id)
+                if before == h:
                     report.duplicates += 1
                 else:
-                    seen.add(h)
+                    seen[art_id] = h
+                    if before is None:
+                        report.added += 1
+                    else:
+                        report.updated += 1
                     prefix = title_prefix(item.title)
                     units, chunks = split(item.text, item.title, _model_input_counter(embedder, prefix), chunking)
                     sents = [(key(prefix + item.text[a:b]), prefix + item.text[a:b]) for a, b, _ in units]
                     batch.append((item, sents, (units, chunks)))
                     pending += len(units)
-                    report.added += 1
                     report.passages += len(chunks)
                     if pending >= BATCH_SENTENCES:
                         flush()

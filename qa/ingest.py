@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import IngestError
 
@@ -47,15 +48,26 @@ class Article:
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        """A fingerprint of everything stored about the article: the same id with the same hash is unchanged."""
+        fields = [self.id, self.title, self.url, self.source, self.author, self.published, self.text]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def ensure_id(self) -> str:
-        """Give the article a stable id derived from its title and text when it has none."""
+        """Give the article a stable id when it has none: from its URL, else from its title and text."""
         if not self.id:
-            slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", self.title).encode("ascii", "ignore").decode().lower())
-            slug = slug.strip("-")[:60].rstrip("-") or "article"
-            self.id = f"{slug}-{self.content_hash[:8]}"
+            if self.url:
+                path = urlsplit(self.url).path.rstrip("/")
+                self.id = derived_id(path.rsplit("/", 1)[-1] or urlsplit(self.url).hostname or "", self.url)
+            else:
+                self.id = derived_id(self.title, self.text)
         return self.id
+
+
+def derived_id(readable: str, key: str) -> str:
+    """An id made of a slug of `readable` and a hash of `key`, which alone decides which article it is."""
+    slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", readable).encode("ascii", "ignore").decode().lower())
+    slug = slug.strip("-")[:60].rstrip("-") or "article"
+    return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -204,10 +216,16 @@ def _title_from(text: str) -> tuple[str, str]:
 
 # --- readers ---------------------------------------------------------------------
 
-def _sidecar(path: Path) -> dict:
+def _sidecar(path: Path, root: Path | None = None) -> dict:
+    """The metadata in NAME.meta.json beside a file; a symlink may not lead out of the ingested folder."""
     meta = path.with_name(path.stem + ".meta.json")
     if not meta.is_file():
         return {}
+    if meta.is_symlink():
+        base = (root if root is not None and root.is_dir() else path.parent).resolve()
+        target = meta.resolve()
+        if not target.is_relative_to(base):
+            raise IngestError(f"metadata file {meta.name} is a symlink leading outside {base} (to {target}); skipped")
     try:
         data = json.loads(meta.read_text("utf-8"))
     except (OSError, ValueError) as e:
@@ -258,7 +276,7 @@ def _from_fields(d: dict, where: str, *, clean: bool = True) -> Article:
     return art
 
 
-def _read_html(raw: str, path: Path) -> Article:
+def _read_html(raw: str, path: Path, root: Path | None) -> Article:
     import trafilatura
 
     doc = trafilatura.bare_extraction(raw, with_metadata=True, include_comments=False, include_tables=False)
@@ -275,7 +293,7 @@ def _read_html(raw: str, path: Path) -> Article:
         "published": doc.date,
         "source": doc.sitename if doc.sitename and doc.sitename != doc.hostname else doc.sitename,
     }
-    fields.update(_sidecar(path))
+    fields.update(_sidecar(path, root))
     return _from_fields(fields, str(path))
 
 
@@ -293,8 +311,20 @@ def _strip_markdown(text: str) -> tuple[str | None, str]:
     return title, text
 
 
-def read_file(path: Path) -> Iterator[Article | Failure]:
-    """Yield the articles in one file, or a Failure for each part that cannot be read."""
+def read_file(path: Path, root: Path | None = None) -> Iterator[Article | Failure]:
+    """Yield the articles in one file, or a Failure for each part that cannot be read.
+
+    `root` is the folder (or file) the run was given: a file's article is its path
+    relative to it, so an edited file replaces its article instead of adding one.
+    """
+    for item in _read_file(path, root):
+        if isinstance(item, Article) and not item.id and not item.url and path.suffix.lower() != ".jsonl":
+            key = path.relative_to(root).as_posix() if root is not None and root.is_dir() else path.name
+            item.id = derived_id(path.stem, "file:" + key)
+        yield item
+
+
+def _read_file(path: Path, root: Path | None) -> Iterator[Article | Failure]:
     where = str(path)
     try:
         st = path.stat()
@@ -317,12 +347,12 @@ def read_file(path: Path) -> Iterator[Article | Failure]:
         if not raw.strip():
             raise IngestError("empty file (only whitespace)")
         if suffix in (".html", ".htm"):
-            yield _read_html(raw, path)
+            yield _read_html(raw, path, root)
             return
         title = None
         if suffix in (".md", ".markdown"):
             title, raw = _strip_markdown(raw)
-        meta = _sidecar(path)
+        meta = _sidecar(path, root)
         # Plain text: every line break is a paragraph break (most captured pages
         # keep one paragraph a line).
         fields = {"title": title, **meta, "text": raw}
@@ -374,6 +404,12 @@ def _read_jsonl(path: Path) -> Iterator[Article | Failure]:
 
 def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
     """Expand files and folders into the ingestible files they hold, refusing symlinks that leave them."""
+    for item in discover_roots(paths):
+        yield item if isinstance(item, Failure) else item[0]
+
+
+def discover_roots(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, Path] | Failure]:
+    """discover(), with the folder or file given for each file found: (file, root)."""
     for given in paths:
         root = Path(given)
         if not root.exists():
@@ -381,7 +417,7 @@ def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
             continue
         if root.is_file():
             if root.suffix.lower() in SUFFIXES:
-                yield root
+                yield root, root
             else:
                 yield Failure(str(root), f"unsupported file type {root.suffix or '(none)'}; use one of {', '.join(sorted(SUFFIXES))}")
             continue
@@ -401,4 +437,4 @@ def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
                     if not target.is_relative_to(base):
                         yield Failure(str(p), f"symlink leads outside {root} (to {target}); skipped")
                         continue
-                yield p
+                yield p, root

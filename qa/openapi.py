@@ -107,7 +107,7 @@ _write_result = {
     "required": ["id", "status", "generation"],
     "properties": {
         "id": {"type": "string"},
-        "status": {"type": "string", "enum": ["added", "unchanged", "deleted"]},
+        "status": {"type": "string", "enum": ["added", "updated", "unchanged", "deleted"]},
         "passages": {"type": "integer", "minimum": 0},
         "generation": {"type": "integer", "minimum": 0},
     },

@@ -129,11 +129,12 @@ class Service:
         """Add (or replace, by id) one article and publish the new snapshot at once."""
         with self.writer(wait) as w:
             report = add_articles(w, self.embedder, [article])
-            article_id = article.id if report.added else w.id_of(article.content_hash)
+            article_id = article.id  # add_articles gave it one if it had none
             passages = w.conn.execute("SELECT count(*) FROM passages WHERE article_id = ?", (article_id,)).fetchone()[0]
             generation = w.save()["generation"] if w.dirty else w.generation
         self.searcher(wait=True)  # read-your-writes for the next request
-        return {"id": article_id, "status": "added" if report.added else "unchanged",
+        status = "added" if report.added else "updated" if report.updated else "unchanged"
+        return {"id": article_id, "status": status,
                 "passages": passages, "generation": generation}
 
     def delete(self, article_id: str, wait: float = 2.0) -> int | None:

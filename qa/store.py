@@ -530,12 +530,10 @@ class Writer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def known_hashes(self, content_hashes: Iterable[str]) -> set[str]:
-        hashes = list(content_hashes)
-        if not hashes:
-            return set()
-        marks = ",".join("?" * len(hashes))
-        return {r[0] for r in self.conn.execute(f"SELECT content_hash FROM articles WHERE content_hash IN ({marks})", hashes)}
+    def fingerprint(self, article_id: str) -> str | None:
+        """The stored fingerprint (`Article.content_hash`) of an article, None when there is no such article."""
+        row = self.conn.execute("SELECT content_hash FROM articles WHERE id = ?", (article_id,)).fetchone()
+        return row[0] if row else None
 
     def cached_vectors(self, embed_hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """Vectors already computed for identical model inputs, so nothing is embedded twice."""
@@ -553,14 +551,16 @@ class Writer:
         """Add articles with their passages in one transaction: all of them or none."""
         gen = self.generation + 1
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        new_ids, new_vecs, removed = [], [], []
+        new: dict[int, np.ndarray] = {}  # passage id -> vector, in insertion order
+        removed = []
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             for art, passages, *more in items:  # (article, passages[, sentences])
                 old = c.execute("SELECT id FROM passages WHERE article_id = ?", (art.id,)).fetchall()
                 if old:  # same id, new content: the article was updated
-                    removed += [r[0] for r in old]
+                    # (a version added earlier in this same batch never reached FAISS)
+                    removed += [r[0] for r in old if new.pop(r[0], None) is None]
                     self._delete_rows(art.id)
                 c.execute(
                     "INSERT INTO articles (id, title, url, source, author, published, text, content_hash, origin, added_at, gen) "
@@ -576,8 +576,7 @@ class Writer:
                     )
                     pid = cur.lastrowid
                     c.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)", (pid, art.title, art.text[p.start:p.end]))
-                    new_ids.append(pid)
-                    new_vecs.append(vec)
+                    new[pid] = vec
                 for sent in (more[0] if more else ()):
                     c.execute(
                         "INSERT INTO sentences (article_id, start_char, end_char, embed_hash, vector, gen, terms) "
@@ -594,8 +593,8 @@ class Writer:
         self.generation = gen
         if removed:
             self.vectors.remove_ids(np.asarray(removed, dtype=np.int64))
-        if new_ids:
-            self.vectors.add_with_ids(np.vstack(new_vecs), np.asarray(new_ids, dtype=np.int64))
+        if new:
+            self.vectors.add_with_ids(np.vstack(list(new.values())), np.fromiter(new, dtype=np.int64, count=len(new)))
         self.dirty = True
         # Publish now and then so a long ingest shows up while it runs, spending at most ~10% on it.
         if time.monotonic() - self._saved_at >= max(PUBLISH_EVERY, 10 * self._save_took):
@@ -628,11 +627,6 @@ class Writer:
         if found:
             self.dirty = True
         return found
-
-    def id_of(self, content_hash: str) -> str | None:
-        """The id of the stored article with this content, if any."""
-        row = self.conn.execute("SELECT id FROM articles WHERE content_hash = ?", (content_hash,)).fetchone()
-        return row[0] if row else None
 
     def save(self) -> dict:
         """Publish a snapshot: write the FAISS file, then the manifest that vouches for it."""

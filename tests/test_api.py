@@ -99,9 +99,12 @@ def test_cli_ask_json(runner):
 
 def test_cli_ingest_reports_failures_and_duplicates(runner, tmp_path):
     (tmp_path / "a.txt").write_text("A title\nSome article body text here.")
-    (tmp_path / "b.txt").write_text("A title\nSome article body text here.")
+    (tmp_path / "b.txt").write_text("A title\nSome article body text here.")  # the same words, another file
     (tmp_path / "c.jsonl").write_text("not json\n")
     result = runner.invoke(["ingest", str(tmp_path), "-q"])
     assert result.exit_code == 1
-    assert "1 articles added, 1 skipped as duplicates, 1 failed" in result.output
+    assert "2 articles added, 0 updated, 0 skipped as duplicates, 1 failed" in result.output
+    (tmp_path / "b.txt").write_text("A title\nSome article body text here, corrected.")
+    result = runner.invoke(["ingest", str(tmp_path), "-q"])
+    assert "0 articles added, 1 updated, 1 skipped as duplicates, 1 failed" in result.output
     assert "c.jsonl:1" in result.output

@@ -238,7 +238,7 @@ def test_searches_during_an_ingest_see_one_snapshot_each(live):
 
     # The re-run completed the interrupted ingest: the rest added, what the killed run committed skipped.
     assert rerun.returncode == 0, err
-    m = re.search(r"(\d+) articles added, (\d+) skipped as duplicates", out)
+    m = re.search(r"(\d+) articles added, \d+ updated, (\d+) skipped as duplicates", out)
     added, dupes = int(m[1]), int(m[2])
     assert added + dupes == N_ARTICLES and dupes > 0, out
     manifest = json.loads((index / MANIFEST_NAME).read_text())
