@@ -18,8 +18,13 @@ class Passage:
     text: str
 
 
+PREFIX_TITLE_CHARS = 160  # a headline; past this a "title" would crowd the passage out of the model's input
+
+
 def title_prefix(title: str) -> str:
     """Return the text put before a passage for the model, so each passage knows its article."""
+    if len(title) > PREFIX_TITLE_CHARS:
+        title = title[:PREFIX_TITLE_CHARS].rsplit(" ", 1)[0]
     return f"{title}: " if title else ""
 
 
@@ -110,7 +115,9 @@ def split(text: str, title: str, count: CountTokens,
     overlapping windows so a reader never sees the same words twice.
     """
     prefix_tokens = count([title_prefix(title)])[0] if title else 2
-    budget = max(cfg.max_tokens - prefix_tokens - 2, 16)  # 2 spare: pieces counted apart sum a little low
+    # 2 spare: pieces counted apart sum a little low. However odd the title's word pieces,
+    # the passage keeps at least half the input: the model may cut the end, never shred the text.
+    budget = max(cfg.max_tokens - prefix_tokens - 2, cfg.max_tokens // 2)
     units = sentence_units(text, count, min(cfg.max_sentence_tokens, budget))
 
     passages: list[Passage] = []

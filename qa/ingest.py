@@ -19,6 +19,7 @@ from .errors import IngestError
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
 MAX_FILE_BYTES = 32 * 1024 * 1024  # per file, and per line of a .jsonl (which is streamed, so has no file limit)
 MAX_ARTICLE_CHARS = 2_000_000
+MAX_TITLE_CHARS = 500  # longer "titles" are cut at a word, with an ellipsis
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -45,6 +46,10 @@ class Article:
     author: str | None = None
     published: str | None = None
     origin: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.title) > MAX_TITLE_CHARS:
+            self.title = self.title[:MAX_TITLE_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
     @property
     def content_hash(self) -> str:

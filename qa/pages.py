@@ -8,6 +8,7 @@ script or style (the Content-Security-Policy forbids both).
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, render_template, request
@@ -103,9 +104,11 @@ def paragraphs(text: str, passages: list[dict], cited: int | None = None) -> tup
     segment (they get an empty anchor so that their links still land).
     """
     spans = [(p["id"], max(0, p["start"]), min(len(text), p["end"])) for p in passages]
-    cuts = {0, len(text)}
-    for _, s, e in spans:
-        cuts.update((s, e))
+    cuts = sorted({0, len(text), *(x for _, s, e in spans for x in (s, e))})
+    # Segments come in text order, so one sweep over the passages sorted by start finds
+    # those covering each segment (a few at a time: windows overlap about twice).
+    by_start = sorted(range(len(spans)), key=lambda i: spans[i][1])
+    nxt, active = 0, []
     anchored: set[int] = set()
     out: list[list[dict]] = []
     pos = 0
@@ -121,13 +124,16 @@ def paragraphs(text: str, passages: list[dict], cited: int | None = None) -> tup
         b_end -= len(chunk) - len(chunk.rstrip())
         if b_start >= b_end:
             continue
-        bounds = sorted(c for c in cuts if b_start < c < b_end)
-        edges = [b_start, *bounds, b_end]
+        edges = [b_start, *cuts[bisect_right(cuts, b_start):bisect_left(cuts, b_end)], b_end]
         segs = []
         for s, e in zip(edges, edges[1:]):
             if s >= e:
                 continue
-            covering = [pid for pid, ps, pe in spans if ps <= s and e <= pe]
+            while nxt < len(by_start) and spans[by_start[nxt]][1] <= s:
+                active.append(by_start[nxt])
+                nxt += 1
+            active = [i for i in active if spans[i][2] > s]
+            covering = [spans[i][0] for i in sorted(active) if e <= spans[i][2]]
             anchor = None
             for pid in covering:
                 if pid not in anchored:

@@ -102,8 +102,11 @@ class Service:
         return manifest is None or int(manifest.get("articles", 0)) == 0
 
     def seed_if_new(self, seeds: str | os.PathLike) -> Report | None:
-        """Build the index from `seeds` when the folder is empty; the report, or None when nothing was done."""
-        while self.is_empty():
+        """Build the index from `seeds` when the folder never held one; the report, or None when nothing was done.
+
+        An index emptied by deletes stays empty: only a folder that was never published gets the seeds.
+        """
+        while read_manifest(self.index_dir) is None:
             try:
                 return self.ingest([seeds])
             except IndexLocked:  # another worker is building it
