@@ -57,6 +57,12 @@ class IndexCorrupt(IndexError_):
     code = "index_corrupt"
 
 
+class IndexBusy(IndexError_):
+    """The database could not be read just now (locked, busy, out of file handles): worth a retry."""
+
+    code = "index_busy"
+
+
 class IndexLocked(IndexError_):
     code = "index_locked"
 

@@ -26,6 +26,8 @@ FIRST_LOAD_WAIT = 15.0  # seconds a request waits for its process's first index 
 class Service:
     """One process's view of an index folder: reloads the snapshot when a writer publishes a new one."""
 
+    RELOAD_RETRY = 5.0  # seconds before a snapshot that failed to load is tried again
+
     def __init__(self, index_dir: str | os.PathLike, model: str, backend: str = "torch",
                  search: SearchConfig = SearchConfig(), embedder: Embedder | None = None):
         self.index_dir = Path(index_dir)
@@ -35,6 +37,7 @@ class Service:
         self._stamp: tuple | None = None
         self._lock = threading.Lock()
         self.reload_error: str | None = None  # why the newest snapshot could not be loaded, if it could not
+        self._retry_at = 0.0
 
     @property
     def embedder(self) -> Embedder:
@@ -57,7 +60,8 @@ class Service:
         """
         stamp = self._manifest_stamp()
         current = self._searcher
-        if current is not None and stamp == self._stamp:
+        if current is not None and stamp == self._stamp and (
+                self.reload_error is None or time.monotonic() < self._retry_at):
             return current
         if current is None and stamp is None:  # say so at once, without loading the model
             raise IndexCorrupt(f"no index in {self.index_dir}; run `qa ingest PATH --index {self.index_dir}` first",
@@ -70,7 +74,8 @@ class Service:
                 raise NotReady("the index is still loading; try again in a moment")
             return current
         try:
-            if self._searcher is None or stamp != self._stamp:
+            if self._searcher is None or stamp != self._stamp or (
+                    self.reload_error is not None and time.monotonic() >= self._retry_at):
                 self._load(stamp)
             return self._searcher
         finally:
@@ -82,8 +87,8 @@ class Service:
         except Exception as e:
             if self._searcher is None:
                 raise
-            # Keep the last good snapshot; retry when the manifest changes again.
-            self._stamp = stamp
+            # Keep the last good snapshot; try again when the manifest changes, or after a while.
+            self._stamp, self._retry_at = stamp, time.monotonic() + self.RELOAD_RETRY
             self.reload_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
             log.error("cannot load the new index snapshot, still serving generation %d: %s",
                       self._searcher.index.generation, self.reload_error)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from .errors import IndexCorrupt, IndexLocked, ModelMismatch
+from .errors import IndexBusy, IndexCorrupt, IndexLocked, ModelMismatch
 from .sentences import SentenceIndex, SentenceScores, inner_products, terms_of
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ faiss.omp_set_num_threads(1)
 SCHEMA_VERSION = 1
 DB_NAME, FAISS_NAME, MANIFEST_NAME, LOCK_NAME = "qa.sqlite3", "vectors.faiss", "manifest.json", ".lock"
 HNSW_ABOVE = 200_000  # exact search below this many passages, HNSW above
+DOC_FREQ_CACHE_CHARS = 2_000_000  # per snapshot; about 10 MB of cached document frequencies at most
+DOC_FREQ_TERM_CHARS = 64  # longer "terms" are not worth remembering
 PUBLISH_EVERY = 2.0  # seconds between snapshots published during a long ingest
 MANIFEST_KEYS = ("model", "dim", "generation", "passages", "articles")
 
@@ -120,7 +122,9 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def _corrupt_db(path: Path, e: Exception) -> IndexCorrupt:
+def _corrupt_db(path: Path, e: Exception) -> IndexCorrupt | IndexBusy:
+    if isinstance(e, sqlite3.OperationalError):  # locked, busy, cannot open now: the file may be fine
+        return IndexBusy(f"{path} could not be read just now ({e}); try again in a moment")
     return IndexCorrupt(f"{path} is not a readable index database ({e}); restore it from a backup, "
                         f"or delete the folder {path.parent} and ingest again")
 
@@ -250,6 +254,7 @@ class Index:
             self.flat_rows_of_sentence_passages = rows if held.all() else None
         self._local = threading.local()
         self._doc_freqs: dict[str, int] = {}
+        self._doc_freq_chars = 0
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None) -> Index:
@@ -392,10 +397,14 @@ class Index:
         if todo:
             marks = ",".join("?" * len(todo))
             found = dict(self.db.execute(f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", todo).fetchall())
-            if len(cache) > 100_000:
-                cache.clear()
             for t in todo:
-                out[t] = cache[t] = found.get(t, 0)
+                out[t] = n = found.get(t, 0)
+                if len(t) <= DOC_FREQ_TERM_CHARS:
+                    if self._doc_freq_chars + len(t) > DOC_FREQ_CACHE_CHARS:
+                        cache.clear()
+                        self._doc_freq_chars = 0
+                    cache[t] = n
+                    self._doc_freq_chars += len(t)
         return {t: n for t, n in out.items() if n}, self.passage_count
 
 

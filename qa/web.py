@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
-from .errors import BadRequest, Forbidden, IndexLocked, IngestError, NotFound, QAError, Unauthorized
+from .errors import BadRequest, Forbidden, IndexBusy, IndexLocked, IngestError, NotFound, QAError, Unauthorized
 from .ingest import article_from_json
 from .openapi import spec
 from .search import validate
@@ -215,7 +215,7 @@ def _qa_error(e: QAError):
     resp, status = error_body(e.code, e.message, e.status)
     if isinstance(e, Unauthorized):
         resp.headers["WWW-Authenticate"] = 'Bearer realm="qa"'
-    elif isinstance(e, IndexLocked):
+    elif isinstance(e, (IndexLocked, IndexBusy)):
         resp.headers["Retry-After"] = "5"
     return resp, status
 
