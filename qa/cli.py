@@ -98,7 +98,6 @@ def ingest(paths, index, wait, quiet):
 def serve(index, host, port, workers, threads):
     """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
     from . import server
-    from .errors import IndexLocked
 
     app, svc = _service(index)  # here only to check the settings and say where the index is
     workers = workers or server.default_workers()

@@ -80,7 +80,7 @@ def evaluate(searcher: Searcher, questions: list[Question], k: int = max(KS),
     index = searcher.index
     rows = index.db.execute(
         "SELECT a.title, substr(a.text, p.start_char + 1, p.end_char - p.start_char) FROM passages p "
-        "JOIN articles a ON a.id = p.article_id"
+        "JOIN articles a ON a.version = p.version WHERE a.deleted_gen IS NULL"
     ).fetchall()
     words = [len(r[1].split()) for r in rows]
     from .chunk import title_prefix

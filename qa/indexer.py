@@ -14,7 +14,7 @@ from .chunk import ChunkConfig, split, title_prefix
 from .embed import Embedder
 from .ingest import Article, Failure, discover_roots, read_file
 from .sentences import NewSentence, passage_vector
-from .store import NewPassage, Writer
+from .index import NewPassage, Writer
 
 BATCH_SENTENCES = 512  # articles are committed in groups of about this many sentences
 

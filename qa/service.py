@@ -16,7 +16,7 @@ from .errors import IndexCorrupt, IndexLocked, NotReady
 from .indexer import Report, add_articles, iter_articles
 from .ingest import Article
 from .search import SearchConfig, Searcher
-from .store import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
+from .index import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class Service:
 
     def _load(self, stamp: tuple | None) -> None:
         try:
-            index = Index.load(self.index_dir, self.model, self.embedder.dim)
+            index = Index.load(self.index_dir, self.model, self.embedder.dim,
+                               previous=self._searcher.index if self._searcher is not None else None)
         except Exception as e:
             if self._searcher is None:
                 raise
@@ -138,7 +139,7 @@ class Service:
         with self.writer(wait) as w:
             report = add_articles(w, self.embedder, [article])
             article_id = article.id  # add_articles gave it one if it had none
-            passages = w.conn.execute("SELECT count(*) FROM passages WHERE article_id = ?", (article_id,)).fetchone()[0]
+            passages = w.passage_count(article_id)
             generation = w.save()["generation"] if w.dirty else w.generation
         self.searcher(wait=True)  # read-your-writes for the next request
         status = "added" if report.added else "updated" if report.updated else "unchanged"

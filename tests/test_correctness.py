@@ -1,7 +1,7 @@
 """Issue #15: the defects found in review, each pinned by a test that failed on the code it was found in.
 
-Those in the index's own code (1, 2, 8, 9) are marked xfail(strict=True) until the
-segment index of issue #11 replaces that code; the mark goes when they pass.
+Those in the index's own code (1, 2, 8, 9) were strict xfails until the segment
+index of issue #11 replaced that code; they are written against its design.
 """
 
 import json
@@ -10,15 +10,15 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from qa import store
+from qa.index import reader as index_reader
+from qa.index import segment as index_segment
 from qa.errors import IndexCorrupt, QAError
 from qa.indexer import add_articles
 from qa.ingest import Article, Failure, clean_text, discover, read_file
 from qa.service import Service
-from qa.store import FAISS_NAME, Index, Writer
+from qa.index import MANIFEST_NAME, Index, Writer
 
 from .conftest import SEEDS
 
@@ -59,8 +59,6 @@ BRIDGE = ("The new bridge over the river opened on Monday after four years of wo
 
 # --- 1. an updated article stays visible until its new version is published ---------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="#15.1: deleted rows carry no generation; fixed in the segment index (#11)")
 def test_reader_sees_the_old_version_until_the_update_is_published(svc, index, fake_embedder, monkeypatch):
     svc.add(Article(id="bridge", title="Bridge opens", text=BRIDGE))
     reader = Index.load(index, "fake", 64)
@@ -73,19 +71,21 @@ def test_reader_sees_the_old_version_until_the_update_is_published(svc, index, f
         assert art["text"] == BRIDGE
 
 
-# --- 2. delete and update work whatever kind of vector index was rebuilt ----------------------
+# --- 2. delete and update work whatever kind of vector index a segment has -------------------
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="#15.2: HNSW cannot remove ids; fixed in the segment index (#11)")
-def test_delete_after_the_vectors_were_rebuilt_as_hnsw(svc, index, monkeypatch):
-    monkeypatch.setattr(store, "HNSW_ABOVE", 3)
-    (index / FAISS_NAME).unlink()  # as after a killed writer: the next one rebuilds from the database
-    before = Index.load(index, "fake", 64).passage_count
+def test_delete_from_an_ivf_segment_after_the_manifest_was_lost(tmp_path, fake_embedder, monkeypatch):
+    monkeypatch.setattr(index_segment, "IVF_ABOVE", 3)  # every segment of more than 3 passages is IVF
+    svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
+    svc.ingest([SEEDS])
+    assert {p.seg.kind for p in Index.load(tmp_path / "ix", "fake", 64).parts} == {"ivf"}
+    (tmp_path / "ix" / MANIFEST_NAME).unlink()  # the next writer rebuilds the list of segments from the files
     generation = svc.delete("assad-lands-in-russia")
-    after = Index.load(index, "fake", 64)
+    after = Index.load(tmp_path / "ix", "fake", 64)
     assert generation == after.generation
     assert after.article("assad-lands-in-russia") is None
-    assert 0 < after.passage_count < before
+    assert after.article_count == 1
+    hits = svc.searcher().search("Assad landed in Russia", 10)
+    assert hits and all(h.citation.article_id != "assad-lands-in-russia" for h in hits)
 
 
 # --- 3. an edited file replaces its article ---------------------------------------------------
@@ -103,8 +103,9 @@ def test_an_edited_file_replaces_its_article(tmp_path, fake_embedder):
     assert svc.ingest([fire]).duplicates == 1  # the file itself, given directly, is the same article
     idx = Index.load(tmp_path / "ix", "fake", 64)
     assert idx.article_count == 1
-    (hit,) = idx.db.execute("SELECT text FROM articles").fetchall()
-    assert hit[0].startswith("Two people were hurt")
+    from qa.ingest import derived_id
+
+    assert idx.article(derived_id("fire", "file:fire.txt"))["text"].startswith("Two people were hurt")
 
 
 # --- 4. a given id names the article written; metadata corrections are changes ------------------
@@ -237,40 +238,43 @@ def test_a_new_folder_is_seeded(tmp_path, fake_embedder):
 
 # --- 8. a vector file from another run is never used -------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="#15.8: ids are reused and the file is not tied to its generation; fixed in #11")
-def test_a_vector_file_from_another_run_is_never_used(svc, index):
+def test_passage_ids_are_never_reused(svc, index):
     text = "The old pier burned down in the night. Nobody was hurt. The fire brigade came at dawn."
     svc.add(Article(id="pier", title="Pier fire", text=text))
-    stale = (index / FAISS_NAME).read_bytes()
-    old = {r[0] for r in Index.load(index, "fake", 64).db.execute("SELECT id FROM passages WHERE article_id='pier'")}
+    old = {p["id"] for p in Index.load(index, "fake", 64).article("pier")["passages"]}
     svc.delete("pier")
     svc.add(Article(id="mill", title="Mill sale", text="The mill was sold for a pound. A charity bought it. It opens in May."))
-    (index / FAISS_NAME).write_bytes(stale)
-    idx = Index.load(index, "fake", 64)
-    rows = idx.db.execute("SELECT id, vector FROM passages WHERE article_id='mill'").fetchall()
-    assert not old & {r[0] for r in rows}, "passage ids were reused"
-    for pid, blob in rows:
-        assert np.allclose(idx.vectors.reconstruct(pid), np.frombuffer(blob, dtype=np.float32))
+    new = {p["id"] for p in Index.load(index, "fake", 64).article("mill")["passages"]}
+    assert new and not old & new, "passage ids were reused"
 
 
-# --- 9. a reader that loads while a writer publishes never rebuilds ------------------------------
+def test_a_segment_file_from_another_run_is_refused(svc, index):
+    svc.add(Article(id="pier", title="Pier fire", text="The old pier burned down. Nobody was hurt."))
+    names = [e["name"] for e in json.loads((index / MANIFEST_NAME).read_text())["segments"]]
+    a, b = names[0], names[-1]
+    assert a != b
+    (index / f"{a}.arrays").write_bytes((index / f"{b}.arrays").read_bytes())
+    with pytest.raises(IndexCorrupt, match="damaged"):
+        Index.load(index, "fake", 64)
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="#15.9: the vector file is replaced before its manifest; fixed in #11")
-def test_a_reader_loading_mid_publish_does_not_rebuild(svc, index, monkeypatch):
-    rebuilds, loads = [], []
-    real_rebuild, real_replace = store.vectors_from_db, os.replace
-    monkeypatch.setattr(store, "vectors_from_db", lambda *a, **k: rebuilds.append(1) or real_rebuild(*a, **k))
+
+# --- 9. a reader that loads while a writer publishes sees one whole snapshot ---------------------
+
+def test_a_reader_loading_mid_publish_sees_a_whole_snapshot(svc, index, monkeypatch):
+    states, real_replace = [], os.replace
+    before = Index.load(index, "fake", 64).article_count
 
     def replace(src, dst, *a, **k):
         real_replace(src, dst, *a, **k)
         if Path(dst).parent == index:  # a reader arrives between any two steps of a publish
-            loads.append(Index.load(index, "fake", 64).generation)
+            idx = Index.load(index, "fake", 64)
+            states.append((idx.article_count, sum(len(p.seg) for p in idx.parts)))
 
     monkeypatch.setattr(os, "replace", replace)
     svc.add(Article(id="bridge", title="Bridge opens", text=BRIDGE))
-    assert loads and not rebuilds, f"{len(rebuilds)} of {len(loads)} loads rebuilt the vectors"
+    assert len(states) >= 3  # segment files, then the manifest
+    assert {n for n, _ in states} <= {before, before + 1}
+    assert states[-1][0] == before + 1
 
 
 # --- 10. the article page costs what the article holds -------------------------------------------
@@ -315,7 +319,7 @@ def test_the_document_frequency_cache_is_bounded_by_bytes(index):
     for i in range(200):
         idx.doc_freqs([f"{i}-{j}-" + "x" * 1000 for j in range(50)])
     held = sum(len(t) for t in idx._doc_freqs)
-    assert held <= store.DOC_FREQ_CACHE_CHARS
+    assert held <= index_reader.DOC_FREQ_CACHE_CHARS
 
 
 def test_a_failed_reload_is_retried(svc, index, fake_embedder, monkeypatch):

@@ -11,15 +11,15 @@ import sqlite3
 import threading
 import time
 
-import faiss
-import numpy as np
 import pytest
 
-from qa import create_app, store
+from qa import create_app
 from qa.errors import IndexCorrupt, IndexLocked
+from qa.index import DB_NAME, MANIFEST_NAME, Index, Writer, lock_index
+from qa.index import merge as index_merge
+from qa.index import writer as index_writer
 from qa.ingest import Article
 from qa.service import Service
-from qa.store import DB_NAME, FAISS_NAME, MANIFEST_NAME, Index, Writer, lock_index
 
 
 
@@ -80,21 +80,15 @@ def test_database_older_than_manifest_refuses(index):
     assert Index.load(index, "fake", 64).generation == manifest["generation"] - 5
 
 
-def test_faiss_file_that_disagrees_is_rebuilt_with_a_warning(index, caplog):
-    good = Index.load(index, "fake", 64)
-    stale = faiss.IndexIDMap2(faiss.IndexFlatIP(64))
-    stale.add_with_ids(np.ones((3, 64), dtype=np.float32), np.arange(3, dtype=np.int64))
-    faiss.write_index(stale, str(index / FAISS_NAME))  # as if killed between the faiss and manifest writes
-    with caplog.at_level(logging.WARNING, logger="qa.store"):
-        idx = Index.load(index, "fake", 64)
-    assert "rebuilding the vectors from the database" in caplog.text
-    assert idx.vectors.ntotal == good.vectors.ntotal == good.passage_count
-    (index / FAISS_NAME).write_bytes(b"garbage")
-    assert Index.load(index, "fake", 64).vectors.ntotal == good.passage_count
+def test_damaged_segment_refuses_with_a_clear_message(index):
+    seg = json.loads((index / MANIFEST_NAME).read_text())["segments"][0]["name"]
+    (index / f"{seg}.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexCorrupt, match="damaged"):
+        Index.load(index, "fake", 64)
 
 
 def test_stale_temporary_files_are_cleaned_up(index):
-    (index / f".{FAISS_NAME}.12345.tmp").write_bytes(b"half a file")
+    (index / f".{MANIFEST_NAME}.12345.tmp").write_bytes(b"half a file")
     Writer(index, "fake", 64).close()
     assert not list(index.glob(".*.tmp"))
 
@@ -138,7 +132,7 @@ def test_failed_reload_keeps_serving_the_last_good_snapshot(index, fake_embedder
 # --- readers never see more than their snapshot ----------------------------------------------------
 
 def test_unpublished_rows_are_invisible_to_readers(index, fake_embedder, monkeypatch):
-    monkeypatch.setattr(store, "PUBLISH_EVERY", 1e9)  # commit without publishing
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 1e9)  # commit without publishing
     before = Index.load(index, "fake", 64)
     svc = Service(index, "fake", embedder=fake_embedder)
     from qa.indexer import add_articles
@@ -146,29 +140,28 @@ def test_unpublished_rows_are_invisible_to_readers(index, fake_embedder, monkeyp
     w = svc.writer()
     try:
         add_articles(w, fake_embedder, articles(2, word="quixotic"))
-        new_ids = [r[0] for r in w.conn.execute("SELECT id FROM passages WHERE gen > ?", (before.generation,))]
-        assert new_ids
+        assert w.generation > before.generation
         for idx in (before, Index.load(index, "fake", 64)):  # committed, not yet published
             assert idx.generation == before.generation
-            assert idx.lexical('"quixotic"', 10) == []
-            assert idx.passages(new_ids) == {}
-            art_id = w.conn.execute("SELECT id FROM articles WHERE gen > ?", (before.generation,)).fetchone()[0]
-            assert idx.article(art_id) is None
+            assert idx.lexical(["quixot"], 10) == {}
+            assert idx.article("quixotic-0") is None
     finally:
         w.close()  # publishes
     after = Index.load(index, "fake", 64)
-    assert after.generation > before.generation and after.lexical('"quixotic"', 10)
+    assert after.generation > before.generation and after.lexical(["quixot"], 10)
+    assert after.article("quixotic-0") is not None
 
 
 def test_one_request_sees_one_database_state(index):
     idx = Index.load(index, "fake", 64)
     with idx.reading():
-        n1 = idx.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        live = "SELECT count(*) FROM articles WHERE deleted_gen IS NULL"
+        n1 = idx.db.execute(live).fetchone()[0]
         with Writer(index, "fake", 64) as w:
             w.delete("assad-lands-in-russia")
-        n2 = idx.db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        n2 = idx.db.execute(live).fetchone()[0]
     assert n1 == n2  # the delete committed meanwhile, but this read transaction does not see it
-    assert idx.db.execute("SELECT count(*) FROM passages").fetchone()[0] < n1
+    assert idx.db.execute(live).fetchone()[0] < n1
 
 
 def test_searches_during_writes_see_consistent_snapshots(index, fake_embedder):
@@ -205,8 +198,10 @@ def test_searches_during_writes_see_consistent_snapshots(index, fake_embedder):
     assert len(gens) > 2, gens  # the running app picked up new snapshots
     for gen, ids in seen:
         for pid in ids:
-            row = db.execute("SELECT gen FROM passages WHERE id = ?", (pid,)).fetchone()
-            assert row is None or row[0] <= gen  # never a passage newer than the answering snapshot
+            row = db.execute("SELECT a.gen, a.deleted_gen FROM passages p JOIN articles a ON a.version = p.version "
+                             "WHERE p.id = ?", (pid,)).fetchone()
+            # never a passage newer than the answering snapshot, nor one deleted before it
+            assert row is None or (row[0] <= gen and (row[1] is None or row[1] > gen))
     final = json.loads((index / MANIFEST_NAME).read_text())["generation"]
     assert max(gens) == final
 
@@ -224,3 +219,91 @@ def test_second_writer_is_refused_or_waits(index):
     threading.Timer(0.3, holder.close).start()
     with Writer(index, "fake", 64, wait=10) as w:  # gets it once the holder lets go
         assert w.generation >= 1
+
+
+# --- segments: publish, reload, merge, crash recovery -------------------------------------------------
+
+def test_a_publish_adds_a_segment_and_a_reload_opens_only_it(index, fake_embedder):
+    svc = Service(index, "fake", embedder=fake_embedder)
+    first = Index.load(index, "fake", 64)
+    add(svc, articles(3))
+    second = Index.load(index, "fake", 64, previous=first)
+    old = {p.seg.name: p.seg for p in first.parts}
+    reused = [p for p in second.parts if p.seg.name in old]
+    assert reused and all(p.seg is old[p.seg.name] for p in reused)  # the same objects, not reopened
+    assert len(second.parts) == len(first.parts) + 1
+    assert second.passage_count > first.passage_count
+
+
+def test_segments_merge_and_stay_few(tmp_path, fake_embedder, monkeypatch):
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)  # one publish per batch: many small segments
+    svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
+    from qa.indexer import add_articles
+
+    with svc.writer() as w:
+        for i in range(40):
+            add_articles(w, fake_embedder, articles(2, start=2 * i))
+            w._install_merge(wait=True)
+    manifest = json.loads((tmp_path / "ix" / MANIFEST_NAME).read_text())
+    assert len(manifest["segments"]) < index_merge.MERGE_FACTOR
+    idx = Index.load(tmp_path / "ix", "fake", 64)
+    assert idx.article_count == 80 and idx.passage_count == sum(len(p.seg) for p in idx.parts)
+    hits = Service(tmp_path / "ix", "fake", embedder=fake_embedder).searcher().search("zanzibar session 57 plan", 3)
+    assert hits[0].citation.article_id == "zanzibar-57"
+    # Merged-away segments stay on disk for readers that may still be opening them, then go.
+    assert manifest["retired"]
+
+
+def test_deletes_made_during_a_merge_are_kept(tmp_path, fake_embedder, monkeypatch):
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
+    svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
+    from qa.indexer import add_articles
+
+    w = svc.writer()
+    w.background_merges = False
+    real_merge = index_writer.merge
+
+    def slow_merge(*a, **k):  # a delete lands while the merge is writing its output
+        out = real_merge(*a, **k)
+        with w.conn:
+            pass
+        deleted.append(w.delete("zanzibar-1"))
+        return out
+
+    deleted = []
+    monkeypatch.setattr(index_writer, "merge", slow_merge)
+    for i in range(index_merge.MERGE_FACTOR):
+        add_articles(w, fake_embedder, articles(1, start=i))
+    w.close()
+    assert deleted == [True]
+    idx = Index.load(tmp_path / "ix", "fake", 64)
+    assert idx.article("zanzibar-1") is None
+    assert all(h.citation.article_id != "zanzibar-1"
+               for h in Service(tmp_path / "ix", "fake", embedder=fake_embedder).searcher().search("session 1 plan 1", 10))
+
+
+def test_a_writer_killed_after_commit_is_published_by_the_next(index, fake_embedder, monkeypatch):
+    before = Index.load(index, "fake", 64)
+    monkeypatch.setattr(Writer, "save", lambda self: None)  # killed between its commits and its publish
+    svc = Service(index, "fake", embedder=fake_embedder)
+    add(svc, articles(2, word="quixotic"))
+    with svc.writer() as w:
+        w.delete("assad-lands-in-russia")
+    assert Index.load(index, "fake", 64).generation == before.generation
+    monkeypatch.undo()
+    Writer(index, "fake", 64).close()  # the next writer publishes what was committed
+    after = Index.load(index, "fake", 64)
+    assert after.article("quixotic-1") is not None and after.article("assad-lands-in-russia") is None
+    assert after.article_count == before.article_count + 1
+
+
+def test_a_lost_manifest_is_rebuilt_from_the_segments(index, fake_embedder):
+    svc = Service(index, "fake", embedder=fake_embedder)
+    add(svc, articles(3))
+    svc.delete("zanzibar-1")
+    want = Index.load(index, "fake", 64)
+    (index / MANIFEST_NAME).unlink()
+    Writer(index, "fake", 64).close()
+    got = Index.load(index, "fake", 64)
+    assert (got.article_count, got.passage_count) == (want.article_count, want.passage_count)
+    assert got.article("zanzibar-1") is None and got.article("zanzibar-2") is not None

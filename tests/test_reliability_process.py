@@ -27,7 +27,7 @@ import pytest
 
 from qa.embed import DEFAULT_MODEL
 from qa.service import Service
-from qa.store import DB_NAME, LOCK_NAME, MANIFEST_NAME, Index, lock_index
+from qa.index import DB_NAME, LOCK_NAME, MANIFEST_NAME, Index, Writer, lock_index
 
 from .conftest import ROOT, SEEDS, FakeEmbedder, qa_server
 
@@ -136,22 +136,25 @@ def test_kill_9_mid_ingest_leaves_whole_articles_and_a_loadable_index(crashed):
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     lines = sorted(int(r[0].rsplit(":", 1)[1]) for r in db.execute("SELECT origin FROM articles WHERE id LIKE 'bulletin-%'"))
     assert 0 < len(lines) < N_ARTICLES and lines == list(range(1, len(lines) + 1))  # a prefix: whole batches
-    for art_id, text in db.execute("SELECT id, text FROM articles"):
-        spans = db.execute("SELECT id, start_char, end_char, length(vector), gen FROM passages WHERE article_id = ? "
-                           "ORDER BY start_char", (art_id,)).fetchall()
+    for version, art_id, text in db.execute("SELECT version, id, text FROM articles"):
+        spans = db.execute("SELECT id, start_char, end_char FROM passages WHERE version = ? ORDER BY start_char",
+                           (version,)).fetchall()
         assert spans and spans[-1][2] <= len(text), art_id
-        for pid, start, end, vec_bytes, _ in spans:
-            assert vec_bytes == 384 * 4
-            fts = db.execute("SELECT text FROM passages_fts WHERE rowid = ?", (pid,)).fetchone()
-            assert fts and fts[0] == text[start:end]
-    assert db.execute("SELECT count(*) FROM passages_fts").fetchone()[0] == db.execute("SELECT count(*) FROM passages").fetchone()[0]
 
-    # The published snapshot: the one before the run, or a later one with whole articles; vectors in step.
+    # The published snapshot: the one before the run, or a later one with whole articles, every segment whole.
     idx = Index.load(after, DEFAULT_MODEL, 384)
     assert idx.generation >= crashed["before"]["generation"]
     assert idx.article_count in {2} | {2 + n for n in range(1, len(lines) + 1)}
-    assert idx.vectors.ntotal == idx.passage_count == db.execute(
-        "SELECT count(*) FROM passages WHERE gen <= ?", (idx.generation,)).fetchone()[0]
+    live_rows = sum(len(p.seg) - (0 if p.live is None else int((~p.live).sum())) for p in idx.parts)
+    assert live_rows == idx.passage_count == db.execute(
+        "SELECT count(*) FROM passages p JOIN articles a ON a.version = p.version WHERE a.gen <= ?",
+        (idx.generation,)).fetchone()[0]
+    # The next writer publishes everything the killed one committed: every passage in exactly one segment.
+    Writer(after, DEFAULT_MODEL, 384).close()
+    idx = Index.load(after, DEFAULT_MODEL, 384)
+    committed = [r[0] for r in db.execute("SELECT id FROM passages ORDER BY id")]
+    held = sorted(pid for p in idx.parts for pid in p.seg.pids.tolist())
+    assert held == committed and idx.article_count == 2 + len(lines)
     # And it answers (with a model-shaped fake, to leave the real model to the processes).
     svc = Service(after, DEFAULT_MODEL, embedder=ModelShapedFake())
     hits = svc.searcher().search("Where did Assad flee to?", 5)
@@ -252,9 +255,11 @@ def test_searches_during_an_ingest_see_one_snapshot_each(live):
     assert gens[0] == start_gen and gens[-1] == manifest["generation"] and len(set(gens)) >= 2, sorted(set(gens))
     for gen, results in answers:
         for res in results:
-            row = db.execute("SELECT gen FROM passages WHERE id = ?", (res["passage_id"],)).fetchone()
+            row = db.execute("SELECT a.gen FROM passages p JOIN articles a ON a.version = p.version WHERE p.id = ?",
+                             (res["passage_id"],)).fetchone()
             assert row is not None and row[0] <= gen, (gen, res["passage_id"], row)
-            text = db.execute("SELECT text FROM articles WHERE id = ?", (res["citation"]["article_id"],)).fetchone()[0]
+            text = db.execute("SELECT text FROM articles WHERE id = ? AND deleted_gen IS NULL",
+                              (res["citation"]["article_id"],)).fetchone()[0]
             assert text[res["citation"]["start"]:res["citation"]["end"]] == res["text"]
 
     # While another writer holds the lock (past the API's 2 s wait), a write through the API is told so.

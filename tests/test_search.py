@@ -1,5 +1,4 @@
 import dataclasses
-import shutil
 import sqlite3
 
 import numpy as np
@@ -7,10 +6,12 @@ import pytest
 
 from qa import create_app
 from qa.errors import BadRequest
-from qa.search import Citation, Hit, SearchConfig, Searcher, fts_query, fuse, highlight, query_terms, validate
-from qa.sentences import SentenceIndex, terms_of
+from qa.search import Citation, Hit, SearchConfig, fts_query, fuse, highlight, query_terms, validate
+from qa.index import Index
+from qa.index import segment as index_segment
+from qa.index.segment import Segment, SegmentBuilder, write_segment
+from qa.index.terms import stems, term_hash
 from qa.service import get_service
-from qa.store import DB_NAME, Index, Writer
 
 
 def test_query_terms_drop_stop_words_but_never_everything():
@@ -73,70 +74,81 @@ def test_fuse_mixes_the_best_sentence_into_the_lexical_side():
     assert fuse(lexical, {}, cfg)[0][0] == 1  # the window's BM25 alone would rank 1 first
 
 
-def test_sentence_term_scores_sum_the_weights_of_held_stems():
+def one_segment(tmp_path, texts, passages, vectors=None):
+    """A segment of one article whose sentences are `texts` and whose passages are (sentence lo, hi) ranges."""
+    text = " ".join(texts)
+    starts = [text.index(t) for t in texts]
+    vectors = np.eye(4, dtype=np.float32)[: len(texts)] if vectors is None else vectors
+    sents = [(a, a + len(t), f"{i:016x}", vectors[i]) for i, (a, t) in enumerate(zip(starts, texts))]
+    b = SegmentBuilder(dim=4, scale=100.0)
+    b.add_article("Title", text, [(10 + i, starts[lo], starts[hi - 1] + len(texts[hi - 1]), np.ones(4) / 2)
+                                  for i, (lo, hi) in enumerate(passages)], sents)
+    entry = write_segment(tmp_path, "seg-test", b.arrays(), {"dim": 4, "scale": 100.0, "gen": 1})
+    return Segment(tmp_path, entry)
+
+
+def query_weights(weights):
+    items = sorted((term_hash(t), w) for t, w in weights.items())
+    return np.array([h for h, _ in items], np.uint64), np.array([w for _, w in items])
+
+
+def test_sentence_term_scores_sum_the_weights_of_held_stems(tmp_path):
     texts = ["Assad fled to Moscow.", "Rebels entered Damascus.", "Moscow granted asylum to Assad."]
-    terms = [terms_of(t) for t in texts]
-    assert terms[0] == "assad fled moscow to"
-    sents = SentenceIndex(np.zeros((3, 4), np.float32), {10: (0, 2), 11: (1, 3)},
-                          [(0, 21), (22, 46), (47, 78)], terms)
-    by_terms = sents.terms({"assad": 2.0, "moscow": 1.0, "asylum": 3.0, "zebra": 9.0})
-    assert by_terms.of(10) == [3.0, 0.0]
-    assert by_terms.of(11) == [0.0, 6.0]
-    assert by_terms.best([11, 10, 99]) == {11: 6.0, 10: 3.0}
-    assert sents.terms({"zebra": 1.0}).best([10]) == {10: 0.0}
-    assert by_terms.best([99]) == {}
-    assert by_terms.top(1) == [11]  # the passage holding the best sentence
-    assert by_terms.top(2) == [11, 10]
+    assert stems(texts[0]) == ["assad", "fled", "to", "moscow"]
+    seg = one_segment(tmp_path, texts, [(0, 2), (1, 3)])
+    srows, firsts = seg.sentence_rows(np.array([0, 1]))
+    assert srows.tolist() == [0, 1, 1, 2] and firsts.tolist() == [0, 2]
+    qh, qw = query_weights({"assad": 2.0, "moscow": 1.0, "asylum": 3.0, "zebra": 9.0})
+    assert seg.sentence_terms(srows, qh, qw).tolist() == [3.0, 0.0, 0.0, 6.0]
 
 
-def test_sentence_dense_scores_every_sentence_and_each_passages_best():
-    vectors = np.eye(4, dtype=np.float32)[[0, 1, 2]]
-    sents = SentenceIndex(vectors, {10: (0, 2), 11: (1, 3), 12: (2, 3)}, [(0, 1), (2, 3), (4, 5)])
-    scores = sents.dense(np.array([0.2, 0.9, 0.5, 0.0], np.float32))
-    assert scores.of(11) == pytest.approx([0.9, 0.5])
-    assert scores.best([12, 10, 11]) == pytest.approx({12: 0.5, 10: 0.9, 11: 0.9})
-    # passages owning the best sentence (row 1, in windows 10 and 11), then the next
-    assert sorted(scores.top(1)) == [10, 11]
-    assert set(scores.top(2)) == {10, 11, 12}
+def test_sentence_dense_scores_each_passages_sentences(tmp_path):
+    seg = one_segment(tmp_path, ["One.", "Two.", "Three."], [(0, 2), (1, 3), (2, 3)])
+    srows, _ = seg.sentence_rows(np.array([1]))
+    q = np.array([0.2, 0.9, 0.5, 0.0], np.float32)
+    assert seg.sentence_dense(q, srows).tolist() == pytest.approx([0.9, 0.5], abs=0.01)
 
 
-def test_index_from_before_stems_were_kept_loads_and_searches_the_same(app, tmp_path):
-    """A folder whose sentences table has no terms column gets its stems at load, then from the writer."""
-    with app.app_context():
-        svc = get_service()
-        before = [(h.passage_id, h.score, h.highlight) for h in svc.searcher().search("Where did Assad go?", 5)]
-        old = tmp_path / "old"
-        shutil.copytree(svc.index_dir, old)
-    with sqlite3.connect(old / DB_NAME) as conn:
-        conn.execute("ALTER TABLE sentences DROP COLUMN terms")
-    searcher = Searcher(Index.load(old), svc.embedder, svc.cfg)
-    assert [(h.passage_id, h.score, h.highlight) for h in searcher.search("Where did Assad go?", 5)] == before
-    with Writer(old, "fake", svc.embedder.dim):
-        pass
-    with sqlite3.connect(old / DB_NAME) as conn:
-        assert "terms" in {r[1] for r in conn.execute("PRAGMA table_info(sentences)")}
+def test_bm25_matches_fts5s_formula(tmp_path):
+    """Our postings score a passage as SQLite FTS5's bm25() scores the same title and text."""
+    texts = ["The harbour of Kelvik reopened.", "Boats returned to the harbour on Monday.", "Fishing resumed.",
+             "The market sold fish.", "Prices fell.", "Rain came on Tuesday.", "Schools closed early."]
+    ranges = [(0, 2), (1, 3), (3, 4), (4, 5), (5, 6), (6, 7)]
+    seg = one_segment(tmp_path, texts, ranges, vectors=np.ones((len(texts), 4), np.float32) / 2)
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE VIRTUAL TABLE f USING fts5(title, text, tokenize='porter unicode61')")
+    for lo, hi in ranges:
+        conn.execute("INSERT INTO f VALUES ('Title', ?)", (" ".join(texts[lo:hi]),))
+    want = [-r[0] for r in conn.execute("SELECT bm25(f) FROM f WHERE f MATCH 'harbour OR monday OR kelvik' "
+                                        "ORDER BY rowid")]
+    n, df = len(ranges), {"harbour": 2, "mondai": 2, "kelvik": 1}
+    idf = {t: max(np.log((0.5 + n - d) / (0.5 + d)), 1e-6) for t, d in df.items()}
+    terms = [(term_hash(t), w, True) for t, w in idf.items()]
+    assert stems("harbour Monday Kelvik") == list(df)
+    got = seg.lexical_of(terms, np.array([0, 1]), index_segment.BM25(avgdl=seg.tokens / len(seg)))
+    assert got.tolist() == pytest.approx(want, rel=1e-4)
 
 
-def test_exact_and_hnsw_passage_scores_agree(app):
-    """The numpy path over a flat index, its dict fallback and FAISS over HNSW give the same dense scores."""
-    import faiss
+def test_flat_and_ivf_segments_agree(app, tmp_path, monkeypatch):
+    """The same passages in an exact and an IVF segment give the same dense scores for what both find."""
+    from qa.service import Service
+
+    from .conftest import SEEDS
 
     with app.app_context():
         svc = get_service()
         flat = svc.searcher().index
         qvec = svc.embedder.encode(["Where did Assad go?"])[0]
-    ids = flat.flat[0]
-    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(flat.vectors.d, 32, faiss.METRIC_INNER_PRODUCT))
-    hnsw.add_with_ids(flat.flat[1].copy(), ids)
-    by_hnsw = Index(flat.path, flat.manifest, hnsw, flat.sentences)
-    assert by_hnsw.flat is None and flat.flat_rows_of_sentence_passages is not None
-    extra = ids[:3].tolist()
-    n = min(10, len(ids) - 1)
-    arrays = Searcher(flat, svc.embedder, svc.cfg).dense_scores(qvec, n, extra)
-    via_faiss = Searcher(by_hnsw, svc.embedder, svc.cfg).dense_scores(qvec, n, extra)
-    assert set(arrays) == set(via_faiss) and len(arrays) >= n
-    assert all(arrays[i] == pytest.approx(via_faiss[i], abs=1e-5) for i in arrays)
-    assert flat.dense(qvec).of([*extra, 10**9]) == pytest.approx(by_hnsw.dense(qvec).of(extra))
+    monkeypatch.setattr(index_segment, "IVF_ABOVE", 3)
+    Service(tmp_path / "ivf", "fake", embedder=svc.embedder).ingest([SEEDS])
+    ivf = Index.load(tmp_path / "ivf")
+    assert {p.seg.kind for p in ivf.parts} == {"ivf"} and {p.seg.kind for p in flat.parts} == {"flat"}
+    a, b = flat.dense(qvec, 5), ivf.dense(qvec, 5)
+    assert len(a) == len(b) == 5
+    ta = {flat.passages([i])[i].text: s for i, s in a.items()}
+    tb = {ivf.passages([i])[i].text: s for i, s in b.items()}
+    assert set(ta) & set(tb)
+    assert all(ta[t] == pytest.approx(tb[t], abs=1e-6) for t in set(ta) & set(tb))
 
 
 def test_hit_to_dict_is_asdict():

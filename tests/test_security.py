@@ -3,12 +3,12 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
-import faiss
 import pytest
 
 from qa import create_app
-from qa.store import DB_NAME, FAISS_NAME, lock_index
+from qa.index import MANIFEST_NAME, Index, lock_index
 
 from .conftest import ROOT, SEEDS
 
@@ -123,16 +123,14 @@ def test_add_search_and_delete_an_article(admin, admin_app):
 
     index_dir = admin_app.config["INDEX_DIR"]
     passages = admin.get("/api/articles/harbour-reopens").get_json()["passages"]
-    before = faiss.read_index(f"{index_dir}/{FAISS_NAME}").ntotal
+    before = Index.load(index_dir).passage_count
     r = admin.delete("/api/articles/harbour-reopens", headers=AUTH)
     assert r.status_code == 200 and r.get_json()["status"] == "deleted"
-    # Gone from both stores, and from answers.
-    import sqlite3
-
-    db = sqlite3.connect(f"{index_dir}/{DB_NAME}")
-    assert db.execute("SELECT count(*) FROM passages WHERE article_id = 'harbour-reopens'").fetchone()[0] == 0
-    assert db.execute("SELECT count(*) FROM passages_fts WHERE passages_fts MATCH 'kelvik'").fetchone()[0] == 0
-    assert faiss.read_index(f"{index_dir}/{FAISS_NAME}").ntotal == before - len(passages)
+    # Gone from the published snapshot (articles and segments), and from answers.
+    after = Index.load(index_dir)
+    assert after.passage_count == before - len(passages)
+    assert after.lexical(["kelvik"], 10) == {}
+    assert json.loads((Path(index_dir) / MANIFEST_NAME).read_text())["generation"] == r.get_json()["generation"]
     assert_json_error(admin.get("/api/articles/harbour-reopens"), 404, "article_not_found")
     hits = admin.get("/api/search?q=Kelvik harbour quay&k=50").get_json()["results"]
     assert all(h["citation"]["article_id"] != "harbour-reopens" for h in hits)

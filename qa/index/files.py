@@ -1,0 +1,87 @@
+"""Plain files of an index folder: atomic writes, and arrays in one memory-mapped file.
+
+A segment's arrays live in one file: a line of magic, a JSON header giving each
+array's dtype, shape and offset, then the raw arrays, each 64-byte aligned. A
+reader maps the file once and takes views, so every process that opens a
+segment shares one copy in the page cache, and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"QAARRAYS1\n"
+ALIGN = 64
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that it is either the old or the new one, even after a crash."""
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> int:
+    """Write named arrays and a small JSON `meta` to one file, atomically; return its size."""
+    layout, offset = {}, 0
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        arrays[name] = a
+        layout[name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+        offset += -(-a.nbytes // ALIGN) * ALIGN
+    header = json.dumps({"meta": meta, "arrays": layout}).encode()
+    start = -(-(len(MAGIC) + 8 + len(header)) // ALIGN) * ALIGN
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+        for name, a in arrays.items():
+            f.seek(start + layout[name]["offset"])
+            f.write(a.tobytes())
+        f.truncate(start + offset)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return start + offset
+
+
+def read_arrays(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Map a file written by write_arrays: its meta and read-only views of its arrays."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 8)
+        if head[:len(MAGIC)] != MAGIC:
+            raise ValueError(f"{path.name} is not an index array file")
+        hlen = int.from_bytes(head[len(MAGIC):], "little")
+        header = json.loads(f.read(hlen))
+    start = -(-(len(MAGIC) + 8 + hlen) // ALIGN) * ALIGN
+    size = path.stat().st_size
+    # Plain ndarray views (they keep the map alive): numpy's memmap subclass costs microseconds per slice.
+    whole = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray) if size else np.zeros(0, np.uint8)
+    arrays = {}
+    for name, spec in header["arrays"].items():
+        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        n = int(np.prod(shape)) * dtype.itemsize
+        at = start + spec["offset"]
+        if at + n > size:
+            raise ValueError(f"{path.name} is truncated (array {name} ends past the file)")
+        arrays[name] = whole[at:at + n].view(dtype).reshape(shape)
+    return header["meta"], arrays

@@ -1,0 +1,112 @@
+"""Merging: fold segments into one, leaving deleted passages out, and the policy that says when.
+
+The policy is Lucene's tiered one in small: segments are grouped by size in
+tiers of MERGE_FACTOR; when a tier holds MERGE_FACTOR segments they become one
+segment of the next tier, and a segment that is mostly tombstones is
+rewritten. The number of segments stays about MERGE_FACTOR per tier, a handful
+of tiers for a million passages, and each passage is rewritten once per tier.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .segment import Segment, postings, write_segment
+
+MERGE_FACTOR = 8
+SMALLEST_TIER = 1000  # passages: segments below this all count as the first tier
+MOSTLY_DELETED = 0.5
+
+
+def tier(n: int) -> int:
+    return int(math.log(max(n, SMALLEST_TIER) / SMALLEST_TIER, MERGE_FACTOR)) if n > SMALLEST_TIER else 0
+
+
+def plan(entries: list[dict]) -> list[str] | None:
+    """Names of segments to merge next, smallest first; None when nothing needs it."""
+    for e in entries:
+        if e["passages"] and e.get("deleted", 0) > MOSTLY_DELETED * e["passages"]:
+            return [e["name"]]
+    by_tier: dict[int, list[dict]] = {}
+    for e in entries:
+        by_tier.setdefault(tier(e["passages"] - e.get("deleted", 0)), []).append(e)
+    for t in sorted(by_tier):
+        group = sorted(by_tier[t], key=lambda e: e["passages"])
+        if len(group) >= MERGE_FACTOR:
+            return [e["name"] for e in group[:MERGE_FACTOR]]
+    return None
+
+
+def merge(folder: Path, name: str, inputs: list[tuple[Segment, np.ndarray | None]], meta: dict) -> dict:
+    """Write one segment holding the live passages of `inputs` ((segment, live mask or None)); return its entry."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "pids", "p_lo", "p_hi", "p_len", "p_codes", "s_codes", "s_start", "s_end", "s_hash", "s_terms", "s_nterms",
+        "h", "rows", "title", "text")}
+    p_base = s_base = 0
+    for seg, live in inputs:
+        keep = np.ones(len(seg), bool) if live is None else np.asarray(live, bool)
+        rows = np.flatnonzero(keep)
+        # The sentences still owned by a live passage, renumbered.
+        owned = np.zeros(len(seg.s_start) + 1, np.int64)
+        np.add.at(owned, seg.p_lo[rows], 1)
+        np.add.at(owned, seg.p_hi[rows], -1)
+        s_keep = np.cumsum(owned)[:-1] > 0
+        s_new = np.cumsum(s_keep) - 1
+        srows = np.flatnonzero(s_keep)
+        lo, hi = seg.p_lo[rows], seg.p_hi[rows]
+        parts["pids"].append(seg.pids[rows])
+        first = s_new[np.minimum(lo, len(s_new) - 1)] if len(s_new) else np.zeros(len(rows), np.int64)
+        parts["p_lo"].append(np.where(hi > lo, first, 0) + s_base)  # a live passage keeps all its sentences
+        parts["p_hi"].append(parts["p_lo"][-1] + (hi - lo))
+        parts["p_len"].append(seg.p_len[rows])
+        parts["p_codes"].append(seg.p_codes[rows])
+        parts["s_codes"].append(seg.s_codes[srows])
+        parts["s_start"].append(seg.s_start[srows])
+        parts["s_end"].append(seg.s_end[srows])
+        parts["s_hash"].append(seg.s_hash[srows])
+        t_lo, t_hi = seg.s_term_ptr[srows], seg.s_term_ptr[srows + 1]
+        parts["s_nterms"].append(t_hi - t_lo)
+        parts["s_terms"].append(seg.s_terms[_ranges(t_lo, t_hi)])
+        # Postings of the live rows, renumbered.
+        p_new = np.cumsum(keep) - 1 + p_base
+        per_term = np.diff(seg.t_ptr)
+        h = np.repeat(seg.t_hash, per_term)
+        alive = keep[seg.t_rows]
+        parts["h"].append(h[alive])
+        parts["rows"].append(p_new[seg.t_rows[alive]])
+        parts["title"].append(seg.t_title[alive])
+        parts["text"].append(seg.t_text[alive])
+        p_base += len(rows)
+        s_base += len(srows)
+    dim = int(meta["dim"])
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    pids = cat["pids"].astype(np.int64)
+    order = np.argsort(pids, kind="stable")  # inputs' id ranges may interleave
+    new_row = np.empty_like(order)
+    new_row[order] = np.arange(len(order))
+    arrays = {
+        "pids": pids[order],
+        "p_lo": cat["p_lo"].astype(np.int32)[order],
+        "p_hi": cat["p_hi"].astype(np.int32)[order],
+        "p_len": cat["p_len"].astype(np.int32)[order],
+        "p_codes": cat["p_codes"].astype(np.int8).reshape(len(pids), dim)[order],
+        "s_codes": cat["s_codes"].astype(np.int8).reshape(len(cat["s_start"]), dim),
+        "s_start": cat["s_start"].astype(np.int32),
+        "s_end": cat["s_end"].astype(np.int32),
+        "s_hash": cat["s_hash"].astype(np.uint64),
+        "s_term_ptr": np.concatenate([[0], np.cumsum(cat["s_nterms"])]).astype(np.int64),
+        "s_terms": cat["s_terms"].astype(np.uint64),
+    }
+    arrays.update(postings(cat["h"].astype(np.uint64), new_row[cat["rows"].astype(np.int64)].astype(np.int32),
+                           cat["title"].astype(np.uint8), cat["text"].astype(np.uint16)))
+    return write_segment(folder, name, arrays, meta)
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The concatenation of range(lo[i], hi[i]) for all i."""
+    sizes = (hi - lo).astype(np.int64)
+    firsts = np.cumsum(sizes) - sizes
+    return np.repeat(lo.astype(np.int64) - firsts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)

@@ -1,0 +1,362 @@
+"""One immutable segment: the passages of some articles, with everything a question needs of them.
+
+Two files per segment, written once and never changed:
+
+- `NAME.arrays`: passage ids, each passage's sentence rows and length, int8
+  codes of every passage and sentence vector, sentence spans and stems, and the
+  passages' BM25 postings (stem hash -> rows with title and text frequencies);
+- `NAME.faiss`: the passage vectors for search, exact (flat) for a small
+  segment, IVF for a big one, memory-mapped so processes share one copy.
+
+Deletes never touch these files: the manifest names a tombstone file per
+segment (the rows deleted as of that generation); a merge leaves them out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .files import fsync_dir, read_arrays, write_arrays
+from .terms import hashes, quantize, stems
+
+IVF_ABOVE = 50_000  # passages; exact search below, IVF above
+K1, B = 1.2, 0.75  # FTS5's bm25() constants
+
+
+def ivf_lists(n: int) -> int:
+    """IVF lists for n vectors: about 4 sqrt(n), with at least 39 vectors each to train on (FAISS's minimum)."""
+    return int(max(1, min(4096, 4 * np.sqrt(n), n // 39)))
+
+
+def nprobe_for(nlist: int) -> int:
+    return max(16, nlist // 8)
+
+
+@dataclass
+class SegmentBuilder:
+    """Collect articles' passages and sentences, then write them as one segment."""
+
+    dim: int
+    scale: float
+    pids: list[int] = field(default_factory=list)
+    p_lo: list[int] = field(default_factory=list)
+    p_hi: list[int] = field(default_factory=list)
+    p_len: list[int] = field(default_factory=list)
+    p_vecs: list[np.ndarray] = field(default_factory=list)
+    s_vecs: list[np.ndarray] = field(default_factory=list)
+    s_start: list[int] = field(default_factory=list)
+    s_end: list[int] = field(default_factory=list)
+    s_hash: list[int] = field(default_factory=list)
+    s_terms: list[np.ndarray] = field(default_factory=list)
+    post_hash: list[np.ndarray] = field(default_factory=list)
+    post_row: list[np.ndarray] = field(default_factory=list)
+    post_title: list[np.ndarray] = field(default_factory=list)
+    post_text: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def add_article(self, title: str, text: str, passages, sentences) -> None:
+        """passages: (pid, start, end, vector); sentences: (start, end, embed_hash, vector), in text order."""
+        base = len(self.s_start)
+        sent_stems = []
+        for start, end, embed_hash, vec in sentences:
+            words = stems(text[start:end])
+            sent_stems.append(words)
+            self.s_start.append(start)
+            self.s_end.append(end)
+            self.s_hash.append(int(embed_hash[:16], 16))
+            self.s_vecs.append(vec)
+            self.s_terms.append(np.unique(hashes(words)))
+        ends = [e for _, e, _, _ in sentences]
+        starts = [s for s, _, _, _ in sentences]
+        title_tf = Counter(stems(title))
+        title_len = sum(title_tf.values())
+        for pid, start, end, vec in passages:
+            lo = int(np.searchsorted(ends, start, side="right"))  # first sentence ending after start
+            hi = int(np.searchsorted(starts, end, side="left"))  # sentences starting before end
+            hi = max(hi, lo)
+            row = len(self.pids)
+            self.pids.append(pid)
+            self.p_lo.append(base + lo)
+            self.p_hi.append(base + hi)
+            self.p_vecs.append(vec)
+            text_tf = Counter(w for words in sent_stems[lo:hi] for w in words)
+            self.p_len.append(title_len + sum(text_tf.values()))
+            vocab = list(title_tf.keys() | text_tf.keys())
+            self.post_hash.append(hashes(vocab))
+            self.post_row.append(np.full(len(vocab), row, dtype=np.int32))
+            self.post_title.append(np.fromiter((title_tf.get(w, 0) for w in vocab), dtype=np.uint8, count=len(vocab)))
+            self.post_text.append(np.fromiter((min(text_tf.get(w, 0), 65535) for w in vocab), dtype=np.uint16,
+                                              count=len(vocab)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        d = self.dim
+        s_terms_len = np.fromiter((len(t) for t in self.s_terms), dtype=np.int64, count=len(self.s_terms))
+        arrays = {
+            "pids": np.asarray(self.pids, dtype=np.int64),
+            "p_lo": np.asarray(self.p_lo, dtype=np.int32),
+            "p_hi": np.asarray(self.p_hi, dtype=np.int32),
+            "p_len": np.asarray(self.p_len, dtype=np.int32),
+            "p_codes": quantize(np.vstack(self.p_vecs) if self.p_vecs else np.zeros((0, d)), self.scale),
+            "s_codes": quantize(np.vstack(self.s_vecs) if self.s_vecs else np.zeros((0, d)), self.scale),
+            "s_start": np.asarray(self.s_start, dtype=np.int32),
+            "s_end": np.asarray(self.s_end, dtype=np.int32),
+            "s_hash": np.asarray(self.s_hash, dtype=np.uint64),
+            "s_term_ptr": np.concatenate([[0], np.cumsum(s_terms_len)]).astype(np.int64),
+            "s_terms": np.concatenate(self.s_terms) if self.s_terms else np.zeros(0, np.uint64),
+        }
+        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
+        arrays.update(postings(cat(self.post_hash, np.uint64), cat(self.post_row, np.int32),
+                               cat(self.post_title, np.uint8), cat(self.post_text, np.uint16)))
+        return arrays
+
+
+def postings(h: np.ndarray, rows: np.ndarray, tf_title: np.ndarray, tf_text: np.ndarray) -> dict[str, np.ndarray]:
+    """Sort (stem hash, row) pairs into a vocabulary, pointers and posting lists, rows ascending per stem."""
+    order = np.lexsort((rows, h))
+    h = h[order]
+    vocab, first = np.unique(h, return_index=True) if len(h) else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    return {
+        "t_hash": vocab.astype(np.uint64),
+        "t_ptr": np.append(first, len(h)).astype(np.int64),
+        "t_rows": rows[order].astype(np.int32),
+        "t_title": tf_title[order].astype(np.uint8),
+        "t_text": tf_text[order].astype(np.uint16),
+    }
+
+
+def sentence_hash_order(s_hash: np.ndarray) -> np.ndarray:
+    return np.argsort(s_hash, kind="stable").astype(np.int32)
+
+
+def write_segment(folder: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
+    """Write a segment's two files (fsynced) and return its manifest entry."""
+    arrays["s_hash_order"] = sentence_hash_order(arrays["s_hash"])
+    n, dim = len(arrays["pids"]), int(meta["dim"])
+    kind = "ivf" if n > IVF_ABOVE else "flat"
+    meta = {**meta, "name": name, "kind": kind, "passages": n, "sentences": len(arrays["s_start"]),
+            "tokens": int(arrays["p_len"].sum()), "min_pid": int(arrays["pids"].min()) if n else 0,
+            "max_pid": int(arrays["pids"].max()) if n else 0}
+    size = write_arrays(folder / f"{name}.arrays", arrays, meta)
+    codes = arrays["p_codes"].astype(np.float32)
+    if kind == "ivf":
+        nlist = ivf_lists(n)
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist,
+                                              faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT)
+        index.by_residual = False
+        sample = codes[np.random.default_rng(0).choice(n, min(n, nlist * 64), replace=False)]
+        index.train(sample)
+        index.add_with_ids(codes, np.arange(n, dtype=np.int64))
+    else:
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT)
+        index.add(codes)
+    path = folder / f"{name}.faiss"
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(folder)
+    return {"name": name, "kind": kind, "passages": n, "sentences": meta["sentences"], "tokens": meta["tokens"],
+            "bytes": size + path.stat().st_size}
+
+
+class Segment:
+    """A segment opened for reading: memory-mapped arrays and vector index."""
+
+    def __init__(self, folder: Path, entry: dict):
+        self.name = entry["name"]
+        self.meta, a = read_arrays(folder / f"{self.name}.arrays")
+        if self.meta.get("name") != self.name or len(a["pids"]) != entry["passages"]:
+            raise ValueError(f"{self.name}.arrays does not match the manifest")
+        self.scale = float(self.meta["scale"])
+        self.pids, self.p_lo, self.p_hi, self.p_len = a["pids"], a["p_lo"], a["p_hi"], a["p_len"]
+        self.p_codes, self.s_codes = a["p_codes"], a["s_codes"]
+        self.s_start, self.s_end, self.s_hash, self.s_hash_order = a["s_start"], a["s_end"], a["s_hash"], a["s_hash_order"]
+        self.s_term_ptr, self.s_terms = a["s_term_ptr"], a["s_terms"]
+        self.t_hash, self.t_ptr, self.t_rows, self.t_title, self.t_text = (
+            a["t_hash"], a["t_ptr"], a["t_rows"], a["t_title"], a["t_text"])
+        self.kind = entry["kind"]
+        flags = faiss.IO_FLAG_MMAP if self.kind == "ivf" else faiss.IO_FLAG_MMAP_IFC
+        self.vectors = faiss.read_index(str(folder / f"{self.name}.faiss"), flags | faiss.IO_FLAG_READ_ONLY)
+        if self.vectors.ntotal != len(self.pids):
+            raise ValueError(f"{self.name}.faiss holds {self.vectors.ntotal} vectors, not {len(self.pids)}")
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self.vectors).nprobe = nprobe_for(faiss.extract_index_ivf(self.vectors).nlist)
+        self.tokens = int(self.meta["tokens"])
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    @staticmethod
+    def peek(folder: Path, name: str) -> dict:
+        """A segment's own description (name, kind, counts, bytes), from its files alone."""
+        meta, _ = read_arrays(folder / f"{name}.arrays")
+        size = (folder / f"{name}.arrays").stat().st_size + (folder / f"{name}.faiss").stat().st_size
+        return {**meta, "bytes": size}
+
+    def rows_of(self, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of `pids` this segment holds (a mask over them), and their rows."""
+        if not len(self.pids) or not len(pids):
+            return np.zeros(len(pids), bool), np.zeros(0, np.int64)
+        at = np.minimum(np.searchsorted(self.pids, pids), len(self.pids) - 1)
+        held = self.pids[at] == pids
+        return held, at[held]
+
+    # --- dense -------------------------------------------------------------------------
+
+    def dense_top(self, q: np.ndarray, n: int, bits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and cosines of the n best passages; `bits`: the live rows as a bitmap (None: all live)."""
+        if not len(self) or n <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        params = None
+        if bits is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits)))
+            if self.kind == "ivf":
+                params = faiss.SearchParametersIVF(sel=params.sel, nprobe=faiss.extract_index_ivf(self.vectors).nprobe)
+        # FAISS scores int8 codes against an int8 query (QT_8bit_direct_signed rounds the query too),
+        # so the query goes in scaled like the codes, and the rows found are scored again exactly.
+        _, rows = self.vectors.search(q.reshape(1, -1) * self.scale, min(n, len(self)), params=params)
+        rows = rows[0][rows[0] >= 0]
+        return rows, self.dense_of(q, rows)
+
+    def dense_of(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return (self.p_codes[rows].astype(np.float32) @ q) / self.scale
+
+    def sentence_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every sentence row of the given passages, end to end, and where each passage's run starts."""
+        lo, hi = self.p_lo[rows].astype(np.int64), self.p_hi[rows].astype(np.int64)
+        sizes = hi - lo
+        firsts = np.cumsum(sizes) - sizes
+        srows = np.repeat(lo - firsts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+        return srows, firsts
+
+    def sentence_dense(self, q: np.ndarray, srows: np.ndarray) -> np.ndarray:
+        return (self.s_codes[srows].astype(np.float32) @ q) / self.scale
+
+    def sentence_terms(self, srows: np.ndarray, qhash: np.ndarray, qweight: np.ndarray) -> np.ndarray:
+        """Each sentence's summed weights of the query stems it holds (qhash sorted)."""
+        lo, hi = self.s_term_ptr[srows], self.s_term_ptr[srows + 1]
+        sizes = hi - lo
+        if not len(qhash) or not sizes.sum():
+            return np.zeros(len(srows))
+        firsts = np.cumsum(sizes) - sizes
+        at = np.repeat(lo - firsts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+        held = self.s_terms[at]
+        pos = np.minimum(np.searchsorted(qhash, held), len(qhash) - 1)
+        w = np.where(qhash[pos] == held, qweight[pos], 0.0)
+        sums = np.add.reduceat(np.append(w, 0.0), np.minimum(firsts, len(w))) if len(w) else np.zeros(len(srows))
+        return np.where(sizes > 0, sums, 0.0)
+
+    # --- lexical -----------------------------------------------------------------------
+
+    def df(self, qhash: np.ndarray) -> np.ndarray:
+        """How many of this segment's passages hold each stem."""
+        at = np.searchsorted(self.t_hash, qhash)
+        found = (at < len(self.t_hash)) & (self.t_hash[np.minimum(at, len(self.t_hash) - 1)] == qhash) \
+            if len(self.t_hash) else np.zeros(len(qhash), bool)
+        out = np.zeros(len(qhash), dtype=np.int64)
+        out[found] = self.t_ptr[at[found] + 1] - self.t_ptr[at[found]]
+        return out
+
+    def postings(self, h: int) -> slice | None:
+        at = int(np.searchsorted(self.t_hash, np.uint64(h)))
+        if at < len(self.t_hash) and self.t_hash[at] == h:
+            return slice(int(self.t_ptr[at]), int(self.t_ptr[at + 1]))
+        return None
+
+    def bm25_terms(self, span: slice, idf: float, rows: np.ndarray | None, bm: "BM25") -> tuple[np.ndarray, np.ndarray]:
+        """(rows, contributions) of one stem: all its postings, or only those of `rows` (sorted)."""
+        prow = self.t_rows[span]
+        if rows is not None:
+            rows = rows.astype(prow.dtype, copy=False)  # else searchsorted converts the whole posting list
+            at = np.minimum(np.searchsorted(prow, rows), len(prow) - 1)
+            hit = prow[at] == rows
+            sel = span.start + at[hit]
+            prow = rows[hit]
+        else:
+            sel = np.arange(span.start, span.stop)
+        freq = bm.title_weight * self.t_title[sel].astype(np.float32) + self.t_text[sel]
+        dl = self.p_len[prow].astype(np.float32)
+        contrib = idf * freq * (K1 + 1) / (freq + K1 * (1 - B + B * dl / bm.avgdl))
+        return prow, contrib
+
+    def lexical_top(self, terms: list[tuple[int, float, bool]], n: int, live: np.ndarray | None,
+                    bm: "BM25") -> tuple[np.ndarray, np.ndarray]:
+        """Rows and BM25 scores of the n best passages.
+
+        Only rare stems (`generate` true) put passages forward, as arrays over their
+        postings; common stems then add their share to those candidates alone, so the
+        cost follows the rare stems' postings, not every passage holding "said".
+        """
+        spans = [(self.postings(h), idf, gen) for h, idf, gen in terms]
+        spans = [(s, idf, gen) for s, idf, gen in spans if s is not None]
+        if not spans:
+            return np.zeros(0, np.int64), np.zeros(0)
+        if not any(gen for _, _, gen in spans):  # only common stems matched here: let the rarest of them lead
+            rarest = min(range(len(spans)), key=lambda i: spans[i][0].stop - spans[i][0].start)
+            spans[rarest] = (spans[rarest][0], spans[rarest][1], True)
+        parts = [self.bm25_terms(s, idf, None, bm) for s, idf, gen in spans if gen]
+        rows = np.concatenate([r for r, _ in parts])
+        contrib = np.concatenate([c for _, c in parts])
+        cand, inverse = np.unique(rows, return_inverse=True)
+        scores = np.bincount(inverse, weights=contrib, minlength=len(cand))
+        if live is not None:
+            alive = live[cand]
+            cand, scores = cand[alive], scores[alive]
+        depth = min(len(cand), 3 * n)
+        if depth < len(cand):
+            best = np.argpartition(-scores, depth - 1)[:depth]
+            cand, scores = cand[best], scores[best]
+        order = np.argsort(cand)
+        cand, scores = cand[order], scores[order]
+        for s, idf, gen in spans:
+            if not gen:
+                r, c = self.bm25_terms(s, idf, cand, bm)
+                scores[np.searchsorted(cand, r)] += c
+        if len(cand) > n:
+            best = np.argpartition(-scores, n - 1)[:n]
+            cand, scores = cand[best], scores[best]
+        return cand, scores
+
+    def lexical_of(self, terms: list[tuple[int, float, bool]], rows: np.ndarray, bm: "BM25") -> np.ndarray:
+        """BM25 scores of the given rows (sorted ascending)."""
+        scores = np.zeros(len(rows))
+        rows = rows.astype(self.t_rows.dtype, copy=False)
+        for h, idf, _ in terms:
+            s = self.postings(h)
+            if s is not None:
+                r, c = self.bm25_terms(s, idf, rows, bm)
+                scores[np.searchsorted(rows, r)] += c
+        return scores
+
+    # --- the writer's cache of sentence vectors ---------------------------------------------
+
+    def cached(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For embed hashes (uint64), a mask of those held here and their vectors."""
+        if not len(self.s_hash):
+            return np.zeros(len(wanted), bool), np.zeros((0, self.s_codes.shape[1]), np.float32)
+        sorted_hash = self.s_hash[self.s_hash_order]
+        at = np.minimum(np.searchsorted(sorted_hash, wanted), len(sorted_hash) - 1)
+        held = sorted_hash[at] == wanted
+        rows = self.s_hash_order[at[held]]
+        return held, self.s_codes[rows].astype(np.float32) / self.scale
+
+
+@dataclass
+class BM25:
+    """The collection-wide numbers every segment's BM25 needs."""
+
+    avgdl: float
+    title_weight: float = 1.0
+
+
+def live_bits(live: np.ndarray) -> np.ndarray:
+    return np.packbits(live.astype(np.uint8), bitorder="little")

@@ -1,0 +1,66 @@
+"""Words as the index keeps them: porter stems (as FTS5's `porter unicode61` made them), hashed to 64 bits.
+
+A segment stores a stem only as its hash, so its vocabulary is one sorted array
+that every reader maps, and a query looks its stems up with one binary search
+per segment instead of a dictionary built at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..sentences import stemmer
+
+TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # unicode61: letters and digits; underscore separates
+_hashes: dict[str, int] = {}
+
+
+def fold(text: str) -> str:
+    """Lower-case and drop diacritics ("Café" -> "cafe"), as unicode61 does."""
+    text = text.lower()
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def stems(text: str) -> list[str]:
+    """Every token's stem, in order, repeats kept (for term frequencies and lengths)."""
+    return stemmer().stemWords(TOKEN.findall(fold(text)))
+
+
+def term_hash(stem: str) -> int:
+    """A stable 64-bit hash of a stem (Python's own hash() changes from process to process)."""
+    h = _hashes.get(stem)
+    if h is None:
+        h = int.from_bytes(hashlib.blake2b(stem.encode(), digest_size=8).digest(), "little")
+        if len(_hashes) > 500_000:
+            _hashes.clear()
+        _hashes[stem] = h
+    return h
+
+
+def hashes(words: Iterable[str]) -> np.ndarray:
+    return np.fromiter((term_hash(w) for w in words), dtype=np.uint64)
+
+
+# --- vectors, 8 bits a dimension --------------------------------------------------------
+
+def quantize(vectors: np.ndarray, scale: float) -> np.ndarray:
+    """int8 codes of unit vectors: round(v * scale), clipped. One scale for the whole index,
+    so segments merge by copying codes and FAISS scores codes directly (QT_8bit_direct_signed)."""
+    return np.clip(np.rint(np.asarray(vectors, dtype=np.float32) * scale), -127, 127).astype(np.int8)
+
+
+def dequantize(codes: np.ndarray, scale: float) -> np.ndarray:
+    return codes.astype(np.float32) / scale
+
+
+def choose_scale(vectors: np.ndarray) -> float:
+    """The index's quantisation scale, from its first vectors: their largest component maps to ~100 of 127."""
+    top = float(np.abs(vectors).max()) if len(vectors) else 0.25
+    return 100.0 / max(top, 0.25)  # a floor: a first article alone can be unusually tame
