@@ -307,3 +307,20 @@ def test_a_lost_manifest_is_rebuilt_from_the_segments(index, fake_embedder):
     got = Index.load(index, "fake", 64)
     assert (got.article_count, got.passage_count) == (want.article_count, want.passage_count)
     assert got.article("zanzibar-1") is None and got.article("zanzibar-2") is not None
+
+
+def test_an_index_from_an_earlier_qa_says_what_to_do(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / DB_NAME)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.commit()
+    (old / MANIFEST_NAME).write_text(json.dumps({"format": "qa-index", "schema_version": 1, "model": "fake",
+                                                 "dim": 64, "generation": 3, "passages": 1, "articles": 1}))
+    for open_it in (lambda: Index.load(old, "fake", 64), lambda: Writer(old, "fake", 64)):
+        with pytest.raises(IndexCorrupt, match="another version of qa .schema version 1"):
+            open_it()
+    (old / MANIFEST_NAME).unlink()
+    with pytest.raises(IndexCorrupt, match="move the folder aside"):
+        Writer(old, "fake", 64)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexCorrupt, ModelMismatch
+from .db import SCHEMA_VERSION
 from .files import read_arrays, write_arrays, write_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -28,6 +29,10 @@ def read_manifest(path: Path) -> dict | None:
     except (OSError, ValueError) as e:
         manifest, problem = None, str(e)
     else:
+        if isinstance(manifest, dict) and manifest.get("format") == "qa-index" and manifest.get("schema_version") != SCHEMA_VERSION:
+            raise IndexCorrupt(f"{path} holds an index written by another version of qa (schema version "
+                               f"{manifest.get('schema_version')}; this one reads {SCHEMA_VERSION}): move the folder "
+                               "aside and run `qa ingest` on your articles again")
         missing = [k for k in MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
         problem = f"missing {', '.join(missing)}" if missing else None
         if not problem and not all(isinstance(manifest[k], int) for k in ("dim", "generation", "passages", "articles")):

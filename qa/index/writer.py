@@ -106,16 +106,21 @@ class Writer:
         try:
             manifest = read_manifest(self.path)
         except IndexCorrupt as e:
+            if "another version of qa" in e.message:
+                raise
             log.warning("%s; republishing it from the database", e.message)
             manifest = None
-        if manifest is not None and manifest.get("schema_version") != SCHEMA_VERSION:
-            raise IndexCorrupt(f"{self.path} holds an index of schema version {manifest.get('schema_version')}; "
-                               f"this qa writes version {SCHEMA_VERSION}: move the folder aside and ingest again")
         if manifest:
             check_model(manifest, self.path, model, dim)
         self.model, self.dim = model, dim
         self.conn = connect(self.path / DB_NAME)
         try:
+            old = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
+                if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() else None
+            if old is not None and old[0] != str(SCHEMA_VERSION):
+                raise IndexCorrupt(f"{self.path} holds an index written by another version of qa (schema version "
+                                   f"{old[0]}; this one writes {SCHEMA_VERSION}): move the folder aside and run "
+                                   "`qa ingest` on your articles again")
             self.conn.executescript(SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
