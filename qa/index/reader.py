@@ -269,7 +269,10 @@ class Index:
             rows, s = part.seg.dense_top(q, n, part.bits)
             pids.append(part.seg.pids[rows])
             scores.append(s)
-        return _top(pids, scores, n)
+        # Every segment's best by FAISS's int8 scores, then the best of all scored again exactly.
+        best = _top(pids, scores, n + n // 4)
+        exact = self.dense_of(q, list(best))
+        return dict(sorted(exact.items(), key=lambda kv: -kv[1])[:n])
 
     def dense_of(self, q: np.ndarray, pids: Sequence[int]) -> dict[int, float]:
         q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)

@@ -215,7 +215,7 @@ class Segment:
     # --- dense -------------------------------------------------------------------------
 
     def dense_top(self, q: np.ndarray, n: int, bits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and cosines of the n best passages; `bits`: the live rows as a bitmap (None: all live)."""
+        """Rows and approximate cosines of the n best passages; `bits`: the live rows as a bitmap (None: all live)."""
         if not len(self) or n <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         params = None
@@ -224,10 +224,10 @@ class Segment:
             if self.kind == "ivf":
                 params = faiss.SearchParametersIVF(sel=params.sel, nprobe=faiss.extract_index_ivf(self.vectors).nprobe)
         # FAISS scores int8 codes against an int8 query (QT_8bit_direct_signed rounds the query too),
-        # so the query goes in scaled like the codes, and the rows found are scored again exactly.
-        _, rows = self.vectors.search(q.reshape(1, -1) * self.scale, min(n, len(self)), params=params)
-        rows = rows[0][rows[0] >= 0]
-        return rows, self.dense_of(q, rows)
+        # so the query goes in scaled like the codes; the caller scores the best ones again exactly.
+        scores, rows = self.vectors.search(q.reshape(1, -1) * self.scale, min(n, len(self)), params=params)
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep] / (self.scale * self.scale)
 
     def dense_of(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return inner_products(self.p_codes[rows], q) / self.scale
