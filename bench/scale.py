@@ -153,17 +153,21 @@ def in_process_quality(index: Path, questions, exact: bool) -> tuple[float, floa
     return a1 / len(questions), a5 / len(questions), took
 
 
-def measure(size: int, work: Path, n_questions: int) -> dict:
+def measure(size: int, work: Path, n_questions: int, reuse: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     feed, index = work / f"corpus-{size}.jsonl", work / f"index-{size}"
-    n_articles = corpus(size, feed)
-    shutil.rmtree(index, ignore_errors=True)
-    t0 = time.perf_counter()
-    r = qa("ingest", str(feed), "--index", str(index), "-q")
-    ingest_s = time.perf_counter() - t0
-    if r.returncode:
-        raise SystemExit(f"ingest failed: {r.stderr[-2000:]}")
-    passages = int(re.search(r"; (\d+) passages", r.stdout)[1])
+    if reuse and (index / "manifest.json").exists():  # serving figures only, on a folder built before
+        n_articles = json.loads((index / "manifest.json").read_text())["articles"]
+        passages, ingest_s = json.loads((index / "manifest.json").read_text())["passages"], float("nan")
+    else:
+        n_articles = corpus(size, feed)
+        shutil.rmtree(index, ignore_errors=True)
+        t0 = time.perf_counter()
+        r = qa("ingest", str(feed), "--index", str(index), "-q")
+        ingest_s = time.perf_counter() - t0
+        if r.returncode:
+            raise SystemExit(f"ingest failed: {r.stderr[-2000:]}")
+        passages = int(re.search(r"; (\d+) passages", r.stdout)[1])
     # The published snapshot's files (segments merged away linger 60 s for readers still opening them).
     manifest = json.loads((index / "manifest.json").read_text())
     disk = (sum(p.stat().st_size for p in index.glob("qa.sqlite3*")) + sum(e["bytes"] for e in manifest["segments"])
@@ -239,6 +243,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=1000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the index folders")
+    ap.add_argument("--reuse", action="store_true", help="serve a folder kept by an earlier --keep run (no ingest)")
     args = ap.parse_args()
     if not (SHARED / "bbc-news.jsonl").exists():
         raise SystemExit(f"needs {SHARED}/squad-dev.json and bbc-news.jsonl")
@@ -247,7 +252,7 @@ def main() -> None:
           "acc@1 / acc@5 (HTTP) | exact in process: acc@1 / acc@5, ms | default in process: acc@1 / acc@5, ms | segments |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        r = measure(size, args.work, args.questions)
+        r = measure(size, args.work, args.questions, args.reuse)
         rows.append(r)
         fresh = f"{r['fresh_s']:.1f} s" if r["fresh_s"] is not None else "not in 120 s"
         print(f"| {r['passages']:,} | {r['ingest_pps']:.0f} | {r['disk_per_passage'] / 1024:.1f} KB | "
@@ -255,7 +260,7 @@ def main() -> None:
               f"{r['acc1']:.3f} / {r['acc5']:.3f} | {r['exact_acc1']:.3f} / {r['exact_acc5']:.3f}, "
               f"{r['exact_ms']:.1f} | {r['approx_acc1']:.3f} / {r['approx_acc5']:.3f}, {r['approx_ms']:.1f} | "
               f"{len(r['segments'])} ({', '.join(f'{k} {n:,}' for k, n in r['segments'])}) |", flush=True)
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(args.work / f"index-{size}", ignore_errors=True)
     (args.work / "scale.json").write_text(json.dumps(rows, indent=1))
 
