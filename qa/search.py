@@ -1,4 +1,4 @@
-"""Hybrid search: FTS5 and dense candidates fused into one score, collapsed, highlighted, cited."""
+"""Hybrid search: BM25 and dense candidates fused into one score, collapsed, highlighted, cited."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .sentences import stem, stemmer
 from .index import Index, PassageRow
 from .index.terms import stems as index_stems
 
-# Function words carry no evidence of an answer and make FTS5 OR-queries match everything.
+# Function words carry no evidence of an answer and would make every passage a candidate.
 STOPWORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being below between
     both but by can could did do does doing down during each few for from further had has have having he her here
@@ -80,11 +80,6 @@ def query_terms(q: str) -> list[str]:
     words = [w.lower() for w in _WORD.findall(q)]
     content = [w for w in words if w not in STOPWORDS]
     return list(dict.fromkeys(content or words))
-
-
-def fts_query(terms: list[str]) -> str:
-    """An FTS5 MATCH expression: any of the terms, each quoted so no input is syntax."""
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
 def validate(q: object, k: object, cfg: SearchConfig) -> tuple[str, int]:

@@ -6,7 +6,7 @@ import pytest
 
 from qa import create_app
 from qa.errors import BadRequest
-from qa.search import Citation, Hit, SearchConfig, fts_query, fuse, highlight, query_terms, validate
+from qa.search import Citation, Hit, SearchConfig, fuse, highlight, query_terms, validate
 from qa.index import Index
 from qa.index import segment as index_segment
 from qa.index.segment import Segment, SegmentBuilder, write_segment
@@ -17,10 +17,6 @@ from qa.service import get_service
 def test_query_terms_drop_stop_words_but_never_everything():
     assert query_terms("Where did Assad flee to?") == ["assad", "flee"]
     assert query_terms("Who is it?") == ["who", "is", "it"]
-
-
-def test_fts_query_quotes_everything():
-    assert fts_query(['a"b', "near"]) == '"a""b" OR "near"'
 
 
 def test_fuse_weights_and_missing_scores():
