@@ -225,11 +225,12 @@ def measure(size: int, work: Path, n_questions: int, reuse: bool = False) -> dic
         ing.wait()
         out["fresh_s"] = found
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
     manifest = json.loads((index / "manifest.json").read_text())
     out["segments"] = [(s["kind"], s["passages"]) for s in manifest["segments"]]
     out["exact_acc1"], out["exact_acc5"], out["exact_ms"] = in_process_quality(index, asked, exact=True)
