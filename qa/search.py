@@ -12,7 +12,6 @@ from .chunk import sentence_spans
 from .embed import Embedder
 from .errors import BadRequest
 from .sentences import WORD as _WORD
-from .sentences import stem, stemmer
 from .index import Index, PassageRow
 from .index.terms import stems as index_stems
 
@@ -147,12 +146,8 @@ def highlight(text: str, terms: list[str], idf: dict[str, float],
     if not spans:
         return []
     if scores is None or len(scores) != len(spans) or len(spans) != len(given):
-        stems = {stem(t) for t in terms}
-        stem_words = stemmer().stemWords  # one call per sentence, not one per word
-        scores = []
-        for a, b in spans:
-            found = stems.intersection(stem_words(_WORD.findall(text[a:b].lower())))
-            scores.append(sum(idf.get(s, 1.0) for s in found))
+        stems = set(index_stems(" ".join(terms)))  # as the index and `idf` spell them
+        scores = [sum(idf.get(s, 1.0) for s in stems.intersection(index_stems(text[a:b]))) for a, b in spans]
     best = max(range(len(spans)), key=lambda i: (scores[i], -i))
     chosen = [best]
     # A close second next to the best sentence usually completes the answer.

@@ -34,10 +34,6 @@ def stemmer() -> Stemmer.Stemmer:
     return st
 
 
-def stem(word: str) -> str:
-    return stemmer().stemWord(word.lower())
-
-
 @dataclass
 class NewSentence:
     start: int

@@ -290,6 +290,7 @@ class Index:
         items = sorted((term_hash(t), w) for t, w in weights.items())
         qhash = np.fromiter((h for h, _ in items), dtype=np.uint64, count=len(items))
         qweight = np.fromiter((w for _, w in items), dtype=np.float64, count=len(items))
+        out.qhash, out.qweight = qhash, qweight
         for part, found, rows in self._locate(pids):
             seg = part.seg
             srows, firsts = seg.sentence_rows(rows)
@@ -303,12 +304,7 @@ class Index:
                     dense = seg.sentence_dense(qv, srows)
                     out.best_dense.update(zip(found[has].tolist(), np.maximum.reduceat(dense, at)[has].tolist()))
             out.where.update(zip(found.tolist(), zip([seg] * len(found), rows.tolist())))
-            out.qhash, out.qweight = qhash, qweight
         return out
-
-    def sentence_spans(self, pid: int) -> list[tuple[int, int]]:
-        """Article offsets of a passage's sentences, as found at ingest."""
-        return self.sentences(None, {}, [pid]).of(pid)[0]
 
 
 class SentenceScores:

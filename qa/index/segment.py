@@ -132,13 +132,9 @@ def postings(h: np.ndarray, rows: np.ndarray, tf_title: np.ndarray, tf_text: np.
     }
 
 
-def sentence_hash_order(s_hash: np.ndarray) -> np.ndarray:
-    return np.argsort(s_hash, kind="stable").astype(np.int32)
-
-
 def write_segment(folder: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
     """Write a segment's two files (fsynced) and return its manifest entry."""
-    order = sentence_hash_order(arrays["s_hash"])
+    order = np.argsort(arrays["s_hash"], kind="stable").astype(np.int32)  # the writer's cache looks hashes up
     arrays["s_hash_order"], arrays["s_hash_sorted"] = order, arrays["s_hash"][order]
     n, dim = len(arrays["pids"]), int(meta["dim"])
     kind = "ivf" if n > IVF_ABOVE else "flat"

@@ -115,9 +115,9 @@ class Writer:
         self.model, self.dim = model, dim
         self.conn = connect(self.path / DB_NAME)
         try:
-            old = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
-                if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() else None
-            if old is not None and old[0] != str(SCHEMA_VERSION):
+            has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+            old = has_meta and self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if old and old[0] != str(SCHEMA_VERSION):
                 raise IndexCorrupt(f"{self.path} holds an index written by another version of qa (schema version "
                                    f"{old[0]}; this one writes {SCHEMA_VERSION}): move the folder aside and run "
                                    "`qa ingest` on your articles again")
