@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -52,8 +51,11 @@ def squad(path: Path) -> tuple[list[dict], list[tuple[str, str, list[str]]]]:
     return articles, questions
 
 
-def corpus(target: int, out: Path, seed: int = 7) -> int:
-    """Write squad + BBC + recombined articles to `out` (jsonl); return the articles written."""
+PART = 100_000  # passages per `qa ingest` run: a long build resumes by part, and ingest speed shows by part
+
+
+def corpus(target: int, out: Path, seed: int = 7) -> list[Path]:
+    """Write squad + BBC + recombined articles to `out` (jsonl files of about PART passages); return them."""
     import blingfire
 
     rng = random.Random(seed)
@@ -73,10 +75,48 @@ def corpus(target: int, out: Path, seed: int = 7) -> int:
         n += 1
         passages += 3
     rng.shuffle(rows)
-    with out.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return len(rows)
+    n_parts = max(1, round(passages / PART))
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n_parts):  # shuffled, so equal shares of rows are near-equal shares of passages
+        files.append(out / f"part-{i:02d}.jsonl")
+        with files[-1].open("w") as f:
+            for r in rows[i * len(rows) // n_parts:(i + 1) * len(rows) // n_parts]:
+                f.write(json.dumps(r) + "\n")
+    return files
+
+
+def manifest_of(index: Path) -> dict:
+    path = index / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {"articles": 0, "passages": 0}
+
+
+def ingest_parts(size: int, work: Path, index: Path, fresh: bool) -> tuple[int, int, float, list[dict]]:
+    """`qa ingest` each part in turn, resuming after the last part logged; (articles, passages, seconds, log)."""
+    parts_dir, log_path = work / f"corpus-{size}", work / f"ingest-{size}.json"
+    if fresh or not log_path.exists():
+        shutil.rmtree(index, ignore_errors=True)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        log_path.write_text("[]")
+    log = json.loads(log_path.read_text())
+    files = sorted(parts_dir.glob("part-*.jsonl")) or corpus(size, parts_dir)
+    for i, part in enumerate(files):
+        if i < len(log):
+            continue
+        before = manifest_of(index)["passages"]
+        resumed = (index / "manifest.json").exists() and before > sum(e["passages"] for e in log)
+        t0 = time.perf_counter()
+        r = qa("ingest", str(part), "--index", str(index), "-q")
+        if r.returncode:
+            raise SystemExit(f"ingest of {part} failed: {r.stderr[-2000:]}")
+        took = time.perf_counter() - t0
+        added = manifest_of(index)["passages"] - before
+        log.append({"part": part.name, "passages": added, "seconds": took, "resumed": resumed})
+        log_path.write_text(json.dumps(log, indent=1))
+        print(f"  part {i + 1}/{len(files)}: {added:,} passages in {took:.0f} s ({added / took:.0f} a second)"
+              f"{' (resumed after a stop: rate not comparable)' if resumed else ''}", file=sys.stderr, flush=True)
+    m = manifest_of(index)
+    return m["articles"], m["passages"], sum(e["seconds"] for e in log), log
 
 
 def qa(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -155,19 +195,8 @@ def in_process_quality(index: Path, questions, exact: bool) -> tuple[float, floa
 
 def measure(size: int, work: Path, n_questions: int, reuse: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    feed, index = work / f"corpus-{size}.jsonl", work / f"index-{size}"
-    if reuse and (index / "manifest.json").exists():  # serving figures only, on a folder built before
-        n_articles = json.loads((index / "manifest.json").read_text())["articles"]
-        passages, ingest_s = json.loads((index / "manifest.json").read_text())["passages"], float("nan")
-    else:
-        n_articles = corpus(size, feed)
-        shutil.rmtree(index, ignore_errors=True)
-        t0 = time.perf_counter()
-        r = qa("ingest", str(feed), "--index", str(index), "-q")
-        ingest_s = time.perf_counter() - t0
-        if r.returncode:
-            raise SystemExit(f"ingest failed: {r.stderr[-2000:]}")
-        passages = int(re.search(r"; (\d+) passages", r.stdout)[1])
+    index = work / f"index-{size}"
+    n_articles, passages, ingest_s, log = ingest_parts(size, work, index, fresh=not reuse)
     # The published snapshot's files (segments merged away linger 60 s for readers still opening them).
     manifest = json.loads((index / "manifest.json").read_text())
     disk = (sum(p.stat().st_size for p in index.glob("qa.sqlite3*")) + sum(e["bytes"] for e in manifest["segments"])
@@ -181,7 +210,7 @@ def measure(size: int, work: Path, n_questions: int, reuse: bool = False) -> dic
     proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(index), "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     out: dict = {"size": size, "articles": n_articles, "passages": passages, "ingest_s": ingest_s,
-                 "ingest_pps": passages / ingest_s, "disk_per_passage": disk / passages}
+                 "ingest_pps": passages / ingest_s, "disk_per_passage": disk / passages, "ingest_log": log}
     try:
         while True:
             try:
@@ -244,7 +273,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=1000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the index folders")
-    ap.add_argument("--reuse", action="store_true", help="serve a folder kept by an earlier --keep run (no ingest)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep what an earlier run ingested into --work: finish its parts, then measure")
     args = ap.parse_args()
     if not (SHARED / "bbc-news.jsonl").exists():
         raise SystemExit(f"needs {SHARED}/squad-dev.json and bbc-news.jsonl")
@@ -261,8 +291,15 @@ def main() -> None:
               f"{r['acc1']:.3f} / {r['acc5']:.3f} | {r['exact_acc1']:.3f} / {r['exact_acc5']:.3f}, "
               f"{r['exact_ms']:.1f} | {r['approx_acc1']:.3f} / {r['approx_acc5']:.3f}, {r['approx_ms']:.1f} | "
               f"{len(r['segments'])} ({', '.join(f'{k} {n:,}' for k, n in r['segments'])}) |", flush=True)
+        log = [e for e in r["ingest_log"] if not e["resumed"]]
+        if len(log) >= 2:
+            first, last = log[0], log[-1]
+            print(f"  ingest, first part {first['passages'] / first['seconds']:.0f} passages/s, "
+                  f"last part {last['passages'] / last['seconds']:.0f} passages/s", flush=True)
         if not (args.keep or args.reuse):
-            shutil.rmtree(args.work / f"index-{size}", ignore_errors=True)
+            for leftover in (f"index-{size}", f"corpus-{size}", f"ingest-{size}.json"):
+                shutil.rmtree(args.work / leftover, ignore_errors=True) if (args.work / leftover).is_dir() \
+                    else (args.work / leftover).unlink(missing_ok=True)
     (args.work / "scale.json").write_text(json.dumps(rows, indent=1))
 
 

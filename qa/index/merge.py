@@ -43,7 +43,7 @@ def plan(entries: list[dict]) -> list[str] | None:
 def merge(folder: Path, name: str, inputs: list[tuple[Segment, np.ndarray | None]], meta: dict) -> dict:
     """Write one segment holding the live passages of `inputs` ((segment, live mask or None)); return its entry."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "pids", "p_lo", "p_hi", "p_len", "p_codes", "s_codes", "s_start", "s_end", "s_hash", "s_terms", "s_nterms",
+        "pids", "p_lo", "p_hi", "p_len", "p_source", "p_day", "p_codes", "s_codes", "s_start", "s_end", "s_hash", "s_terms", "s_nterms",
         "h", "rows", "title", "text")}
     p_base = s_base = 0
     for seg, live in inputs:
@@ -62,6 +62,8 @@ def merge(folder: Path, name: str, inputs: list[tuple[Segment, np.ndarray | None
         parts["p_lo"].append(np.where(hi > lo, first, 0) + s_base)  # a live passage keeps all its sentences
         parts["p_hi"].append(parts["p_lo"][-1] + (hi - lo))
         parts["p_len"].append(seg.p_len[rows])
+        parts["p_source"].append(seg.p_source[rows])
+        parts["p_day"].append(seg.p_day[rows])
         parts["p_codes"].append(seg.p_codes[rows])
         parts["s_codes"].append(seg.s_codes[srows])
         parts["s_start"].append(seg.s_start[srows])
@@ -92,6 +94,8 @@ def merge(folder: Path, name: str, inputs: list[tuple[Segment, np.ndarray | None
         "p_lo": cat["p_lo"].astype(np.int32)[order],
         "p_hi": cat["p_hi"].astype(np.int32)[order],
         "p_len": cat["p_len"].astype(np.int32)[order],
+        "p_source": cat["p_source"].astype(np.uint64)[order],
+        "p_day": cat["p_day"].astype(np.int32)[order],
         "p_codes": cat["p_codes"].astype(np.int8).reshape(len(pids), dim)[order],
         "s_codes": cat["s_codes"].astype(np.int8).reshape(len(cat["s_start"]), dim),
         "s_start": cat["s_start"].astype(np.int32),

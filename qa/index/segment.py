@@ -2,7 +2,8 @@
 
 Two files per segment, written once and never changed:
 
-- `NAME.arrays`: passage ids, each passage's sentence rows and length, int8
+- `NAME.arrays`: passage ids, each passage's sentence rows and length, its
+  article's source (hashed) and published day, int8
   codes of every passage and sentence vector, sentence spans and stems, and the
   passages' BM25 postings (stem hash -> rows with title and text frequencies);
 - `NAME.faiss`: the passage vectors for search, exact (flat) for a small
@@ -23,7 +24,7 @@ import faiss
 import numpy as np
 
 from .files import fsync_dir, read_arrays, write_arrays
-from .terms import hashes, quantize, stems
+from .terms import NO_DAY, day_of, hashes, quantize, source_hash, stems
 
 IVF_ABOVE = 50_000  # passages; exact search below, IVF above
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
@@ -48,6 +49,8 @@ class SegmentBuilder:
     p_lo: list[int] = field(default_factory=list)
     p_hi: list[int] = field(default_factory=list)
     p_len: list[int] = field(default_factory=list)
+    p_source: list[int] = field(default_factory=list)
+    p_day: list[int] = field(default_factory=list)
     p_vecs: list[np.ndarray] = field(default_factory=list)
     s_vecs: list[np.ndarray] = field(default_factory=list)
     s_start: list[int] = field(default_factory=list)
@@ -62,8 +65,10 @@ class SegmentBuilder:
     def __len__(self) -> int:
         return len(self.pids)
 
-    def add_article(self, title: str, text: str, passages, sentences) -> None:
+    def add_article(self, title: str, text: str, passages, sentences, source: str | None = None,
+                    published: str | None = None) -> None:
         """passages: (pid, start, end, vector); sentences: (start, end, embed_hash, vector), in text order."""
+        src, day = source_hash(source), day_of(published)
         base = len(self.s_start)
         sent_stems = []
         for start, end, embed_hash, vec in sentences:
@@ -87,6 +92,8 @@ class SegmentBuilder:
             self.p_lo.append(base + lo)
             self.p_hi.append(base + hi)
             self.p_vecs.append(vec)
+            self.p_source.append(src)
+            self.p_day.append(day)
             text_tf = Counter(w for words in sent_stems[lo:hi] for w in words)
             self.p_len.append(title_len + sum(text_tf.values()))
             vocab = list(title_tf.keys() | text_tf.keys())
@@ -104,6 +111,8 @@ class SegmentBuilder:
             "p_lo": np.asarray(self.p_lo, dtype=np.int32),
             "p_hi": np.asarray(self.p_hi, dtype=np.int32),
             "p_len": np.asarray(self.p_len, dtype=np.int32),
+            "p_source": np.asarray(self.p_source, dtype=np.uint64),
+            "p_day": np.asarray(self.p_day, dtype=np.int32),
             "p_codes": quantize(np.vstack(self.p_vecs) if self.p_vecs else np.zeros((0, d)), self.scale),
             "s_codes": quantize(np.vstack(self.s_vecs) if self.s_vecs else np.zeros((0, d)), self.scale),
             "s_start": np.asarray(self.s_start, dtype=np.int32),
@@ -176,6 +185,9 @@ class Segment:
         self.scale = float(self.meta["scale"])
         self.pids, self.p_lo, self.p_hi, self.p_len = a["pids"], a["p_lo"], a["p_hi"], a["p_len"]
         self.p_codes, self.s_codes = a["p_codes"], a["s_codes"]
+        # Each passage's article's source (hashed) and published day, for filters.
+        self.p_source = a.get("p_source", np.zeros(len(self.pids), np.uint64))
+        self.p_day = a.get("p_day", np.full(len(self.pids), NO_DAY, np.int32))
         self.s_start, self.s_end, self.s_hash = a["s_start"], a["s_end"], a["s_hash"]
         self.s_hash_order, self.s_hash_sorted = a["s_hash_order"], a["s_hash_sorted"]
         self.s_term_ptr, self.s_terms = a["s_term_ptr"], a["s_terms"]

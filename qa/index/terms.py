@@ -11,6 +11,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable
+from datetime import date
 
 import numpy as np
 
@@ -42,6 +43,25 @@ def term_hash(stem: str) -> int:
             _hashes.clear()
         _hashes[stem] = h
     return h
+
+
+def source_hash(source: str | None) -> int:
+    """A source's 64-bit key in a segment (0: no source); `source` filters compare whole names."""
+    if not source or not source.strip():
+        return 0
+    return int.from_bytes(hashlib.blake2b(source.strip().encode(), digest_size=8).digest(), "little") or 1
+
+
+NO_DAY = np.iinfo(np.int32).min
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def day_of(published: str | None) -> int:
+    """Days since 1970-01-01 of an ISO 8601 `published` (its own calendar date), NO_DAY when absent or unreadable."""
+    try:
+        return date.fromisoformat((published or "")[:10]).toordinal() - _EPOCH
+    except ValueError:
+        return int(NO_DAY)
 
 
 def hashes(words: Iterable[str]) -> np.ndarray:

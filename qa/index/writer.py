@@ -295,7 +295,8 @@ class Writer:
                                     (version, p.start, p.end)).lastrowid
                     rows.append((pid, p.start, p.end, p.vector))
                 builder.add_article(art.title, art.text, rows,
-                                    [(s.start, s.end, s.embed_hash, s.vector) for s in sentences])
+                                    [(s.start, s.end, s.embed_hash, s.vector) for s in sentences],
+                                    art.source, art.published)
             if len(builder):
                 entry = write_segment(self.path, name, builder.arrays(), {"dim": self.dim, "scale": self.scale, "gen": gen})
                 written = True
