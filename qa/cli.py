@@ -140,29 +140,46 @@ def serve(index, host, port, workers, threads):
 @click.argument("question")
 @click.option("-k", default=5, show_default=True, type=click.IntRange(1, 50), help="How many passages.")
 @index_option
+@click.option("--source", multiple=True, help="Only articles from this source (repeat for several).")
+@click.option("--from", "from_", metavar="YYYY-MM-DD", help="Only articles published on or after this day.")
+@click.option("--to", metavar="YYYY-MM-DD", help="Only articles published on or before this day.")
+@click.option("--sort", type=click.Choice(["relevance", "newest"]), default="relevance", show_default=True,
+              help="The best passages by relevance, or the same ones newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
-def ask(question, k, index, as_json):
-    """Print the passages that best answer QUESTION, with their citations."""
+def ask(question, k, index, source, from_, to, sort, as_json):
+    """Print the answer to QUESTION (or say none is in the collection), then the passages, with citations."""
     app, svc = _service(index)
+    from . import filters
     from .search import validate
 
     try:
         q, k = validate(question, k, svc.cfg)
+        where, sort = filters.parse(list(source) or None, from_, to, sort)
         searcher = svc.searcher()  # loads the model and the index, which the timing leaves out
         searcher.embedder.encode([q])  # and the question-side model, where a backend has its own
         t0 = time.perf_counter()
-        hits = searcher.search(q, k)
+        got = searcher.ask(q, k, where, sort)
         took = (time.perf_counter() - t0) * 1000
     except QAError as e:
         _fail(e)
     if as_json:
-        click.echo(json.dumps({"query": q, "took_ms": round(took, 2), "results": [h.to_dict() for h in hits]},
-                              ensure_ascii=False, indent=2))
+        click.echo(json.dumps({"query": q, "took_ms": round(took, 2), **got.to_dict()}, ensure_ascii=False, indent=2))
         return
+    hits = got.hits
     if not hits:
         click.echo("No passages match.")
         return
     width = min(100, click.get_terminal_size()[0] if hasattr(click, "get_terminal_size") else 100)
+    a = got.answer
+    if a is None:
+        click.secho("No answer in the collection; the closest passages:", bold=True)
+    else:
+        c = a.citation
+        click.secho("Answer: ", bold=True, nl=False)
+        click.echo(textwrap.fill(a.text, width=width, subsequent_indent="        "))
+        meta = " · ".join(x for x in (c.title, c.source, c.published) if x)
+        click.secho(f"        {meta} [{c.article_id} chars {c.start}-{c.end}] confidence {a.confidence:.2f}", dim=True)
+    click.echo()
     for h in hits:
         c = h.citation
         meta = " · ".join(x for x in (c.source, c.published) if x)
@@ -174,6 +191,9 @@ def ask(question, k, index, as_json):
             s, e = h.highlight[0]["start"], h.highlight[0]["end"]
             text = text[:s] + "»" + text[s:e] + "«" + text[e:]
         click.echo(textwrap.fill(text, width=width, initial_indent="   ", subsequent_indent="   "))
+        if h.also_in:
+            click.echo("   also in " + ", ".join(" ".join(x for x in (o.source or o.title, o.published) if x)
+                                                for o in h.also_in))
         click.secho(f"   [{c.article_id} chars {c.start}-{c.end}] score {h.score:.3f}", dim=True)
         click.echo()
 
@@ -185,23 +205,35 @@ def ask(question, k, index, as_json):
 @click.option("--mode", type=click.Choice(["hybrid", "lexical", "dense"]), default="hybrid", show_default=True,
               help="Score with both sides (as the API does) or one side alone.")
 @click.option("--limit", type=int, default=None, help="Ask only every n-th question so that about this many are asked.")
+@click.option("--split", is_flag=True,
+              help="Index only the odd-numbered articles and ask the others' questions too, as questions the "
+                   "collection does not answer (the answer models were fitted on the even ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def eval_(file, k, index, mode, limit, as_json):
-    """Measure answer accuracy on a SQuAD-v1.1-format FILE (top-1/5/20 accuracy and MRR@20)."""
+def eval_(file, k, index, mode, limit, split, as_json):
+    """Measure answers on a SQuAD-v1.1-format FILE: passages (top-1/5/20 accuracy, MRR@20) and the answer field."""
     import dataclasses
     import tempfile
 
     from tqdm import tqdm
 
-    from .evaluate import KS, evaluate, load_squad
+    from .evaluate import KS, evaluate, evaluate_answers, load_squad, split_by_article
     from .indexer import add_articles
     from .search import Searcher
 
     try:
-        articles, questions = load_squad(file)
-        if limit and limit < len(questions):
-            step = len(questions) / limit
-            questions = [questions[int(i * step)] for i in range(limit)]
+        owners: list[int] = []
+        articles, questions = load_squad(file, owners)
+        outside: list = []
+        if split:
+            (_, outside), (articles, questions) = split_by_article(articles, questions, owners)
+
+        def every(qs: list) -> list:
+            if limit and limit < len(qs):
+                step = len(qs) / limit
+                return [qs[int(i * step)] for i in range(limit)]
+            return qs
+
+        questions, outside = every(questions), every(outside)
         with tempfile.TemporaryDirectory(prefix="qa-eval-") as tmp:
             app, svc = _service(index or tmp)
             if not index or svc.is_empty():  # a given but empty folder is filled too, for reuse
@@ -223,11 +255,16 @@ def eval_(file, k, index, mode, limit, as_json):
             result = evaluate(searcher, questions, k, on_progress=lambda n: bar.update(1))
             bar.close()
             result.mode = mode
+            bar = tqdm(total=len(questions) + len(outside), unit=" questions", desc="Answering", file=sys.stderr,
+                       disable=None)
+            answers = evaluate_answers(searcher, questions, outside, on_progress=lambda n: bar.update(1))
+            bar.close()
     except QAError as e:
         _fail(e)
     if as_json:
         out = dataclasses.asdict(result)
         out.pop("misses")
+        out["answers"] = dataclasses.asdict(answers)
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"{result.questions} questions, {result.articles} articles, {result.passages} passages "
@@ -236,3 +273,12 @@ def eval_(file, k, index, mode, limit, as_json):
     click.echo("|---|" + "---|" * (len(KS) + 2))
     click.echo(f"| {mode} | " + " | ".join(f"{result.accuracy[n]:.3f}" for n in KS)
                + f" | {result.mrr:.3f} | {result.questions_per_second:.0f} |")
+    a = answers
+    click.echo(f"\nThe answer field, {a.inside} questions the collection answers"
+               + (f", {a.outside} it does not (other articles' questions)" if a.outside else "") + ":")
+    click.echo(f"  answer holds a right answer: {a.answer_holds:.3f} (the top result's marked sentence: "
+               f"{a.highlight_holds:.3f}); {a.mean_answer_words:.1f} words on average")
+    click.echo(f"  top passage right: {a.top_right:.3f}, and of those {a.kept_when_top_right:.3f} get an answer")
+    if a.outside:
+        click.echo(f"  not in the collection, answered null: {a.null_outside:.3f}")
+    click.echo(f"  confidence: expected calibration error {a.ece:.3f} over the answers given")

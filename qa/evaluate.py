@@ -36,8 +36,93 @@ class EvalResult:
     misses: list[str] = field(default_factory=list)
 
 
-def load_squad(path: str | Path) -> tuple[list[Article], list[Question]]:
-    """Read articles (paragraphs joined by blank lines) and questions from a SQuAD v1.1 file."""
+@dataclass
+class AnswerResult:
+    """How well the answer field answers: asked inside the collection, and (optionally) outside it."""
+
+    inside: int
+    outside: int
+    answer_holds: float  # inside questions whose answer text holds a right answer (no answer counts as wrong)
+    highlight_holds: float  # before answers: the top result's marked sentence holds a right answer
+    top_right: float  # inside questions whose top passage holds a right answer
+    kept_when_top_right: float  # ... of those, the share still given an answer
+    null_outside: float  # outside questions answered with null
+    ece: float  # expected calibration error of the confidence, over the answers given (10 bins)
+    mean_answer_words: float
+    reliability: list[tuple[float, float, int]] = field(default_factory=list)  # (mean confidence, share right, n)
+
+
+def holds(text: str | None, answers: list[str]) -> bool:
+    return bool(text) and any(a in text for a in answers)
+
+
+def calibration(confidence: list[float], right: list[bool], bins: int = 10) -> tuple[float, list]:
+    """Expected calibration error (equal-width bins) and each bin's (mean confidence, share right, count)."""
+    table, ece = [], 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidence) if lo <= c < hi or (b == bins - 1 and c == 1.0)]
+        if idx:
+            conf = sum(confidence[i] for i in idx) / len(idx)
+            acc = sum(right[i] for i in idx) / len(idx)
+            ece += len(idx) / len(confidence) * abs(conf - acc)
+            table.append((round(conf, 3), round(acc, 3), len(idx)))
+    return ece, table
+
+
+def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Question] = (),
+                     on_progress: Callable[[int], None] | None = None, keep: list | None = None) -> AnswerResult:
+    """Ask questions the collection answers (`inside`) and questions it does not (`outside`); score the answers.
+
+    `keep`, if given, collects each question's evidence (for bench/tune_answers.py)."""
+    holds_n = highlight_n = top_n = kept_n = null_n = 0
+    conf, right, words = [], [], []
+    for i, (q, is_inside) in enumerate([*((q, True) for q in inside), *((q, False) for q in outside)]):
+        got = searcher.ask(q.text, 5)
+        a = got.answer
+        ok = is_inside and a is not None and holds(a.text, q.answers)
+        if a is not None:
+            conf.append(a.confidence)
+            right.append(ok)
+            words.append(len(a.text.split()))
+        if is_inside:
+            holds_n += ok
+            top = got.hits[0] if got.hits else None
+            if top is not None and top.highlight:
+                h = top.highlight[0]
+                highlight_n += holds(top.text[h["start"]:h["end"]], q.answers)
+            if top is not None and holds(top.text, q.answers):
+                top_n += 1
+                kept_n += a is not None
+        else:
+            null_n += a is None
+        if keep is not None:
+            keep.append({"question": q, "inside": is_inside, "answered": got, "top_right": bool(
+                got.hits and holds(got.hits[0].text, q.answers))})
+        if on_progress:
+            on_progress(i + 1)
+    ece, table = calibration(conf, right) if conf else (0.0, [])
+    n_in = max(len(inside), 1)
+    return AnswerResult(
+        inside=len(inside), outside=len(outside), answer_holds=holds_n / n_in, highlight_holds=highlight_n / n_in,
+        top_right=top_n / n_in, kept_when_top_right=kept_n / max(top_n, 1),
+        null_outside=null_n / max(len(outside), 1), ece=ece,
+        mean_answer_words=sum(words) / max(len(words), 1), reliability=table)
+
+
+def split_by_article(articles: list[Article], questions: list[Question], owners: list[int]):
+    """Two halves by article (even and odd positions): (articles, questions) of each."""
+    halves = []
+    for parity in (0, 1):
+        keep = {i for i in range(len(articles)) if i % 2 == parity}
+        halves.append(([a for i, a in enumerate(articles) if i in keep],
+                       [q for q, o in zip(questions, owners) if o in keep]))
+    return halves
+
+
+def load_squad(path: str | Path, owners: list[int] | None = None) -> tuple[list[Article], list[Question]]:
+    """Read articles (paragraphs joined by blank lines) and questions from a SQuAD v1.1 file
+    (`owners`, if given, gets each question's article position)."""
     try:
         data = json.loads(Path(path).read_text("utf-8"))
         entries = data["data"]
@@ -54,6 +139,8 @@ def load_squad(path: str | Path) -> tuple[list[Article], list[Question]]:
                 answers = [a["text"] if isinstance(a, dict) else a for a in qa.get("answers", [])]
                 if answers:
                     questions.append(Question(qa["question"], answers))
+                    if owners is not None:
+                        owners.append(n)
     return articles, questions
 
 

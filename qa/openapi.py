@@ -39,9 +39,39 @@ _citation = {
     },
 }
 
+_copy = {
+    "type": "object",
+    "required": ["article_id", "title", "source", "published", "href"],
+    "properties": {"article_id": {"type": "string"}, "title": {"type": "string"}, "source": _nullable_str,
+                   "published": _nullable_str, "href": {"type": "string"}},
+}
+
+_answer = {
+    "type": "object",
+    "nullable": True,
+    "description": "the sentence(s) that answer the question; null when nothing in the collection answers it",
+    "required": ["text", "confidence", "passage_id", "citation"],
+    "properties": {
+        "text": {"type": "string", "description": "one or two whole sentences: article.text[citation.start:citation.end]"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1,
+                       "description": "of answers given with confidence about c, about c hold a right answer"},
+        "passage_id": {"type": "integer"},
+        "citation": {"$ref": "#/components/schemas/Citation"},
+    },
+}
+
+_facets = {
+    "type": "object",
+    "required": ["source"],
+    "properties": {"source": {"type": "array", "items": {
+        "type": "object", "required": ["value", "count"],
+        "properties": {"value": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}}}},
+    "description": "per source, the articles among the passages that answer the query, before the source filter",
+}
+
 _result = {
     "type": "object",
-    "required": ["rank", "score", "passage_id", "text", "highlight", "citation"],
+    "required": ["rank", "score", "passage_id", "text", "highlight", "citation", "also_in"],
     "properties": {
         "rank": {"type": "integer", "minimum": 1},
         "score": {"type": "number"},
@@ -49,15 +79,19 @@ _result = {
         "text": {"type": "string", "description": "the passage exactly as stored: article.text[start:end]"},
         "highlight": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}},
         "citation": {"$ref": "#/components/schemas/Citation"},
+        "also_in": {"type": "array", "items": {"$ref": "#/components/schemas/Copy"},
+                    "description": "other articles holding a near-identical passage (a wire story republished)"},
     },
 }
 
 _search_response = {
     "type": "object",
-    "required": ["query", "took_ms", "results"],
+    "required": ["query", "took_ms", "answer", "facets", "results"],
     "properties": {
         "query": {"type": "string"},
         "took_ms": {"type": "number"},
+        "answer": {"$ref": "#/components/schemas/Answer"},
+        "facets": {"$ref": "#/components/schemas/Facets"},
         "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
     },
 }
@@ -169,6 +203,18 @@ def spec(server_url: str = "", admin: bool = False) -> dict:
                "schema": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": _QUERY_PATTERN}}
     k_param = {"name": "k", "in": "query", "required": False, "description": "how many passages (default 5)",
                "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}
+    source_item = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _QUERY_PATTERN}
+    filter_params = [
+        {"name": "source", "in": "query", "required": False, "style": "form", "explode": True,
+         "description": "only articles from this source (repeat for several)",
+         "schema": {"type": "array", "items": source_item, "maxItems": 20}},
+        {"name": "from", "in": "query", "required": False, "description": "published on or after (YYYY-MM-DD)",
+         "schema": {"type": "string", "format": "date"}},
+        {"name": "to", "in": "query", "required": False, "description": "published on or before (YYYY-MM-DD)",
+         "schema": {"type": "string", "format": "date"}},
+        {"name": "sort", "in": "query", "required": False, "description": "relevance, or the same passages newest first",
+         "schema": {"type": "string", "enum": ["relevance", "newest"], "default": "relevance"}},
+    ]
     doc = {
         "openapi": "3.0.3",
         "info": {
@@ -182,7 +228,7 @@ def spec(server_url: str = "", admin: bool = False) -> dict:
                 "get": {
                     "summary": "Search with a question",
                     "operationId": "searchGet",
-                    "parameters": [q_param, k_param],
+                    "parameters": [q_param, k_param, *filter_params],
                     "responses": {**_ok("SearchResponse", "The best passages, best first"), **_errors(400, 500, 503)},
                 },
                 "post": {
@@ -196,7 +242,13 @@ def spec(server_url: str = "", admin: bool = False) -> dict:
                             "properties": {"q": {"type": "string", "minLength": 1, "maxLength": 1000,
                                                  "pattern": _QUERY_PATTERN},
                                            "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5,
-                                                 "nullable": True}},
+                                                 "nullable": True},
+                                           "source": {"oneOf": [source_item, {"type": "array", "items": source_item,
+                                                                              "maxItems": 20}], "nullable": True},
+                                           "from": {"type": "string", "format": "date", "nullable": True},
+                                           "to": {"type": "string", "format": "date", "nullable": True},
+                                           "sort": {"type": "string", "enum": ["relevance", "newest"],
+                                                    "nullable": True}},
                         }}},
                     },
                     "responses": {**_ok("SearchResponse", "The best passages, best first"),
@@ -235,6 +287,9 @@ def spec(server_url: str = "", admin: bool = False) -> dict:
                 "Span": _span,
                 "Citation": _citation,
                 "Result": _result,
+                "Copy": _copy,
+                "Answer": _answer,
+                "Facets": _facets,
                 "SearchResponse": _search_response,
                 "Article": _article,
             }

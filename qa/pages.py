@@ -11,8 +11,9 @@ import re
 from bisect import bisect_left, bisect_right
 from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 
+from .chunk import sentence_spans
 from .errors import QAError
 from .service import get_service
 from .web import run_search
@@ -149,31 +150,85 @@ def paragraphs(text: str, passages: list[dict], cited: int | None = None) -> tup
     return out, missing
 
 
+def snippet(text: str, highlight: list[dict]) -> tuple[list[tuple[str, bool]], bool]:
+    """The marked sentence with one sentence either side, as marked parts; and whether it is shorter than `text`."""
+    if not highlight:
+        return mark_parts(text, highlight), False
+    h = highlight[0]
+    spans = sentence_spans(text)
+    first = next((i for i, (a, b) in enumerate(spans) if b > h["start"]), None)
+    last = next((i for i in range(len(spans) - 1, -1, -1) if spans[i][0] < h["end"]), None)
+    if first is None or last is None:
+        return mark_parts(text, highlight), False
+    lo, hi = spans[max(0, first - 1)][0], spans[min(len(spans) - 1, last + 1)][1]
+    if lo == 0 and hi >= len(text.rstrip()):
+        return mark_parts(text, highlight), False
+    shifted = [{"start": h["start"] - lo, "end": h["end"] - lo}]
+    parts = mark_parts(text[lo:hi], shifted)
+    if lo > 0:
+        parts.insert(0, ("… ", False))
+    if hi < len(text.rstrip()):
+        parts.append((" …", False))
+    return parts, True
+
+
+def search_args() -> dict:
+    """The search page's filters from its URL, empty form fields left out."""
+    args = request.args
+    given = lambda name: args.get(name) or None  # noqa: E731
+    return {"source": [s for s in args.getlist("source") if s] or None, "from_": given("from"), "to": given("to"),
+            "sort": given("sort")}
+
+
 @pages.get("/")
 def home():
+    # The form sends its empty filter fields too: send the browser on to the same search without them,
+    # so the URL stays short and shareable (with script on, the script leaves them out itself).
+    if any(v == "" for name, v in request.args.items(multi=True) if name in ("source", "from", "to", "sort")):
+        clean = [(n, v) for n, v in request.args.items(multi=True) if v != "" or n not in ("source", "from", "to", "sort")]
+        return redirect(url_for("pages.home") + ("?" + urlencode(clean) if clean else ""), 302)
     q = request.args.get("q")
     k = request.args.get("k")
+    chosen = search_args()
     results, error, empty_query = None, None, False
     if q is not None and not q.strip():
         empty_query = True
     elif q:
         try:
-            results = run_search(q, k)
+            results = run_search(q, k, **chosen)
         except QAError as e:
             error = e.message
     hits = []
     for r in (results or {}).get("results", []):
         c = r["citation"]
+        parts, shortened = snippet(r["text"], r["highlight"])
         hits.append({
             **r,
+            "snippet": parts,
+            "shortened": shortened,
             "parts": mark_parts(r["text"], r["highlight"]),
             "site": site_name(c.get("source"), c.get("url")),
             "date": (c.get("published") or "")[:10],
             "title_href": article_link(c["article_id"], q or "", r["passage_id"], anchor=False),
             "cite_href": article_link(c["article_id"], q or "", r["passage_id"]),
+            "copies": [{"site": site_name(o.get("source"), None) or o["title"], "date": (o.get("published") or "")[:10],
+                        "href": article_link(o["article_id"], q or "", int(o["href"].rsplit("-", 1)[1]))}
+                       for o in r.get("also_in", [])],
         })
+    answer = None
+    if results and results.get("answer"):
+        a = results["answer"]
+        c = a["citation"]
+        answer = {**a, "site": site_name(c.get("source"), c.get("url")), "date": (c.get("published") or "")[:10],
+                  "cite_href": article_link(c["article_id"], q or "", a["passage_id"])}
+    sources = [f["value"] for f in (results or {}).get("facets", {}).get("source", [])]
+    for s in chosen["source"] or []:  # a chosen source stays in the list even when nothing of it matches
+        if s not in sources:
+            sources.append(s)
+    facets = {f["value"]: f["count"] for f in (results or {}).get("facets", {}).get("source", [])}
     return render_template("index.html", q=q or "", k=k or "", results=results, hits=hits, error=error,
-                           empty_query=empty_query)
+                           empty_query=empty_query, answer=answer, sources=sources, facets=facets,
+                           chosen=chosen, filtered=any(chosen.values()))
 
 
 @pages.get("/articles/<article_id>")

@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import answer as answers
 from .chunk import sentence_spans
 from .embed import Embedder
 from .errors import BadRequest
 from .sentences import WORD as _WORD
-from .index import Index, PassageRow
+from .index import Index, PassageRow, Where
 from .index.terms import stems as index_stems
 
 # Function words carry no evidence of an answer and would make every passage a candidate.
@@ -60,6 +61,17 @@ class Citation:
 
 
 @dataclass
+class Copy:
+    """Another article holding a near-identical passage (the same wire story republished)."""
+
+    article_id: str
+    title: str
+    source: str | None
+    published: str | None
+    href: str
+
+
+@dataclass
 class Hit:
     rank: int
     score: float
@@ -67,11 +79,39 @@ class Hit:
     text: str
     highlight: list[dict] = field(default_factory=list)
     citation: Citation | None = None
+    also_in: list[Copy] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The API's JSON shape: dataclasses.asdict's result, without its deep copies (0.5 ms a search)."""
         return {**vars(self), "highlight": [dict(h) for h in self.highlight],
-                "citation": dict(vars(self.citation)) if self.citation else None}
+                "citation": dict(vars(self.citation)) if self.citation else None,
+                "also_in": [dict(vars(c)) for c in self.also_in]}
+
+
+@dataclass
+class Answer:
+    text: str
+    confidence: float
+    passage_id: int
+    citation: Citation
+
+    def to_dict(self) -> dict:
+        return {**vars(self), "citation": dict(vars(self.citation))}
+
+
+@dataclass
+class Answered:
+    """A question's answer (None: the collection does not answer it), its passages and source counts."""
+
+    hits: list[Hit]
+    answer: Answer | None
+    facets: dict[str, list[dict]]
+    # What the answer models read, for `qa eval` and bench/tune_answers.py.
+    evidence: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer.to_dict() if self.answer else None, "facets": self.facets,
+                "results": [h.to_dict() for h in self.hits]}
 
 
 def query_terms(q: str) -> list[str]:
@@ -128,14 +168,19 @@ def fuse(lexical: dict[int, float], dense: dict[int, float], cfg: SearchConfig,
     return sorted(fused, key=lambda t: (-t[1], t[0]))
 
 
-def _overlaps(a: PassageRow, b: PassageRow, words: Callable[[PassageRow], set[str]]) -> bool:
-    """Two passages are near-identical: overlapping windows of one article, or the same words."""
-    if a.article_id == b.article_id:
-        return min(a.end, b.end) > max(a.start, b.start)
-    if min(len(a.text), len(b.text)) < 0.8 * max(len(a.text), len(b.text)):
-        return False  # lengths this far apart cannot share 90% of their words
+def _overlaps(a: PassageRow, b: PassageRow) -> bool:
+    """Overlapping windows of one article."""
+    return a.article_id == b.article_id and min(a.end, b.end) > max(a.start, b.start)
+
+
+def _copies(a: PassageRow, b: PassageRow, words: Callable[[PassageRow], set[str]]) -> bool:
+    """Passages of two articles with nearly the same words: one wire story, republished
+    (a copy cut at other places shares most of the shorter passage's words)."""
+    if a.article_id == b.article_id or min(len(a.text), len(b.text)) < 0.6 * max(len(a.text), len(b.text)):
+        return False
     wa, wb = words(a), words(b)
-    return bool(wa) and len(wa & wb) / len(wa | wb) > 0.9
+    return bool(wa) and bool(wb) and len(wa & wb) / min(len(wa), len(wb)) >= 0.9 and \
+        len(wa & wb) / len(wa | wb) >= 0.7
 
 
 def highlight(text: str, terms: list[str], idf: dict[str, float],
@@ -160,6 +205,8 @@ def highlight(text: str, terms: list[str], idf: dict[str, float],
 
 # Threads start on first use, so a process that forks before searching carries none over.
 _questions = ThreadPoolExecutor(4, thread_name_prefix="qa-question")
+ANSWER_PASSAGES = 5  # the answer is chosen among the sentences of this many best passages
+SORTS = ("relevance", "newest")
 
 
 class Searcher:
@@ -168,23 +215,71 @@ class Searcher:
     def __init__(self, index: Index, embedder: Embedder, cfg: SearchConfig = SearchConfig()):
         self.index, self.embedder, self.cfg = index, embedder, cfg
 
-    def search(self, q: str, k: int = 5) -> list[Hit]:
+    def search(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance") -> list[Hit]:
+        """The k passages that best answer `q`."""
+        return self.ask(q, k, where, sort, with_answer=False).hits
+
+    def ask(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance",
+            with_answer: bool = True) -> Answered:
+        """The answer to `q` (or None), the k passages that best answer it, and its source counts."""
         cfg, index = self.cfg, self.index
         # The model encodes the question on another thread while the lexical side runs here
         # (numpy and FAISS release the GIL), so on an idle core the two overlap.
         qvec_future = _questions.submit(self.embedder.encode, [q]) if cfg.dense_weight > 0 else None
         terms = query_terms(q)
-        n = max(cfg.candidates, k)
         stems = list(dict.fromkeys(index_stems(" ".join(terms))))  # as the index made them
         df, n_docs = index.doc_freqs(stems)
         idf = {s: math.log(1 + (n_docs - df.get(s, 0) + 0.5) / (df.get(s, 0) + 0.5)) for s in stems}
-        lexical = index.lexical(stems, n, cfg.title_weight) if cfg.lexical_weight > 0 else {}
+        qvec = None
+
+        def rank(w: Where | None):
+            nonlocal qvec
+            lexical = index.lexical(stems, max(cfg.candidates, k), cfg.title_weight, w) if cfg.lexical_weight > 0 else {}
+            if qvec_future is not None and qvec is None:
+                qvec = qvec_future.result()[0]
+            return self._rank(qvec, stems, idf, lexical, max(cfg.candidates, k), w)
+
+        ranked, whole, sentences = rank(where)
+        facet_ranked = ranked
+        if where is not None and where.sources:  # facets count sources as if none were chosen
+            facet_ranked, _, _ = rank(Where((), where.first_day, where.last_day))
+        facets = {"source": self._facets([i for i, _ in facet_ranked[:cfg.candidates]])}
+
+        groups = self._collapse(ranked, max(k, ANSWER_PASSAGES if with_answer else k))
+
+        def sentences_of(pid: int):
+            got = sentences if pid in sentences.where else index.sentences(qvec, idf, [pid])
+            return got.full(pid)
+
+        hits = []
+        for r, (row, score, copies) in enumerate(groups[:k], 1):
+            spans, scores, _ = sentences_of(row.id)
+            hits.append(Hit(
+                rank=r, score=round(score, 4), passage_id=row.id, text=row.text,
+                highlight=highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores),
+                citation=_citation(row),
+                also_in=[Copy(c.article_id, c.title, c.source, c.published, f"/articles/{c.article_id}#p-{c.id}")
+                         for c in copies]))
+        if sort == "newest":  # the same k passages, newest first; undated last, by relevance
+            dated = sorted((h for h in hits if h.citation.published), key=lambda h: h.citation.published, reverse=True)
+            hits = dated + [h for h in hits if not h.citation.published]
+            for r, h in enumerate(hits, 1):
+                h.rank = r
+        out = Answered(hits, None, facets)
+        if with_answer and groups:
+            out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of)
+        return out
+
+    def _rank(self, qvec, stems: list[str], idf: dict[str, float], lexical: dict[int, float], n: int,
+              where: Where | None):
+        """Every candidate passage with its fused score, best first; the passages' own cosines; their sentences."""
+        cfg, index = self.cfg, self.index
         dense: dict[int, float] = {}
-        if qvec_future is not None:
-            qvec = qvec_future.result()[0]
+        whole: dict[int, float] = {}
+        if qvec is not None:
             # Candidates: the best passages by their own vector and by BM25; each then
             # scores by its best sentence, which the passage vector (a mean) blurs.
-            whole = index.dense(qvec, max(n, cfg.dense_candidates))
+            whole = index.dense(qvec, max(n, cfg.dense_candidates), where)
             candidates = list(dict.fromkeys([*whole, *lexical]))
             whole.update(index.dense_of(qvec, [i for i in candidates if i not in whole]))
             sentences = index.sentences(qvec, idf, candidates)
@@ -200,11 +295,13 @@ class Searcher:
         best_sentence = None
         if cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
             best_sentence = sentences.best_terms
-        ranked = fuse(lexical, dense, cfg, best_sentence)
+        return fuse(lexical, dense, cfg, best_sentence), whole, sentences
 
-        # Collapse near-duplicates while filling k slots; fetch rows in small pages.
-        kept: list[tuple[PassageRow, float]] = []
-        pos = 0
+    def _collapse(self, ranked: list[tuple[int, float]], n: int) -> list[tuple[PassageRow, float, list[PassageRow]]]:
+        """The n best passages, one per overlapping run of an article; a wire story's copies join one
+        group, shown as its earliest published copy."""
+        index = self.index
+        groups: list[list] = []  # [best score, rows]
         cache: dict[int, set[str]] = {}
 
         def words(row: PassageRow) -> set[str]:
@@ -212,31 +309,62 @@ class Searcher:
                 cache[row.id] = set(_WORD.findall(row.text.lower()))
             return cache[row.id]
 
-        while len(kept) < k and pos < len(ranked):
-            page = ranked[pos: pos + 2 * k]
+        pos, extra = 0, 0
+        while pos < len(ranked) and (len(groups) < n or extra < 2 * n):
+            page = ranked[pos: pos + 2 * n]
             pos += len(page)
+            if len(groups) >= n:  # full: one more page only for copies of what is shown
+                extra += len(page)
             rows = index.passages([i for i, _ in page])
             for pid, score in page:
                 row = rows.get(pid)
-                if row is None or any(_overlaps(row, other, words) for other, _ in kept):
+                if row is None or any(_overlaps(row, other) for g in groups for other in g[1]):
                     continue
-                kept.append((row, score))
-                if len(kept) == k:
-                    break
+                same = next((g for g in groups if _copies(row, g[1][0], words)), None)
+                if same is not None:
+                    same[1].append(row)
+                elif len(groups) < n:
+                    groups.append([score, [row]])
+        out = []
+        for score, rows in groups:
+            rows.sort(key=lambda r: (r.published is None, r.published or ""))
+            out.append((rows[0], score, rows[1:]))
+        return out
 
-        hits = []
-        for rank, (row, score) in enumerate(kept, 1):
-            spans, scores = (sentences if row.id in sentences.where else index.sentences(None, idf, [row.id])).of(row.id)
-            hits.append(Hit(
-                rank=rank,
-                score=round(score, 4),
-                passage_id=row.id,
-                text=row.text,
-                highlight=highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores),
-                citation=Citation(
-                    article_id=row.article_id, title=row.title, url=row.url, source=row.source,
-                    published=row.published, start=row.start, end=row.end,
-                    href=f"/articles/{row.article_id}#p-{row.id}",
-                ),
-            ))
-        return hits
+    def _facets(self, pids: list[int]) -> list[dict]:
+        """Per source, how many articles the given passages come from, most first."""
+        counts: dict[str, set[str]] = {}
+        for article_id, source in self.index.sources_of(pids).values():
+            if source:
+                counts.setdefault(source, set()).add(article_id)
+        return [{"value": s, "count": len(a)} for s, a in sorted(counts.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+
+    def _answer(self, q: str, idf: dict[str, float], groups, whole: dict[int, float], sentences_of):
+        """Choose the answer among the best passages' sentences, and judge whether to give it."""
+        question = answers.Question(q, idf)
+        cands: list[answers.Sentence] = []
+        for r, (row, score, _) in enumerate(groups, 1):
+            spans, terms, cosines = sentences_of(row.id)
+            cands += answers.passage_sentences(question, row.id, r, score, row.start, row.text, spans, terms, cosines)
+        best, p = answers.choose(cands)
+        evidence = {"candidates": cands, "p": p, "best": best}
+        if best is None:
+            return None, evidence
+        row = next(g[0] for g in groups if g[0].id == best.pid)
+        passage_cosine = max((whole.get(g[0].id, 0.0) for g in groups), default=0.0)
+        cover = max(answers.coverage(question, g[0].text) for g in groups)
+        features = answers.question_features(best, p, passage_cosine, cover)
+        gives, confidence = answers.judge(features)
+        start, end = answers.span_of(best)
+        evidence.update(features=features, gives=gives, text=row.text[start - row.start:end - row.start])
+        if not gives:
+            return None, evidence
+        cite = _citation(row)
+        cite.start, cite.end = start, end
+        return Answer(evidence["text"], confidence, row.id, cite), evidence
+
+
+def _citation(row: PassageRow) -> Citation:
+    return Citation(article_id=row.article_id, title=row.title, url=row.url, source=row.source,
+                    published=row.published, start=row.start, end=row.end, href=f"/articles/{row.article_id}#p-{row.id}")
+

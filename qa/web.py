@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import __version__
+from . import __version__, filters
 from .errors import BadRequest, Forbidden, IndexBusy, IndexLocked, IngestError, NotFound, QAError, Unauthorized
 from .ingest import article_from_json
 from .openapi import spec
@@ -34,7 +34,7 @@ def error_body(code: str, message: str, status: int):
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
-def run_search(q, k) -> dict:
+def run_search(q, k, source=None, from_=None, to=None, sort=None) -> dict:
     """Validate, search and shape the API answer."""
     svc = get_service()
     if isinstance(q, str):
@@ -45,13 +45,14 @@ def run_search(q, k) -> dict:
         if _SURROGATE.search(q):  # lone surrogates from a JSON body are not text
             raise BadRequest("q is not valid Unicode text", code="invalid_query")
     q, k = validate(q, k, svc.cfg)
+    where, sort = filters.parse(source, from_, to, sort)
     searcher = svc.searcher()
     g.generation = searcher.index.generation
     t0 = time.perf_counter()
     with searcher.index.reading():  # every query of this search sees the same database state
-        hits = searcher.search(q, k)
+        got = searcher.ask(q, k, where, sort)
     took = (time.perf_counter() - t0) * 1000
-    return {"query": q, "took_ms": round(took, 2), "results": [h.to_dict() for h in hits]}
+    return {"query": q, "took_ms": round(took, 2), **got.to_dict()}
 
 
 def _body_bytes() -> bytes:
@@ -85,7 +86,10 @@ def json_body() -> object:
 
 @api.get("/api/search")
 def search_get():
-    return jsonify(run_search(request.args.get("q"), request.args.get("k")))
+    args = request.args
+    sources = args.getlist("source")
+    return jsonify(run_search(args.get("q"), args.get("k"), sources or None, args.get("from"), args.get("to"),
+                              args.get("sort")))
 
 
 @api.post("/api/search")
@@ -93,7 +97,8 @@ def search_post():
     body = json_body()
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object like {\"q\": \"...\", \"k\": 5}", code="invalid_json")
-    return jsonify(run_search(body.get("q"), body.get("k")))
+    return jsonify(run_search(body.get("q"), body.get("k"), body.get("source"), body.get("from"), body.get("to"),
+                              body.get("sort")))
 
 
 @api.get("/api/articles/<article_id>")

@@ -36,6 +36,8 @@ XSS_TITLE = 'Lighthouse <script>window.__xss=1</script> keeper <img src=x onerro
 XSS_TEXT = ('The old harbour lighthouse keeper wrote <script>window.__xss=1</script> in his log every night.\n\n'
             'Visitors found <img src=x onerror="window.__xss=1"> carved into the lighthouse door, '
             'and the keeper kept the harbour light burning through the storm.')
+WIRE = ("The harbour council approved a new ferry timetable on Monday, adding three evening sailings to the "
+        "islands from March. Councillor Ines Varga said the change followed a petition signed by 4,000 residents.")
 HTS = "Who is the leader of HTS?"
 ASSAD = "Where did Assad flee to?"
 
@@ -48,7 +50,12 @@ def server(tmp_path_factory):
     evil = work / "evil.jsonl"
     evil.write_text(json.dumps({"id": "evil-lighthouse", "title": XSS_TITLE, "text": XSS_TEXT,
                                 "source": "<b>Harbour</b> Gazette", "url": "javascript:window.__xss=1",
-                                "published": "2024-12-09"}) + "\n")
+                                "published": "2024-12-09"}) + "\n"
+                    # One wire story, republished by two outlets: one result, the other in "Also in".
+                    + json.dumps({"id": "ferry-courier", "title": "Ferry timetable adds evening sailings",
+                                  "text": WIRE, "source": "Daily Courier", "published": "2024-12-10"}) + "\n"
+                    + json.dumps({"id": "ferry-post", "title": "Evening ferries to the islands from March",
+                                  "text": WIRE, "source": "Evening Post", "published": "2024-12-11"}) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "QA_INDEX_DIR": str(index)}
     done = subprocess.run([sys.executable, "-m", "qa", "ingest", str(SEEDS), str(evil), "--index", str(index), "-q"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -141,7 +148,7 @@ def test_search_box_enter_marked_answer_and_citation(page, server):
     expect(page).to_have_title(f"{HTS} – News answers")
     hit = hit_with(page, "al-Golani")
     expect(hit).to_be_visible()
-    expect(page.locator("#status")).to_have_text(re.compile(r"^\d+ passages? · \d+ ms$"))
+    expect(page.locator("#status")).to_have_text(re.compile(r"^(Answer and )?\d+ passages? · \d+ ms$"))
     assert page.evaluate("window.__samePage") is True, "the results should come without a full page load"
     expect(hit.locator(".score")).to_have_text(re.compile(r"^#\d+ · \d\.\d\d$"))
     expect(hit.locator(".hit-meta time")).to_have_text("2024-12-08")
@@ -272,7 +279,7 @@ def test_script_renders_results_as_the_server_does(page, server):
 def test_searching_no_results_empty_and_error_states(page, server, problems):
     page.goto(server + "/")
     held = []
-    page.route("**/api/search?*", lambda route: held.append(route))
+    page.route("**/?q=*", lambda route: held.append(route))
     ask(page, ASSAD)
     status = page.locator("#status")
     expect(status).to_have_text("Searching…")
@@ -280,14 +287,16 @@ def test_searching_no_results_empty_and_error_states(page, server, problems):
     held.pop().continue_()
     expect(page.locator(".hit").first).to_be_visible()
     expect(page.locator("#results")).not_to_have_attribute("aria-busy", "true")
-    page.unroute("**/api/search?*")
+    page.unroute("**/?q=*")
 
-    page.route("**/api/search?*", lambda route: route.fulfill(
-        status=200, content_type="application/json", body=json.dumps({"query": "x", "took_ms": 1.0, "results": []})))
+    # Dates no article has: nothing matches, and the page says the filters are why.
+    page.locator("#f-from").fill("1990-01-01")
+    page.locator("#f-to").fill("1990-01-02")
     ask(page, "zebra crossings in Oslo")
-    expect(status).to_have_text("No passages match “zebra crossings in Oslo”. Try other words, or fewer of them.")
+    expect(status).to_have_text("No passages match “zebra crossings in Oslo” with these filters. "
+                                "Try other words, or fewer of them, or clear the filters.")
     expect(page.locator(".hit")).to_have_count(0)
-    page.unroute("**/api/search?*")
+    page.goto(server + "/")
 
     ask(page, "   ")
     expect(status).to_have_text("Type a question first, then press Enter.")
@@ -303,7 +312,7 @@ def test_searching_no_results_empty_and_error_states(page, server, problems):
     assert "error" in status.get_attribute("class")
 
     problems.allow(r"net::ERR_FAILED|Failed to load resource")
-    page.route("**/api/search?*", lambda route: route.abort())
+    page.route("**/?q=*", lambda route: route.abort())
     ask(page, HTS)
     expect(status).to_have_text("Could not reach the server. Check your connection and try again.")
 
@@ -344,11 +353,24 @@ def test_keyboard_only(page, server):
 
     page.keyboard.press("Tab")
     assert focused()[:3] == ["BUTTON", "", "Search"]
+    seen = []
+    for _ in range(20):  # the filters (a date field may take a Tab per part), then the answer's citation
+        page.keyboard.press("Tab")
+        seen.append(page.evaluate("document.activeElement.id || document.activeElement.className"))
+        if seen[-1] == "cite":
+            break
+    assert seen[:3] == ["f-source", "f-sort", "f-from"] and "f-to" in seen and seen[-1] == "cite", seen
+    assert page.evaluate("!!document.activeElement.closest('[data-answer]')"), "the answer card comes first"
+    assert focused()[3] != "none", "keyboard focus must be visible"
     page.keyboard.press("Tab")
     tag, _, text, outline = focused()
     assert tag == "A" and text == page.locator(".hit-title a").first.inner_text()
     assert outline != "none", "keyboard focus must be visible"
     page.keyboard.press("Tab")
+    if focused()[0] == "SUMMARY":  # a snippet opens to the whole passage from the keyboard too
+        page.keyboard.press("Enter")
+        expect(page.locator(".hit").first.locator("details .full")).to_be_visible()
+        page.keyboard.press("Tab")
     assert focused()[1] == "cite"
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/articles/[\w-]+\?q=.+#p-\d+$"))
@@ -359,6 +381,76 @@ def test_keyboard_only(page, server):
     page.locator("body").click(position={"x": 5, "y": 400})
     page.keyboard.press("/")
     expect(page.get_by_label("Ask a question about the news")).to_be_focused()
+
+
+def test_answer_card_and_no_answer(page, server):
+    page.goto(server + "/")
+    ask(page, "Who promised to keep aiding Assad?")
+    card = page.locator("[data-answer]")
+    expect(card).to_be_visible()
+    expect(card.locator(".answer-text")).to_contain_text("Russia, one of Assad's key allies, promised")
+    expect(page.locator("[data-no-answer]")).to_have_count(0)
+    expect(page.locator("[data-result]").first).to_be_visible()
+    # The card's citation lands on the passage that holds the answer.
+    href = card.locator("a.cite").get_attribute("href")
+    card.locator("a.cite").click()
+    pid = href.rsplit("#p-", 1)[1]
+    expect(page.locator(f"mark#p-{pid}")).to_be_in_viewport()
+    expect(page.locator("mark.seg", has_text="promised to continue aiding").first).to_be_visible()
+
+    # A question the collection does not cover: a plain notice, and the closest passages still shown.
+    page.goto(server + "/")
+    ask(page, "Who won the 1966 football World Cup final at Wembley?")
+    expect(page.locator("[data-no-answer]")).to_have_text("No article answers this; the closest passages:")
+    expect(page.locator("[data-answer]")).to_have_count(0)
+    expect(page.locator("[data-result]").first).to_be_visible()
+
+
+def test_filters_by_keyboard_and_wire_copies(page, server):
+    page.goto(server + "/")
+    ask(page, "How many residents signed the ferry petition?")
+    ferry = page.locator("[data-result]").filter(has_text="petition signed by 4,000 residents").first
+    expect(ferry).to_be_visible()
+    # The two outlets' copies are one result, shown as the earliest, the other listed under it.
+    expect(page.locator("[data-result]").filter(has_text="petition signed by 4,000 residents")).to_have_count(1)
+    expect(ferry.locator(".site")).to_have_text("Daily Courier")
+    expect(ferry.locator(".also-in")).to_have_text("Also in Evening Post (2024-12-11)")
+
+    # Keep to one source with the keyboard alone: the URL keeps the choice, the results follow it.
+    page.locator("#f-source").focus()
+    options = page.locator("#f-source option").all_inner_texts()
+    assert any(o.startswith("Evening Post") for o in options) and any(o.startswith("Daily Courier") for o in options)
+    while not page.locator("#f-source").input_value() == "Evening Post":
+        page.keyboard.press("ArrowDown")
+    expect(page).to_have_url(re.compile(r"source=Evening\+Post"))
+    expect(page.locator("[data-result] .site").first).to_have_text("Evening Post")
+    assert set(page.locator("[data-result] .site").all_inner_texts()) == {"Evening Post"}
+    expect(page.locator("#f-source")).to_have_value("Evening Post")
+    page.reload()  # the URL is the state
+    expect(page.locator("#f-source")).to_have_value("Evening Post")
+    assert set(page.locator("[data-result] .site").all_inner_texts()) == {"Evening Post"}
+    page.get_by_role("link", name="Clear filters").click()
+    expect(page.locator("#f-source")).to_have_value("")
+
+
+def test_snippet_expands_in_place_without_javascript(browser, server, problems):
+    ctx = open_context(browser, problems, java_script_enabled=False)
+    try:
+        page = ctx.new_page()
+        page.goto(f"{server}/?q={quote_plus(HTS)}")
+        hit = page.locator("[data-result]").filter(has=page.locator("details")).first
+        full = hit.locator("details .full")
+        expect(full).to_be_hidden()
+        snippet = hit.locator("summary .snippet").inner_text()
+        hit.locator("summary").click()
+        expect(full).to_be_visible()
+        assert len(full.inner_text()) > len(snippet) - 4
+        expect(hit.locator("summary .snippet")).to_be_hidden()
+        hit.locator("summary").press("Enter")  # and closes again from the keyboard
+        expect(full).to_be_hidden()
+    finally:
+        ctx.close()
+    assert not problems.unexpected(), "\n".join(problems.unexpected())
 
 
 @pytest.mark.parametrize("name, viewport, scale", [("desktop", {"width": 1280, "height": 900}, 1),
@@ -377,6 +469,13 @@ def test_screenshots_and_layout(browser, server, problems, tmp_path, name, viewp
         shot = tmp_path / f"results-{name}.png"
         page.screenshot(path=shot, full_page=name == "desktop")
         shutil.copy(shot, SHOTS / shot.name)
+        page.goto(f"{server}/?q={quote_plus('Who won the 1966 football World Cup final at Wembley?')}")
+        expect(page.locator("[data-no-answer]")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+        shot = tmp_path / f"no-answer-{name}.png"
+        page.screenshot(path=shot)
+        shutil.copy(shot, SHOTS / shot.name)
+        page.goto(f"{server}/?q={quote_plus(HTS)}")
         hit_with(page, "al-Golani").locator("a.cite").click()
         expect(page.locator("mark.seg").first).to_be_in_viewport()
         assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]

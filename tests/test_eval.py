@@ -32,3 +32,21 @@ def test_eval_rejects_a_non_squad_file(runner, tmp_path):
     bad.write_text("[1, 2]")
     result = runner.invoke(["eval", str(bad)])
     assert result.exit_code == 1 and "not a SQuAD" in result.output
+
+
+def test_eval_reports_the_answer_field(runner):
+    out = runner.invoke(["eval", str(TINY), "--json"])
+    a = json.loads(out.output[out.output.index("{"):])["answers"]
+    assert a["inside"] == 6 and a["outside"] == 0
+    assert 0 <= a["answer_holds"] <= 5 / 6 and 0 <= a["ece"] <= 1
+    text = runner.invoke(["eval", str(TINY)]).output
+    assert "answer holds a right answer:" in text and "expected calibration error" in text
+
+
+def test_eval_split_asks_the_other_half_as_out_of_collection(runner):
+    out = runner.invoke(["eval", str(TINY), "--split", "--json"])
+    figures = json.loads(out.output[out.output.index("{"):])
+    # The odd article (Honey bee) is indexed; the lighthouse's questions are asked as ones it cannot answer.
+    assert figures["articles"] == 1
+    assert figures["answers"]["inside"] + figures["answers"]["outside"] == 6 and figures["answers"]["outside"] >= 1
+    assert "answered null:" in runner.invoke(["eval", str(TINY), "--split"]).output

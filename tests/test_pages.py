@@ -90,7 +90,8 @@ def test_search_page_renders_results_without_javascript(client):
     marks = re.findall(r"<mark>(.*?)</mark>", page, re.S)
     assert any("al-Golani" in m for m in marks)
     hrefs = [unescape(h) for h in re.findall(r'class="cite" href="([^"]+)"', page)]
-    assert len(hrefs) == 5
+    assert page.count("<li class=\"hit\" data-result>") == 5
+    assert len(hrefs) == 5 + page.count("data-answer")  # each result's citation, and the answer's
     for href in hrefs:
         m = re.fullmatch(r"/articles/([\w-]+)\?q=Who\+is\+the\+HTS\+leader%3F&p=(\d+)#p-(\d+)", href)
         assert m and m[2] == m[3], href
@@ -102,7 +103,7 @@ def test_search_page_renders_results_without_javascript(client):
 def test_search_page_marks_what_the_api_highlights(client):
     api = client.get("/api/search", query_string={"q": "Where did Assad flee to?"}).get_json()
     page = html(client.get("/", query_string={"q": "Where did Assad flee to?"}))
-    quotes = re.findall(r'<blockquote class="hit-text">(.*?)</blockquote>', page, re.S)
+    quotes = re.findall(r'<blockquote class="(?:hit-text|full)">(.*?)</blockquote>', page, re.S)
     assert len(quotes) == len(api["results"])
     for quote, res in zip(quotes, api["results"]):
         marked = "".join(unescape(m) for m in re.findall(r"<mark>(.*?)</mark>", quote, re.S))
@@ -127,7 +128,8 @@ def test_search_page_shows_the_servers_error(client):
 def test_search_page_no_results(client, monkeypatch):
     import qa.pages
 
-    monkeypatch.setattr(qa.pages, "run_search", lambda q, k: {"query": q, "took_ms": 1.0, "results": []})
+    monkeypatch.setattr(qa.pages, "run_search", lambda q, k, **kw: {"query": q, "took_ms": 1.0, "answer": None,
+                                                                     "facets": {"source": []}, "results": []})
     page = html(client.get("/?q=zzzz"))
     assert 'data-state="no-results"' in page and "No passages match “zzzz”" in page
 

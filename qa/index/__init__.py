@@ -17,8 +17,8 @@ faiss.omp_set_num_threads(1)
 
 from .db import DB_NAME  # noqa: E402, SCHEMA_VERSION
 from .manifest import MANIFEST_NAME, check_model, read_manifest  # noqa: E402
-from .reader import Index, PassageRow, SentenceScores  # noqa: E402
+from .reader import Index, PassageRow, SentenceScores, Where  # noqa: E402
 from .writer import LOCK_NAME, NewPassage, Writer, lock_index  # noqa: E402
 
 __all__ = ["DB_NAME", "LOCK_NAME", "MANIFEST_NAME", "SCHEMA_VERSION", "Index", "NewPassage", "PassageRow",
-           "SentenceScores", "Writer", "check_model", "lock_index", "read_manifest"]
+           "SentenceScores", "Where", "Writer", "check_model", "lock_index", "read_manifest"]

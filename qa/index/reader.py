@@ -23,7 +23,7 @@ from ..errors import IndexCorrupt
 from .db import DB_NAME, VISIBLE, connect, db_state
 from .manifest import MANIFEST_NAME, check_model, read_manifest, read_tombstones
 from .segment import BM25, Segment, live_bits
-from .terms import term_hash
+from .terms import NO_DAY, source_hash, term_hash
 
 log = logging.getLogger(__name__)
 GENERATE_SHARE = 0.05  # stems in more passages than this share only score candidates others found
@@ -43,6 +43,30 @@ class PassageRow:
     url: str | None
     source: str | None
     published: str | None
+
+
+@dataclass(frozen=True)
+class Where:
+    """Which passages a search may return: by their article's source and published day (days since 1970)."""
+
+    sources: tuple[str, ...] = ()
+    first_day: int | None = None
+    last_day: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.sources) or self.first_day is not None or self.last_day is not None
+
+    def mask(self, seg: Segment) -> np.ndarray:
+        keep = np.ones(len(seg), dtype=bool)
+        if self.sources:
+            keep &= np.isin(seg.p_source, np.array([source_hash(s) for s in self.sources], dtype=np.uint64))
+        if self.first_day is not None or self.last_day is not None:
+            keep &= seg.p_day != NO_DAY  # an undated article is out whenever a date bound is given
+            if self.first_day is not None:
+                keep &= seg.p_day >= self.first_day
+            if self.last_day is not None:
+                keep &= seg.p_day <= self.last_day
+        return keep
 
 
 @dataclass
@@ -66,6 +90,7 @@ class Index:
         self._local = threading.local()
         self._doc_freqs: dict[str, int] = {}
         self._doc_freq_chars = 0
+        self._masks: dict[Where, list[tuple[np.ndarray | None, np.ndarray | None]]] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None,
@@ -163,6 +188,15 @@ class Index:
                 out[pid] = PassageRow(pid, a[1], start, end, a[6][start:end], a[2], a[3], a[4], a[5])
         return out
 
+    def sources_of(self, ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """(article id, source) of the given passages, without their text."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r[0]: (r[1], r[2]) for r in self.db.execute(
+            f"SELECT p.id, a.id, a.source FROM passages p JOIN articles a ON a.version = p.version "
+            f"WHERE p.id IN ({marks})", list(ids))}
+
     def article(self, article_id: str) -> dict | None:
         """Return an article as of this snapshot with its passages' offsets, or None."""
         with self.reading():
@@ -176,6 +210,21 @@ class Index:
             art["passages"] = [{"id": r[0], "start": r[1], "end": r[2]} for r in self.db.execute(
                 "SELECT id, start_char, end_char FROM passages WHERE version = ? ORDER BY start_char", (version,))]
         return art
+
+    def masks(self, where: Where | None) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Per part: the rows a search may return (live and matching `where`), as a mask and a bitmap."""
+        if not where:
+            return [(p.live, p.bits) for p in self.parts]
+        got = self._masks.get(where)
+        if got is None:
+            got = []
+            for p in self.parts:
+                keep = where.mask(p.seg) & (p.live if p.live is not None else True)
+                got.append((keep, live_bits(keep)))
+            if len(self._masks) >= 16:  # a few filters recur (one source, this week); keep those
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[where] = got
+        return got
 
     # --- where passages live -----------------------------------------------------------
 
@@ -233,15 +282,16 @@ class Index:
             out[rarest] = (out[rarest][0], out[rarest][1], True)
         return out
 
-    def lexical(self, stems: Sequence[str], n: int, title_weight: float = 1.0) -> dict[int, float]:
+    def lexical(self, stems: Sequence[str], n: int, title_weight: float = 1.0,
+                where: Where | None = None) -> dict[int, float]:
         """The n best passages by BM25 over title and text (as FTS5's bm25() scores them)."""
         terms = self._bm25_terms(stems)
         if not terms:
             return {}
         bm = BM25(self.bm25.avgdl, title_weight)
         pids, scores = [], []
-        for part in self.parts:
-            rows, s = part.seg.lexical_top(terms, n, part.live, bm)
+        for part, (live, _) in zip(self.parts, self.masks(where)):
+            rows, s = part.seg.lexical_top(terms, n, live, bm)
             pids.append(part.seg.pids[rows])
             scores.append(s)
         return _top(pids, scores, n)
@@ -261,12 +311,12 @@ class Index:
 
     # --- dense -------------------------------------------------------------------------
 
-    def dense(self, q: np.ndarray, n: int) -> dict[int, float]:
+    def dense(self, q: np.ndarray, n: int, where: Where | None = None) -> dict[int, float]:
         """The n best passages by their own vector's cosine."""
         q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
         pids, scores = [], []
-        for part in self.parts:
-            rows, s = part.seg.dense_top(q, n, part.bits)
+        for part, (_, bits) in zip(self.parts, self.masks(where)):
+            rows, s = part.seg.dense_top(q, n, bits)
             pids.append(part.seg.pids[rows])
             scores.append(s)
         # Every segment's best by FAISS's int8 scores, then the best of all scored again exactly.
@@ -290,7 +340,7 @@ class Index:
         items = sorted((term_hash(t), w) for t, w in weights.items())
         qhash = np.fromiter((h for h, _ in items), dtype=np.uint64, count=len(items))
         qweight = np.fromiter((w for _, w in items), dtype=np.float64, count=len(items))
-        out.qhash, out.qweight = qhash, qweight
+        out.qhash, out.qweight, out.qv = qhash, qweight, qv
         for part, found, rows in self._locate(pids):
             seg = part.seg
             srows, firsts = seg.sentence_rows(rows)
@@ -315,15 +365,22 @@ class SentenceScores:
         self.best_terms: dict[int, float] = {}
         self.where: dict[int, tuple[Segment, int]] = {}
         self.qhash = self.qweight = np.zeros(0)
+        self.qv: np.ndarray | None = None
 
     def of(self, pid: int) -> tuple[list[tuple[int, int]], list[float]]:
         """A passage's sentence spans (article offsets) and their stem-weight scores."""
+        spans, terms, _ = self.full(pid)
+        return spans, terms
+
+    def full(self, pid: int) -> tuple[list[tuple[int, int]], list[float], list[float]]:
+        """A passage's sentence spans (article offsets), stem-weight scores and cosines with the question (0 without one)."""
         if pid not in self.where:
-            return [], []
+            return [], [], []
         seg, row = self.where[pid]
         srows = np.arange(seg.p_lo[row], seg.p_hi[row])
         terms = seg.sentence_terms(srows, self.qhash, self.qweight) if len(self.qhash) else np.zeros(len(srows))
-        return list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist()
+        dense = seg.sentence_dense(self.qv, srows) if self.qv is not None else np.zeros(len(srows))
+        return list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist(), dense.tolist()
 
 
 def _top(pids: list[np.ndarray], scores: list[np.ndarray], n: int) -> dict[int, float]:

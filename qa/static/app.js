@@ -1,10 +1,11 @@
 // News answers: progressive enhancement of the search page and the article page.
 //
 // The server renders every page in full (the site works with JavaScript off);
-// this script only makes searching faster (fetch /api/search, render in place,
-// keep the URL, Back and Forward in step) and marks a passage cited by a bare
-// #p-ID link. Article text is untrusted: the DOM is built with createElement and
-// textContent only, never from HTML strings.
+// this script only makes searching faster (fetch the server's page for the new
+// question or filter and swap its results in, keep the URL, Back and Forward in
+// step) and marks a passage cited by a bare #p-ID link. One renderer, the server's
+// templates, which escape every article's text; the script itself builds nodes with
+// createElement and textContent only.
 (function () {
   "use strict";
 
@@ -30,54 +31,6 @@
     while (node.firstChild) node.removeChild(node.firstChild);
   }
 
-  // Highlight offsets count Unicode code points (Python string indices), not UTF-16 units.
-  function markParts(text, highlight) {
-    var cps = Array.from(text);
-    var spans = (highlight || [])
-      .map(function (s) { return [Math.max(0, s.start | 0), Math.min(cps.length, s.end | 0)]; })
-      .filter(function (s) { return s[0] < s[1]; })
-      .sort(function (a, b) { return a[0] - b[0] || a[1] - b[1]; });
-    var merged = [];
-    spans.forEach(function (s) {
-      var last = merged[merged.length - 1];
-      if (last && s[0] <= last[1]) last[1] = Math.max(last[1], s[1]);
-      else merged.push([s[0], s[1]]);
-    });
-    var parts = [], pos = 0;
-    merged.forEach(function (s) {
-      if (s[0] > pos) parts.push([cps.slice(pos, s[0]).join(""), false]);
-      parts.push([cps.slice(s[0], s[1]).join(""), true]);
-      pos = s[1];
-    });
-    if (pos < cps.length || !parts.length) parts.push([cps.slice(pos).join(""), false]);
-    // A marked span that crosses a paragraph break is marked paragraph by paragraph, not across the gap.
-    var out = [];
-    parts.forEach(function (part) {
-      if (!part[1]) { out.push(part); return; }
-      part[0].split(/(\s*\n\s*)/).forEach(function (bit, i) {
-        if (bit) out.push([bit, i % 2 === 0]);
-      });
-    });
-    return out;
-  }
-
-  function siteName(source, url) {
-    if (source) return source;
-    try {
-      var u = new URL(url);
-      if (u.protocol === "http:" || u.protocol === "https:") return u.hostname.replace(/^www\./, "");
-    } catch (e) { /* no usable URL */ }
-    return "";
-  }
-
-  function articleLink(href, q, passageId, anchor) {
-    var path = String(href).split("#")[0].split("?")[0];
-    var params = new URLSearchParams();
-    if (q) params.set("q", q);
-    params.set("p", String(passageId));
-    return path + "?" + params.toString() + (anchor ? "#p-" + passageId : "");
-  }
-
   function pageTitle(q) {
     return q && q.trim() ? q + " – " + SITE : SITE;
   }
@@ -93,21 +46,30 @@
     var snapshots = new Map();   // location.search -> what the page showed for it
     var controller = null, seq = 0, busyTimer = null;
 
-    function kValue() {
-      var k = form.querySelector("input[name=k]");
-      return k ? k.value : "";
+    // The form's fields as URL parameters, empty ones left out (so the URL stays short and shareable).
+    function formParams() {
+      var params = new URLSearchParams();
+      new FormData(form).forEach(function (value, name) {
+        if (value !== "" || name === "q") params.append(name, value);
+      });
+      return params;
     }
 
-    function setK(k) {
-      var field = form.querySelector("input[name=k]");
-      if (k && !field) {
-        field = h("input", { type: "hidden", name: "k" });
-        input.parentNode.insertBefore(field, input.nextSibling);
+    // Put the fields back as a URL has them (Back and Forward).
+    function setFields(params) {
+      input.value = params.get("q") || "";
+      var k = form.querySelector("input[name=k]");
+      if (params.get("k") && !k) {
+        k = h("input", { type: "hidden", name: "k" });
+        input.parentNode.insertBefore(k, input.nextSibling);
       }
-      if (field) {
-        if (k) field.value = k;
-        else field.parentNode.removeChild(field);
+      if (k) {
+        if (params.get("k")) k.value = params.get("k");
+        else k.parentNode.removeChild(k);
       }
+      ["from", "to"].forEach(function (name) { form.elements[name].value = params.get(name) || ""; });
+      form.elements.sort.value = params.get("sort") || "";
+      form.elements.source.value = params.get("source") || "";
     }
 
     function setStatus(state, text) {
@@ -122,11 +84,18 @@
       else results.removeAttribute("aria-busy");
     }
 
+    function replace(node, fresh) {
+      var copy = document.importNode(fresh, true);
+      node.parentNode.replaceChild(copy, node);
+      return copy;
+    }
+
     function snapshot() {
       snapshots.set(location.search, {
         state: status.getAttribute("data-state"),
         text: status.textContent,
         results: results.cloneNode(true),
+        sources: form.elements.source.cloneNode(true),
       });
     }
 
@@ -134,48 +103,24 @@
       var saved = snapshots.get(key);
       if (!saved) return false;
       setStatus(saved.state, saved.text);
-      var fresh = saved.results.cloneNode(true);
-      results.parentNode.replaceChild(fresh, results);
-      results = fresh;
+      results = replace(results, saved.results);
+      replace(form.elements.source, saved.sources);
       return true;
     }
 
-    function renderHit(r, q) {
-      var c = r.citation || {};
-      var site = siteName(c.source, c.url);
-      var date = (c.published || "").slice(0, 10);
-      var meta = [];
-      if (site) meta.push(h("span", { "class": "site" }, [site]));
-      if (site && date) meta.push(" · ");
-      if (date) meta.push(h("time", { datetime: date }, [date]));
-      var quote = markParts(r.text || "", r.highlight).map(function (part) {
-        return part[1] ? h("mark", null, [part[0]]) : document.createTextNode(part[0]);
-      });
-      var score = Number(r.score).toFixed(2);
-      return h("li", { "class": "hit" }, [
-        h("h2", { "class": "hit-title" }, [h("a", { href: articleLink(c.href, q, r.passage_id, false) }, [c.title || c.article_id])]),
-        h("p", { "class": "hit-meta" }, meta),
-        h("blockquote", { "class": "hit-text" }, quote),
-        h("p", { "class": "hit-foot" }, [
-          h("a", { "class": "cite", href: articleLink(c.href, q, r.passage_id, true) }, [
-            "Read in context", h("span", { "class": "vh" }, [": " + (c.title || c.article_id)]),
-          ]),
-          " ",
-          h("span", { "class": "score", title: "rank " + r.rank + ", relevance score " + score }, ["#" + r.rank + " · " + score]),
-        ]),
-      ]);
-    }
-
-    function render(body, q) {
-      var hits = body.results;
-      clear(results);
-      if (!hits.length) {
-        setStatus("no-results", "No passages match “" + q + "”. Try other words, or fewer of them.");
-        return;
-      }
-      var n = hits.length;
-      setStatus("results", n + " passage" + (n === 1 ? "" : "s") + " · " + Math.round(body.took_ms) + " ms");
-      results.appendChild(h("ol", { "class": "hits" }, hits.map(function (r) { return renderHit(r, q); })));
+    // Show what the server rendered for this search: one renderer, the server's, with or without script.
+    function render(html) {
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var fresh = doc.getElementById("results"), freshStatus = doc.getElementById("status");
+      if (!fresh || !freshStatus) return false;
+      results = replace(results, fresh);
+      setStatus(freshStatus.getAttribute("data-state"), freshStatus.textContent);
+      var sources = doc.getElementById("f-source"), mine = form.elements.source;
+      if (sources && document.activeElement !== mine) replace(mine, sources);  // new counts, unless in use
+      var clearLink = doc.querySelector("#filters .clear"), old = form.querySelector("#filters .clear");
+      if (old) old.parentNode.removeChild(old);
+      if (clearLink) document.getElementById("filters").appendChild(document.importNode(clearLink, true));
+      return true;
     }
 
     function showError(message) {
@@ -191,14 +136,12 @@
       setBusy(false);
     }
 
-    // Run a search for q; `how` says what to do with the browser history: "push", "replace" or "none".
-    function search(q, k, how) {
-      var params = new URLSearchParams();
-      params.set("q", q);
-      if (k) params.set("k", k);
+    // Run the search the parameters describe; `how` says what to do with the browser history: "push", "replace" or "none".
+    function search(params, how) {
+      var q = params.get("q") || "";
       var url = form.getAttribute("action") + "?" + params.toString();
-      if (how === "push" && location.search !== "?" + params.toString()) history.pushState({ q: q, k: k }, "", url);
-      else if (how !== "none") history.replaceState({ q: q, k: k }, "", url);
+      if (how === "push" && location.search !== "?" + params.toString()) history.pushState({}, "", url);
+      else if (how !== "none") history.replaceState({}, "", url);
       document.title = pageTitle(q);
       cancel();
       if (!q.trim()) {
@@ -217,18 +160,15 @@
         setBusy(true);
       }, BUSY_DELAY_MS);
       var timer = setTimeout(function () { timedOut = true; ctl.abort(); }, TIMEOUT_MS);
-      fetch("/api/search?" + params.toString(), { headers: { Accept: "application/json" }, signal: ctl.signal })
+      fetch(url, { headers: { Accept: "text/html" }, signal: ctl.signal })
         .then(function (resp) {
-          return resp.json().then(
-            function (body) { return { resp: resp, body: body }; },
-            function () { return { resp: resp, body: null }; });
+          return resp.text().then(function (text) { return { resp: resp, text: text }; });
         })
-        .then(function (answer) {
+        .then(function (got) {
           if (mine !== seq) return;
-          var body = answer.body;
-          if (answer.resp.ok && body && Array.isArray(body.results)) render(body, q);
-          else if (body && body.error && body.error.message) showError(body.error.message);
-          else showError("The server answered with an error (HTTP " + answer.resp.status + "). Please try again.");
+          if (!(got.resp.ok && render(got.text))) {
+            showError("The server answered with an error (HTTP " + got.resp.status + "). Please try again.");
+          }
         }, function () {
           if (mine !== seq) return;
           showError(timedOut ? "The server took too long to answer. Please try again."
@@ -246,16 +186,21 @@
 
     form.addEventListener("submit", function (event) {
       event.preventDefault();
-      search(input.value, kValue(), "push");
+      search(formParams(), "push");
       // On touch screens, close the on-screen keyboard so the results can be seen.
       if (window.matchMedia && window.matchMedia("(pointer: coarse)").matches) input.blur();
+    });
+
+    // A changed filter searches again at once when there is a question to ask.
+    form.addEventListener("change", function (event) {
+      if (event.target === input || !input.value.trim()) return;
+      search(formParams(), "push");
     });
 
     window.addEventListener("popstate", function () {
       var params = new URLSearchParams(location.search);
       var q = params.get("q");
-      input.value = q || "";
-      setK(params.get("k") || "");
+      setFields(params);
       document.title = pageTitle(q || "");
       if (restore(location.search)) {
         cancel();
@@ -267,7 +212,7 @@
         setStatus("start", "");
         results.appendChild(h("p", { "class": "hint" }, ["Type a question and press Enter."]));
       } else {
-        search(q, params.get("k") || "", "none");
+        search(params, "none");
       }
     });
 
@@ -281,7 +226,7 @@
       input.select();
     });
 
-    history.replaceState({ q: input.value, k: kValue() }, "");
+    history.replaceState({}, "");
     snapshot();
   }
 

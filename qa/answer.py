@@ -1,0 +1,191 @@
+"""The answer: the one or two sentences of the best passages that answer the question, or none.
+
+Three small logistic models, fitted on squad-dev by `bench/tune_answers.py` (split by
+article: the weights below come from one half, and the figures in docs/answers.md from the
+other):
+
+- SENTENCE ranks every sentence of the best few passages by its own evidence (cosine
+  with the question, the share of the question's idf mass it holds, the same for its
+  neighbours, whether it holds what the wh-word asks for, the words it adds to the
+  question) and its passage's place in the ranking;
+- GATE says whether the collection answers at all, from absolute evidence only (cosines
+  and the share of the question's rare words that the best passage holds, never scores
+  divided by the best candidate): below GATE_AT the answer is null;
+- CONFIDENCE is the probability that the chosen text holds a right answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .index.terms import stems as index_stems
+
+# What the wh-word asks for, and how a sentence shows it has one.
+_ASKS = [
+    ("number", re.compile(r"\bhow (many|much|long|old|far|big|large|tall|high|often|fast|heavy|deep|wide|few)\b|"
+                          r"\b(what|which) (percentage|percent|number|amount|proportion|share|size|population|age|"
+                          r"score|rate|total|sum|price|cost)\b", re.I)),
+    ("date", re.compile(r"\bwhen\b|\b(what|which|in what) (year|date|day|month|decade|century|time|period|era|season)\b",
+                        re.I)),
+    ("name", re.compile(r"\bwho(m|se)?\b|\bwhere\b|\b(what|which) (person|man|woman|company|team|club|city|country|"
+                        r"party|group|organi[sz]ation|firm|brand|place|town|state|nation|band|newspaper)\b", re.I)),
+]
+_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+                     r"fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|trillion|dozen|half|"
+                     r"quarter|once|twice)\b", re.I)
+_DATE = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b|\b(January|February|March|April|May|June|July|August|September|"
+                   r"October|November|December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|Monday|Tuesday|"
+                   r"Wednesday|Thursday|Friday|Saturday|Sunday|yesterday|today|tomorrow|tonight|century|"
+                   r"decade|ago|spring|summer|autumn|winter)\b", re.I)
+_CAPITAL = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+")
+_WORD = re.compile(r"[^\W_]+")
+_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+|\b\d[\d,.]*\b")  # names and numbers past a sentence's start
+
+# Fitted by bench/tune_answers.py on half of squad-dev's articles (see docs/answers.md).
+SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "passage_score", "passage_rank",
+                     "asked_held", "asked_missing", "new_words", "length", "lede", "pairs_held", "held_with_before",
+                     "new_names",
+                     "cosine_below_best", "held_below_best")  # the last two: against the question's best candidate
+SENTENCE_W = np.array([0.000, 5.838, 0.911, -0.383, 0.234, 4.412, 1.064, 0.967, -0.967, 0.143, 0.100, 0.410,
+                       1.517, 4.664, 0.248, 5.838, 0.911])
+GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
+GATE_W = np.array([-12.283, 1.491, 7.904, 8.065, 4.811, 3.343, 0.767])
+GATE_AT = 0.654
+CONFIDENCE_W = np.array([-2.462, 2.733, 2.093, -0.387, -0.042, 0.477, 1.231])
+MAX_PAIR_WORDS = 50  # an answer of two sentences stays this short
+PAIR_AT = 0.0  # a neighbour joins the answer when the sentence model rates it this close to the best
+
+
+def asks(question: str) -> str | None:
+    """What the question's wh-word asks for: "number", "date", "name", or None."""
+    for kind, pattern in _ASKS:
+        if pattern.search(question):
+            return kind
+    return None
+
+
+def holds(kind: str | None, sentence: str, question_words: set[str]) -> bool:
+    if kind == "number":
+        return bool(_NUMBER.search(sentence))
+    if kind == "date":
+        return bool(_DATE.search(sentence))
+    if kind == "name":
+        return any(w.lower() not in question_words for w in _CAPITAL.findall(sentence))
+    return False
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+@dataclass
+class Sentence:
+    """One sentence of one of the best passages, with what the models read of it."""
+
+    pid: int
+    rank: int
+    start: int  # article offsets
+    end: int
+    text: str
+    held: float  # share of the question's idf mass this sentence holds
+    features: np.ndarray
+    before: Sentence | None = None  # the sentences either side of it in the same passage
+    after: Sentence | None = None
+    p: float = 0.0  # the sentence model's probability that it holds the answer
+
+
+@dataclass
+class Question:
+    """What the answer models need of a question: its stems and their idf weights, and what it asks for."""
+
+    text: str
+    weights: dict[str, float]  # stem -> idf
+
+    def __post_init__(self):
+        self.kind = asks(self.text)
+        self.mass = sum(self.weights.values()) or 1.0
+        self.words = {w.lower() for w in _WORD.findall(self.text)}
+        self.stems = set(self.weights)
+        order = index_stems(self.text)
+        # Adjacent stem pairs with a content word in them: "Super Bowl", "prime minister".
+        self.pairs = {(a, b) for a, b in zip(order, order[1:]) if a in self.weights or b in self.weights}
+
+
+def passage_sentences(question: Question, pid: int, rank: int, score: float, row_start: int, row_text: str,
+                      spans: list[tuple[int, int]], terms: list[float], cosines: list[float]) -> list[Sentence]:
+    """The sentences of one ranked passage (rank from 1, fused score), each with its features."""
+    keep = [i for i, (a, b) in enumerate(spans) if row_start <= a < b <= row_start + len(row_text)]
+    held = [terms[i] / question.mass for i in keep]
+    out: list[Sentence] = []
+    before: set[str] = set()
+    for j, i in enumerate(keep):
+        a, b = spans[i]
+        text = row_text[a - row_start:b - row_start]
+        words = _WORD.findall(text)
+        order = index_stems(text)
+        stems = set(order)
+        new = len(stems - question.stems) / max(len(stems), 1)
+        has = holds(question.kind, text, question.words)
+        pairs = len(question.pairs.intersection(zip(order, order[1:]))) / len(question.pairs) if question.pairs else 0.0
+        window = sum(question.weights[s] for s in question.stems & (stems | before)) / question.mass
+        before = stems
+        names = sum(1 for w in _NAME.findall(text) if w.lower() not in question.words)
+        f = np.array([
+            1.0, cosines[i], held[j], held[j - 1] if j > 0 else 0.0, held[j + 1] if j + 1 < len(keep) else 0.0,
+            score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
+            new, math.log1p(len(words)) / 4, float(a == 0), pairs, window, math.log1p(names) / 2])
+        out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None))
+        if out[-1].before is not None:
+            out[-1].before.after = out[-1]
+    return out
+
+
+def relative(x: np.ndarray) -> np.ndarray:
+    """Add the columns that compare candidates: how far each falls below the best cosine and best share held."""
+    return np.hstack([x, x[:, 1:2] - x[:, 1].max(), x[:, 2:3] - x[:, 2].max()])
+
+
+def choose(sentences: list[Sentence]) -> tuple[Sentence | None, np.ndarray]:
+    """The most likely answer sentence and every candidate's probability of being the one (a softmax)."""
+    if not sentences:
+        return None, np.zeros(0)
+    z = relative(np.vstack([s.features for s in sentences])) @ SENTENCE_W
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    for s, ps in zip(sentences, p.tolist()):
+        s.p = ps
+    return sentences[int(np.argmax(p))], p
+
+
+def span_of(best: Sentence) -> tuple[int, int]:
+    """The answer's article offsets: the sentence, with a neighbour the sentence model also rates
+    (news often names the subject in one sentence and answers in the next) while the two stay short."""
+    words = len(_WORD.findall(best.text))
+    pick = max((n for n in (best.before, best.after) if n is not None and n.p >= PAIR_AT * best.p
+                and words + len(_WORD.findall(n.text)) <= MAX_PAIR_WORDS), key=lambda n: n.p, default=None)
+    if pick is None:
+        return best.start, best.end
+    return min(best.start, pick.start), max(best.end, pick.end)
+
+
+def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, coverage: float) -> np.ndarray:
+    """Evidence that the collection answers at all: absolute, never relative to the best candidate."""
+    top = np.sort(p)[::-1]
+    margin = float(top[0] - top[1]) if len(top) > 1 else float(top[0])
+    return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin])
+
+
+def coverage(question: Question, passage_text: str) -> float:
+    """The share of the question's idf mass (rare words weigh most) that a passage holds."""
+    held = question.stems.intersection(index_stems(passage_text))
+    return sum(question.weights[s] for s in held) / question.mass
+
+
+def judge(features: np.ndarray) -> tuple[bool, float]:
+    """Whether to answer, and the confidence that the answer holds a right one."""
+    answers = float(sigmoid(features @ GATE_W)) >= GATE_AT
+    return answers, round(float(sigmoid(features @ CONFIDENCE_W)), 3)

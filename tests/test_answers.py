@@ -1,0 +1,171 @@
+"""The answer field, "no answer", filters, facets and wire copies (DESIGN.md: "Answers, filters and wire copies")."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from qa import answer, create_app
+from qa.ingest import article_from_json
+from qa.service import Service
+
+from .conftest import ROOT, SEEDS
+
+WIRE = ("The harbour council approved a new ferry timetable on Monday, adding three evening sailings to the islands "
+        "from March. Councillor Ines Varga said the change followed a petition signed by 4,000 residents.")
+EXTRA = [
+    {"id": "ferry-courier", "title": "Ferry timetable adds evening sailings", "text": WIRE, "source": "Daily Courier",
+     "published": "2024-12-10"},
+    {"id": "ferry-post", "title": "Evening ferries to the islands from March", "text": WIRE, "source": "Evening Post",
+     "published": "2024-12-09T18:00:00Z"},
+    {"id": "ferry-undated", "title": "Islanders welcome the ferry plan", "source": "Island Radio",
+     "text": "Islanders welcomed the ferry timetable and the evening sailings, and the council promised a review "
+             "of fares for the island ferry in the spring."},
+    {"id": "ferry-old", "title": "Ferry fares rise", "source": "Daily Courier", "published": "2023-05-02",
+     "text": "The island ferry raised its fares for the summer, the harbour council said, blaming fuel costs."},
+]
+
+
+@pytest.fixture
+def client(tmp_path, seeded_index, fake_embedder):
+    index = tmp_path / "index"
+    shutil.copytree(seeded_index, index)
+    svc = Service(index, "fake", embedder=fake_embedder)
+    for row in EXTRA:
+        svc.add(article_from_json(row, "test"))
+    app = create_app({"TESTING": True, "INDEX_DIR": str(index), "MODEL": "fake", "EMBEDDER": fake_embedder})
+    return app.test_client()
+
+
+def search(client, **params):
+    r = client.get("/api/search", query_string=params)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def test_wire_copies_are_one_result_earliest_first(client):
+    body = search(client, q="ferry timetable petition residents evening sailings", k=5)
+    ferry = [r for r in body["results"] if "petition signed by 4,000" in r["text"]]
+    assert len(ferry) == 1
+    # The Evening Post's copy was published first (2024-12-09), so it is shown; the other is listed.
+    assert ferry[0]["citation"]["article_id"] == "ferry-post"
+    assert [(c["article_id"], c["source"], c["published"]) for c in ferry[0]["also_in"]] == [
+        ("ferry-courier", "Daily Courier", "2024-12-10")]
+    assert ferry[0]["also_in"][0]["href"].startswith("/articles/ferry-courier#p-")
+    assert all(r["also_in"] == [] for r in body["results"] if r is not ferry[0])
+
+
+def test_source_filter_and_facets(client):
+    whole = search(client, q="ferry timetable island harbour council", k=10)
+    facets = {f["value"]: f["count"] for f in whole["facets"]["source"]}
+    assert facets["Daily Courier"] == 2 and facets["Island Radio"] == 1
+    only = search(client, q="ferry timetable island harbour council", k=10, source="Daily Courier")
+    assert only["results"] and {r["citation"]["source"] for r in only["results"]} == {"Daily Courier"}
+    assert {r["citation"]["article_id"] for r in only["results"]} == {"ferry-courier", "ferry-old"}
+    assert only["facets"] == whole["facets"]  # counted before the source filter
+    two = client.get("/api/search?q=ferry+fares&k=10&source=Island+Radio&source=Evening+Post").get_json()
+    assert {r["citation"]["source"] for r in two["results"]} == {"Island Radio", "Evening Post"}
+    post = client.post("/api/search", json={"q": "ferry fares", "k": 10, "source": ["Island Radio"]}).get_json()
+    assert {r["citation"]["article_id"] for r in post["results"]} == {"ferry-undated"}
+    assert search(client, q="ferry fares", source="Nobody")["results"] == []
+
+
+def test_date_filter_and_newest_first(client):
+    q = "ferry timetable island harbour council fares"
+    dated = search(client, q=q, k=10, **{"from": "2024-12-09", "to": "2024-12-31"})
+    # Inclusive on both ends, by the article's own calendar date; undated articles are left out.
+    assert {r["citation"]["article_id"] for r in dated["results"]} == {"ferry-post"}
+    assert dated["results"][0]["also_in"][0]["article_id"] == "ferry-courier"
+    old = search(client, q=q, k=10, to="2023-12-31")
+    assert {r["citation"]["article_id"] for r in old["results"]} == {"ferry-old"}
+    assert search(client, q=q, **{"from": "2030-01-01"})["results"] == []
+    relevance = search(client, q=q, k=6)
+    newest = search(client, q=q, k=6, sort="newest")
+    assert {r["passage_id"] for r in newest["results"]} == {r["passage_id"] for r in relevance["results"]}
+    days = [r["citation"]["published"] for r in newest["results"]]
+    dated_days = [d for d in days if d]
+    assert dated_days == sorted(dated_days, reverse=True) and days[:len(dated_days)] == dated_days
+    assert [r["rank"] for r in newest["results"]] == list(range(1, len(days) + 1))
+
+
+@pytest.mark.parametrize("params, code", [
+    ({"source": ""}, "invalid_source"), ({"source": "x" * 201}, "invalid_source"),
+    ({"from": "2024-13-01"}, "invalid_date"), ({"to": "yesterday"}, "invalid_date"), ({"from": ""}, "invalid_date"),
+    ({"sort": "oldest"}, "invalid_sort"), ({"sort": ""}, "invalid_sort"),
+])
+def test_bad_filters_get_json_400s(client, params, code):
+    r = client.get("/api/search", query_string={"q": "ferry", **params})
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == code, r.get_json()
+    r = client.post("/api/search", json={"q": "ferry", **params})
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == code
+    assert client.post("/api/search", json={"q": "ferry", "source": [1]}).get_json()["error"]["code"] == "invalid_source"
+    assert client.post("/api/search", json={"q": "ferry", "to": 20241201}).get_json()["error"]["code"] == "invalid_date"
+
+
+def test_answer_cites_its_exact_characters(client):
+    body = search(client, q="How many residents signed the ferry petition?")
+    a = body["answer"]
+    assert a is not None and 0 <= a["confidence"] <= 1
+    art = client.get(f"/api/articles/{a['citation']['article_id']}").get_json()
+    assert art["text"][a["citation"]["start"]:a["citation"]["end"]] == a["text"]
+    assert "4,000" in a["text"]
+    assert a["passage_id"] in [p["id"] for p in art["passages"]]
+    assert set(body) >= {"query", "took_ms", "answer", "facets", "results"}
+
+
+def test_what_the_question_asks_for():
+    assert answer.asks("How many people died?") == "number"
+    assert answer.asks("When did the war end?") == "date"
+    assert answer.asks("In what year was it built?") == "date"
+    assert answer.asks("Who leads HTS?") == "name"
+    assert answer.asks("Where did he go?") == "name"
+    assert answer.asks("What is the capital of France?") is None
+    assert answer.holds("number", "It cost three million pounds.", set())
+    assert not answer.holds("number", "It cost a lot.", set())
+    assert answer.holds("date", "It opened in 1998.", set())
+    assert answer.holds("name", "The talks were led by Ines Varga.", {"who", "led", "the", "talks"})
+    assert not answer.holds("name", "Talks were led by the council.", set())
+
+
+# --- with the real model, end to end ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_index(tmp_path_factory):
+    from qa.embed import DEFAULT_MODEL
+
+    path = tmp_path_factory.mktemp("real")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "qa", "ingest", str(SEEDS), "--index", str(path), "-q"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return Service(path, DEFAULT_MODEL, "openvino-int8"), path, env
+
+
+def test_real_model_answers_and_says_when_nothing_answers(real_index):
+    svc, path, env = real_index
+    s = svc.searcher()
+    got = s.ask("Who promised to keep aiding Assad?", 5)
+    assert got.answer is not None and "Russia" in got.answer.text
+    art = s.index.article(got.answer.citation.article_id)
+    assert art["text"][got.answer.citation.start:got.answer.citation.end] == got.answer.text
+    assert len(got.answer.text.split()) <= answer.MAX_PAIR_WORDS + 20
+    off = s.ask("Who won the 1966 football World Cup final at Wembley?", 5)
+    assert off.answer is None and len(off.hits) == 5  # results are still returned
+
+
+def test_qa_ask_prints_the_answer_first(real_index):
+    _, path, env = real_index
+    run = lambda *a: subprocess.run([sys.executable, "-m", "qa", "ask", *a, "--index", str(path)], cwd=ROOT, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    out = run("Who promised to keep aiding Assad?", "-k", "2").stdout
+    assert out.startswith("Answer: ") and "Russia" in out.split("\n\n")[0]
+    assert "1. " in out
+    out = run("Who won the 1966 football World Cup final at Wembley?", "-k", "1").stdout
+    assert out.startswith("No answer in the collection; the closest passages:")
+    body = json.loads(run("Who promised to keep aiding Assad?", "--json").stdout)
+    assert body["answer"]["text"] and set(body) >= {"answer", "facets", "results"}
+    bad = run("Who?", "--from", "12/08/2024")
+    assert bad.returncode != 0 and "from must be a date written YYYY-MM-DD" in bad.stderr
