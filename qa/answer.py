@@ -96,6 +96,7 @@ class Sentence:
     before: Sentence | None = None  # the sentences either side of it in the same passage
     after: Sentence | None = None
     p: float = 0.0  # the sentence model's probability that it holds the answer
+    stems: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -125,7 +126,7 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, row
     for j, i in enumerate(keep):
         a, b = spans[i]
         text = row_text[a - row_start:b - row_start]
-        words = _WORD.findall(text)
+        words = text.split()
         order = index_stems(text)
         stems = set(order)
         new = len(stems - question.stems) / max(len(stems), 1)
@@ -138,7 +139,7 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, row
             1.0, cosines[i], held[j], held[j - 1] if j > 0 else 0.0, held[j + 1] if j + 1 < len(keep) else 0.0,
             score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
             new, math.log1p(len(words)) / 4, float(a == 0), pairs, window, math.log1p(names) / 2])
-        out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None))
+        out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(stems)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]
     return out
@@ -179,9 +180,9 @@ def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, cove
     return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin])
 
 
-def coverage(question: Question, passage_text: str) -> float:
-    """The share of the question's idf mass (rare words weigh most) that a passage holds."""
-    held = question.stems.intersection(index_stems(passage_text))
+def coverage(question: Question, sentences: list[Sentence]) -> float:
+    """The share of the question's idf mass (rare words weigh most) that a passage's sentences hold."""
+    held = set().union(*[question.stems & s.stems for s in sentences])
     return sum(question.weights[s] for s in held) / question.mass
 
 

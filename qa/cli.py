@@ -151,6 +151,7 @@ def ask(question, k, index, source, from_, to, sort, as_json):
     app, svc = _service(index)
     from . import filters
     from .search import validate
+    from .snippets import snippet
 
     try:
         q, k = validate(question, k, svc.cfg)
@@ -186,10 +187,8 @@ def ask(question, k, index, source, from_, to, sort, as_json):
         click.secho(f"{h.rank}. {c.title}", bold=True)
         if meta:
             click.echo(f"   {meta}")
-        text = h.text
-        if h.highlight:
-            s, e = h.highlight[0]["start"], h.highlight[0]["end"]
-            text = text[:s] + "»" + text[s:e] + "«" + text[e:]
+        parts, _ = snippet(h.text, h.highlight)  # the marked sentence with one either side; --json has it all
+        text = "".join(f"»{t}«" if marked else t for t, marked in parts)
         click.echo(textwrap.fill(text, width=width, initial_indent="   ", subsequent_indent="   "))
         if h.also_in:
             click.echo("   also in " + ", ".join(" ".join(x for x in (o.source or o.title, o.published) if x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
 from datetime import date
@@ -21,12 +22,18 @@ TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # unicode61: letters and digits; und
 _hashes: dict[str, int] = {}
 
 
+_COMBINING: dict[int, None] | None = None
+
+
 def fold(text: str) -> str:
     """Lower-case and drop diacritics ("Café" -> "cafe"), as unicode61 does."""
+    global _COMBINING
     text = text.lower()
     if text.isascii():
         return text
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    if _COMBINING is None:  # every combining mark, once (0.2 s): translate() then drops them in C
+        _COMBINING = {cp: None for cp in range(sys.maxunicode + 1) if unicodedata.combining(chr(cp))}
+    return unicodedata.normalize("NFKD", text).translate(_COMBINING)
 
 
 def stems(text: str) -> list[str]:
