@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .index.terms import stems as index_stems
+from .index.terms import stems as index_stems, term_hash
 
 # What the wh-word asks for, and how a sentence shows it has one.
 _ASKS = [
@@ -50,12 +50,12 @@ SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "pas
                      "asked_held", "asked_missing", "new_words", "length", "lede", "pairs_held", "held_with_before",
                      "new_names",
                      "cosine_below_best", "held_below_best")  # the last two: against the question's best candidate
-SENTENCE_W = np.array([0.000, 5.838, 0.911, -0.383, 0.234, 4.412, 1.064, 0.967, -0.967, 0.143, 0.100, 0.410,
-                       1.517, 4.664, 0.248, 5.838, 0.911])
+SENTENCE_W = np.array([-0.000, 5.831, 0.912, -0.390, 0.242, 4.419, 1.058, 0.966, -0.966, 0.208, 0.051, 0.413,
+                       1.606, 4.672, 0.258, 5.831, 0.912])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
-GATE_W = np.array([-12.283, 1.491, 7.904, 8.065, 4.811, 3.343, 0.767])
+GATE_W = np.array([-12.283, 1.498, 7.899, 8.069, 4.812, 3.332, 0.766])
 GATE_AT = 0.654
-CONFIDENCE_W = np.array([-2.462, 2.733, 2.093, -0.387, -0.042, 0.477, 1.231])
+CONFIDENCE_W = np.array([-2.479, 2.571, 2.248, -0.460, 0.016, 0.397, 1.376])
 MAX_PAIR_WORDS = 50  # an answer of two sentences stays this short
 PAIR_AT = 0.0  # a neighbour joins the answer when the sentence model rates it this close to the best
 
@@ -96,7 +96,7 @@ class Sentence:
     before: Sentence | None = None  # the sentences either side of it in the same passage
     after: Sentence | None = None
     p: float = 0.0  # the sentence model's probability that it holds the answer
-    stems: frozenset[str] = frozenset()
+    stems: frozenset[int] = frozenset()  # its stems' hashes
 
 
 @dataclass
@@ -109,37 +109,47 @@ class Question:
     def __post_init__(self):
         self.kind = asks(self.text)
         self.mass = sum(self.weights.values()) or 1.0
-        self.words = {w.lower() for w in _WORD.findall(self.text)}
-        self.stems = set(self.weights)
-        order = index_stems(self.text)
-        # Adjacent stem pairs with a content word in them: "Super Bowl", "prime minister".
-        self.pairs = {(a, b) for a, b in zip(order, order[1:]) if a in self.weights or b in self.weights}
+        words = [w.lower() for w in _WORD.findall(self.text)]
+        self.words = set(words)
+        # Stems as the index keeps them for each sentence (hashed), with their idf.
+        self.hashed = {term_hash(s): w for s, w in self.weights.items()}
+        self.stems = set(self.hashed)
+        # Adjacent words with a content word among them ("Super Bowl", "prime minister"), found in a
+        # sentence's lower-cased words as they stand.
+        content = set(index_stems(" ".join(words))) & set(self.weights)
+        self.pairs = {f"{a} {b}" for a, b in zip(words, words[1:])
+                      if content & set(index_stems(f"{a} {b}"))}
 
 
 def passage_sentences(question: Question, pid: int, rank: int, score: float, row_start: int, row_text: str,
-                      spans: list[tuple[int, int]], terms: list[float], cosines: list[float]) -> list[Sentence]:
-    """The sentences of one ranked passage (rank from 1, fused score), each with its features."""
+                      spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
+                      stems: list[np.ndarray]) -> list[Sentence]:
+    """The sentences of one ranked passage (rank from 1, fused score), each with its features;
+    `stems`: each sentence's stem hashes, as the index keeps them."""
     keep = [i for i, (a, b) in enumerate(spans) if row_start <= a < b <= row_start + len(row_text)]
     held = [terms[i] / question.mass for i in keep]
     out: list[Sentence] = []
-    before: set[str] = set()
+    before: set[int] = set()
     for j, i in enumerate(keep):
         a, b = spans[i]
         text = row_text[a - row_start:b - row_start]
         words = text.split()
-        order = index_stems(text)
-        stems = set(order)
-        new = len(stems - question.stems) / max(len(stems), 1)
+        mine = set(stems[i].tolist())
+        new = len(mine - question.stems) / max(len(mine), 1)
         has = holds(question.kind, text, question.words)
-        pairs = len(question.pairs.intersection(zip(order, order[1:]))) / len(question.pairs) if question.pairs else 0.0
-        window = sum(question.weights[s] for s in question.stems & (stems | before)) / question.mass
-        before = stems
+        if question.pairs:
+            joined = " ".join(_WORD.findall(text.lower()))
+            pairs = sum(1 for pair in question.pairs if pair in joined) / len(question.pairs)
+        else:
+            pairs = 0.0
+        window = sum(question.hashed[h] for h in question.stems & (mine | before)) / question.mass
+        before = mine
         names = sum(1 for w in _NAME.findall(text) if w.lower() not in question.words)
         f = np.array([
             1.0, cosines[i], held[j], held[j - 1] if j > 0 else 0.0, held[j + 1] if j + 1 < len(keep) else 0.0,
             score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
             new, math.log1p(len(words)) / 4, float(a == 0), pairs, window, math.log1p(names) / 2])
-        out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(stems)))
+        out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]
     return out
@@ -183,7 +193,7 @@ def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, cove
 def coverage(question: Question, sentences: list[Sentence]) -> float:
     """The share of the question's idf mass (rare words weigh most) that a passage's sentences hold."""
     held = set().union(*[question.stems & s.stems for s in sentences])
-    return sum(question.weights[s] for s in held) / question.mass
+    return sum(question.hashed[h] for h in held) / question.mass
 
 
 def judge(features: np.ndarray) -> tuple[bool, float]:

@@ -247,13 +247,17 @@ class Searcher:
 
         groups = self._collapse(ranked, max(k, ANSWER_PASSAGES if with_answer else k))
 
+        seen: dict[int, tuple] = {}
+
         def sentences_of(pid: int):
-            got = sentences if pid in sentences.where else index.sentences(qvec, idf, [pid])
-            return got.full(pid)
+            if pid not in seen:
+                got = sentences if pid in sentences.where else index.sentences(qvec, idf, [pid])
+                seen[pid] = got.full(pid)
+            return seen[pid]
 
         hits = []
         for r, (row, score, copies) in enumerate(groups[:k], 1):
-            spans, scores, _ = sentences_of(row.id)
+            spans, scores, _, _ = sentences_of(row.id)
             hits.append(Hit(
                 rank=r, score=round(score, 4), passage_id=row.id, text=row.text,
                 highlight=highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores),
@@ -345,8 +349,9 @@ class Searcher:
         cands: list[answers.Sentence] = []
         cover = 0.0
         for r, (row, score, _) in enumerate(groups, 1):
-            spans, terms, cosines = sentences_of(row.id)
-            mine = answers.passage_sentences(question, row.id, r, score, row.start, row.text, spans, terms, cosines)
+            spans, terms, cosines, stems = sentences_of(row.id)
+            mine = answers.passage_sentences(question, row.id, r, score, row.start, row.text, spans, terms, cosines,
+                                             stems)
             cover = max(cover, answers.coverage(question, mine))
             cands += mine
         best, p = answers.choose(cands)
