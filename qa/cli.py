@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__, create_app
-from .errors import QAError
+from .errors import IndexLocked, QAError
 from .ingest import Article, Failure
 
 
@@ -47,7 +47,7 @@ def cli() -> None:
     """Question-answering search over news articles: cited passages, never generated text."""
 
 
-def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0):
+def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0, stop=lambda: False):
     """Ingest with a progress bar on stderr and one line per failure."""
     from tqdm import tqdm
 
@@ -61,7 +61,7 @@ def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0):
         bar.set_postfix(passages=report.passages, refresh=False)
 
     try:
-        report = svc.ingest(paths, on_progress=progress, wait=wait)
+        report = svc.ingest(paths, on_progress=progress, wait=wait, stop=stop)
     finally:
         bar.close()
     return report, time.perf_counter() - t0
@@ -74,7 +74,8 @@ def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0):
               help="Seconds to wait for another ingest holding the index lock.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def ingest(paths, index, wait, quiet):
-    """Add files or folders (.txt .md .html .htm .jsonl) to the index."""
+    """Add files or folders (.txt .md .html .htm .jsonl) and web URLs (article pages, RSS or Atom feeds,
+    sitemaps) to the index."""
     app, svc = _service(index)
     try:
         report, took = run_ingest(svc, paths, quiet, wait)
@@ -85,6 +86,56 @@ def ingest(paths, index, wait, quiet):
         f"{report.passages} passages ({report.embedded} embedded) in {took:.1f} s -> {svc.index_dir}"
     )
     sys.exit(1 if report.failures else 0)
+
+
+@cli.command()
+@click.argument("urls", nargs=-1, required=True)
+@index_option
+@click.option("--every", type=click.FloatRange(1), default=300, show_default=True,
+              help="Seconds between two polls of the feeds.")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Stop after this many polls (default: never).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def watch(urls, index, every, rounds, quiet):
+    """Poll feeds (or pages, or sitemaps) until stopped, adding new entries and updating changed ones.
+
+    Ctrl+C or SIGTERM ends it cleanly between two commits; it waits its turn when an ingest holds the index.
+    """
+    import signal
+    import threading
+
+    from .fetch import is_url
+
+    bad = [u for u in urls if not is_url(u)]
+    if bad:
+        _fail(QAError(f"qa watch takes http(s) URLs; not {bad[0]!r}", code="bad_url"))
+    app, svc = _service(index)
+    stopping = threading.Event()
+
+    def stop(signum, _frame):
+        if not stopping.is_set():
+            click.echo(f"Stopping after the current article ({signal.Signals(signum).name}).", err=True)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    n = 0
+    click.echo(f"Watching {len(urls)} URL{'s' if len(urls) != 1 else ''} every {every:g} s -> {svc.index_dir} "
+               f"(Ctrl+C to stop)", err=True)
+    while not stopping.is_set():
+        n += 1
+        try:
+            report, took = run_ingest(svc, urls, quiet, wait=max(60.0, every), stop=stopping.is_set)
+            click.echo(f"{time.strftime('%H:%M:%S')} {report.added} added, {report.updated} updated, "
+                       f"{report.failed} failed; {report.passages} passages in {took:.1f} s")
+        except IndexLocked:
+            click.echo(f"{time.strftime('%H:%M:%S')} the index stayed locked by another ingest; trying again "
+                       f"in {every:g} s", err=True)
+        except QAError as e:
+            _fail(e)
+        if rounds is not None and n >= rounds:
+            break
+        stopping.wait(every)
+    click.echo("Stopped.", err=True)
 
 
 @cli.command()

@@ -152,6 +152,8 @@ _CHROME = re.compile(
 )
 # Photo captions: "... (Name/Agency via Getty Images)".
 _CAPTION = re.compile(r"\((photo(\ by)?:?\ )?[^()]{0,80}\b(getty images|ap photo|afp|reuters|shutterstock|epa)\b[^()]*\)\s*$", re.I | re.X)
+_POST_BYLINE = re.compile(r"^[—–-]\s*[^()\n]{1,80}\(@\w{1,30}(@[\w.]+)?\)\s+\w+\s+\d{1,2},\s+\d{4}$")
+_POST_LINK = re.compile(r"\bpic\.twitter\.com/\w+|\bt\.co/\w+|\binstagram\.com/p/\w+")
 _TERMINAL = re.compile(r"[.!?:;\"”’)\]]\s*$")
 SANDWICH_WORDS = 80
 LIST_ITEMS = 12  # headlines taken as links under one list heading
@@ -173,6 +175,15 @@ def clean_text(raw: str) -> str:
     lines = [re.sub(r" {2,}", " ", ln).strip() for ln in text.split("\n")]
     lines = [ln for ln in lines if ln]
     chrome = [bool(_CHROME.match(ln)) or bool(_CAPTION.search(ln)) for ln in lines]
+    # An embedded post flattened to text: its words, then "— Name (@handle) December 8, 2024"; and
+    # short lines that carry a post's picture link.
+    for i, ln in enumerate(lines):
+        if _POST_BYLINE.match(ln):
+            chrome[i] = True
+            if i > 0 and len(lines[i - 1]) <= 300:
+                chrome[i - 1] = True
+        elif _POST_LINK.search(ln) and len(ln) <= 300:
+            chrome[i] = True
 
     # A short stretch of text boxed in by chrome on both sides is a teaser or a
     # newsletter name, not the article; ad slots interleave real paragraphs, so they box nothing.
@@ -282,9 +293,38 @@ def _from_fields(d: dict, where: str, *, clean: bool = True) -> Article:
 
 
 def _read_html(raw: str, path: Path, root: Path | None) -> Article:
+    return article_from_html(raw, str(path), None, {}, _sidecar(path, root))
+
+
+# Embedded social posts: the page quotes them, they are not the article's words.
+_EMBEDS = ("twitter-tweet", "twitter-video", "instagram-media", "tiktok-embed", "fb-post", "bluesky-embed",
+           "threads-post", "reddit-embed-bq", "mastodon-embed")
+
+
+def _drop_embeds(raw: str) -> str:
+    """The HTML without embedded social posts (blockquotes and divs carrying the platforms' classes)."""
+    if not any(e in raw for e in _EMBEDS):
+        return raw
+    import lxml.html
+
+    try:
+        tree = lxml.html.document_fromstring(raw)
+    except (ValueError, lxml.etree.ParserError):
+        return raw
+    for el in tree.xpath("//*[@class]"):
+        if any(e in el.get("class", "").split() for e in _EMBEDS) and el.getparent() is not None:
+            el.drop_tree()
+    return lxml.html.tostring(tree, encoding="unicode")
+
+
+def article_from_html(raw: str, where: str, url: str | None = None, fallback: dict | None = None,
+                      given: dict | None = None) -> Article:
+    """An article from a web page: trafilatura's main text and metadata (canonical URL, title, author,
+    date, site name), `fallback` (e.g. a feed entry's) where the page has none, `given` over both."""
     import trafilatura
 
-    doc = trafilatura.bare_extraction(raw, with_metadata=True, include_comments=False, include_tables=False)
+    doc = trafilatura.bare_extraction(_drop_embeds(raw), url=url, with_metadata=True, include_comments=False,
+                                      include_tables=False)
     if doc is None or not (doc.text or "").strip():
         raise IngestError("no article text found in the HTML")
     lines = [ln.strip() for ln in doc.text.split("\n") if ln.strip()]
@@ -293,13 +333,18 @@ def _read_html(raw: str, path: Path, root: Path | None) -> Article:
     fields = {
         "title": doc.title or None,
         "text": "\n\n".join(lines),
-        "url": doc.url,
+        "url": doc.url or url,
         "author": doc.author,
         "published": doc.date,
-        "source": doc.sitename if doc.sitename and doc.sitename != doc.hostname else doc.sitename,
+        "source": doc.sitename or None,
     }
-    fields.update(_sidecar(path, root))
-    return _from_fields(fields, str(path))
+    for key, value in (fallback or {}).items():
+        if value and not fields.get(key):
+            fields[key] = value
+    if url and not fields["source"]:
+        fields["source"] = (urlsplit(fields["url"] or url).hostname or "").removeprefix("www.") or None
+    fields.update(given or {})
+    return _from_fields(fields, where)
 
 
 def _strip_markdown(text: str) -> tuple[str | None, str]:

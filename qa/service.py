@@ -129,10 +129,21 @@ class Service:
             raise
         return Writer(self.index_dir, self.model, dim, lock=lock)
 
-    def ingest(self, paths, chunking: ChunkConfig = ChunkConfig(), on_progress=None, wait: float = 0.0) -> Report:
-        """Add files and folders to the index."""
+    def ingest(self, paths, chunking: ChunkConfig = ChunkConfig(), on_progress=None, wait: float = 0.0,
+               stop=lambda: False) -> Report:
+        """Add files, folders and web URLs (pages, feeds, sitemaps) to the index; `stop()` ends a run
+        between two articles (what is already read is still committed)."""
+        from .fetch import FeedState, fetch_articles, is_url
+
+        urls = [str(p) for p in paths if is_url(str(p))]
+        files = [p for p in paths if not is_url(str(p))]
         with self.writer(wait) as w:
-            return add_articles(w, self.embedder, iter_articles(paths), chunking, on_progress)
+            def items():
+                yield from iter_articles(files)
+                if urls:
+                    yield from fetch_articles(urls, FeedState(self.index_dir), lambda i: w.fingerprint(i) is not None,
+                                              stop=stop)
+            return add_articles(w, self.embedder, items(), chunking, on_progress)
 
     def add(self, article: Article, wait: float = 2.0) -> dict:
         """Add (or replace, by id) one article and publish the new snapshot at once."""

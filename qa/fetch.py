@@ -1,0 +1,280 @@
+"""Articles from the web: pages, RSS and Atom feeds, sitemaps; politely, and nothing fetched twice.
+
+requests fetches (one session, a timeout on every request, a size cap, at most
+MAX_REDIRECTS redirects, only http and https, only HTML, XML and feed types),
+urllib's robotparser reads robots.txt, feedparser reads feeds, lxml sitemaps, and
+trafilatura the article in a page (ingest.article_from_html). A feed's ETag and
+Last-Modified, and the entries already taken from it, are kept in the index
+folder's `feeds.json`, so the next poll asks "anything new?" and fetches only new
+or changed entries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
+
+from . import __version__
+from .ingest import Article, Failure, article_from_html, decode
+from .index.files import write_atomic
+from .errors import IngestError
+
+USER_AGENT = f"qa-news/{__version__} (news question answering; polite crawler, honours robots.txt)"
+MAX_REDIRECTS = 5
+TYPES = ("text/html", "application/xhtml+xml", "application/xml", "text/xml", "application/rss+xml",
+         "application/atom+xml", "application/rdf+xml", "application/feed+json")
+MAX_SITEMAP_URLS = 1000  # article links taken from one sitemap
+STATE_NAME = "feeds.json"
+
+
+def is_url(arg: str) -> bool:
+    return str(arg).lower().startswith(("http://", "https://"))
+
+
+@dataclass
+class Page:
+    url: str  # after redirects
+    status: int
+    content_type: str
+    body: bytes
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+    def kind(self) -> str:
+        """"feed", "sitemap" or "page", from the content type and the first element."""
+        head = self.body[:2048].lstrip().lower()
+        if head.startswith(b"<?xml"):
+            head = head[head.find(b"?>") + 2:].lstrip()
+        while head.startswith(b"<!--") and b"-->" in head:
+            head = head[head.find(b"-->") + 3:].lstrip()
+        if head.startswith((b"<urlset", b"<sitemapindex")):
+            return "sitemap"
+        if head.startswith((b"<rss", b"<feed", b"<rdf:rdf")) or any(
+                t in self.content_type for t in ("rss", "atom", "rdf")):
+            return "feed"
+        return "page"
+
+
+class Fetcher:
+    """HTTP GETs with the limits above, one request a second per host, robots.txt honoured."""
+
+    def __init__(self, interval: float | None = None, timeout: float | None = None, max_bytes: int | None = None):
+        import requests
+
+        self.interval = float(os.environ.get("QA_FETCH_INTERVAL", 1.0)) if interval is None else interval
+        self.timeout = float(os.environ.get("QA_FETCH_TIMEOUT", 15.0)) if timeout is None else timeout
+        self.max_bytes = int(os.environ.get("QA_FETCH_MAX_BYTES", 10 * 1024 * 1024)) if max_bytes is None else max_bytes
+        self.session = requests.Session()
+        self.session.max_redirects = MAX_REDIRECTS
+        self.session.headers["User-Agent"] = USER_AGENT
+        self._last: dict[str, float] = {}
+        self._robots: dict[str, RobotFileParser] = {}
+        self._lock = threading.Lock()
+
+    def _wait_turn(self, url: str) -> None:
+        host = urlsplit(url).netloc.lower()
+        with self._lock:
+            due = self._last.get(host, 0.0) + self.interval
+            now = time.monotonic()
+            self._last[host] = max(now, due)
+        if due > now:
+            time.sleep(due - now)
+
+    def allowed(self, url: str) -> bool:
+        """Whether robots.txt lets us fetch `url` (no robots.txt, or an unreadable one: yes; 401/403: no)."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        robots = self._robots.get(origin)
+        if robots is None:
+            robots = RobotFileParser(origin + "/robots.txt")
+            try:
+                self._wait_turn(origin)
+                r = self.session.get(origin + "/robots.txt", timeout=self.timeout, allow_redirects=True)
+                if r.status_code in (401, 403):
+                    robots.disallow_all = True
+                elif r.status_code < 400:
+                    robots.parse(r.text.splitlines())
+                else:
+                    robots.allow_all = True
+            except Exception:  # noqa: BLE001 - a site without a readable robots.txt sets no rules
+                robots.allow_all = True
+            self._robots[origin] = robots
+        return robots.can_fetch(USER_AGENT, url)
+
+    def get(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Page:
+        """Fetch one URL; IngestError with a one-line reason when it cannot be had."""
+        import requests
+
+        if not is_url(url):
+            raise IngestError("only http and https URLs are fetched")
+        if not self.allowed(url):
+            raise IngestError("refused by the site's robots.txt")
+        headers = {"Accept": "text/html,application/xhtml+xml,application/rss+xml,application/atom+xml,"
+                             "application/xml;q=0.9,*/*;q=0.1"}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        self._wait_turn(url)
+        try:
+            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
+                if r.status_code == 304:
+                    return Page(r.url, 304, "", b"", etag, last_modified)
+                if r.status_code >= 400:
+                    raise IngestError(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
+                ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if ctype and ctype not in TYPES:
+                    raise IngestError(f"not a web page or a feed (content type {ctype})")
+                body = bytearray()
+                deadline = time.monotonic() + self.timeout
+                for chunk in r.iter_content(65536):
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise IngestError(f"larger than {self.max_bytes // (1024 * 1024)} MiB; skipped")
+                    if time.monotonic() > deadline:
+                        raise IngestError(f"took longer than {self.timeout:g} s; skipped")
+                return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"),
+                            r.headers.get("Last-Modified"))
+        except requests.TooManyRedirects:
+            raise IngestError(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)") from None
+        except requests.Timeout:
+            raise IngestError(f"no answer within {self.timeout:g} s") from None
+        except requests.exceptions.InvalidSchema:
+            raise IngestError("redirected to something other than http or https") from None
+        except requests.ConnectionError as e:
+            raise IngestError(f"cannot connect ({type(e).__name__})") from None
+        except requests.RequestException as e:
+            raise IngestError(f"the request failed ({type(e).__name__})") from None
+
+
+class FeedState:
+    """What earlier runs learned of each feed (ETag, Last-Modified, the entries taken), in feeds.json."""
+
+    def __init__(self, folder: Path | None):
+        self.path = folder / STATE_NAME if folder is not None else None
+        self.feeds: dict[str, dict] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                self.feeds = json.loads(self.path.read_text("utf-8")).get("feeds", {})
+            except (OSError, ValueError):
+                self.feeds = {}  # a damaged state file costs one full fetch, nothing else
+
+    def of(self, url: str) -> dict:
+        return self.feeds.setdefault(url, {"etag": None, "last_modified": None, "entries": {}})
+
+    def save(self) -> None:
+        if self.path is not None and self.path.parent.exists():
+            write_atomic(self.path, json.dumps({"version": 1, "feeds": self.feeds}, indent=1).encode())
+
+
+def fetch_articles(urls: Iterable[str], state: FeedState, known: Callable[[str], bool] = lambda _id: False,
+                   fetcher: Fetcher | None = None, stop: Callable[[], bool] = lambda: False,
+                   ) -> Iterator[Article | Failure]:
+    """Yield the articles at these URLs (pages, feeds' entries, sitemaps' pages), or a Failure per URL that fails.
+
+    `known(article_id)` says whether the index holds an article; `stop()` ends the run between two articles."""
+    fetcher = fetcher or Fetcher()
+    for url in urls:
+        if stop():
+            return
+        try:
+            page = fetcher.get(url, *(_conditional(state, url)))
+        except IngestError as e:
+            yield Failure(url, e.message)
+            continue
+        if page.not_modified:
+            continue
+        kind = page.kind()
+        if kind == "feed":
+            yield from _feed(page, url, state, known, fetcher, stop)
+        elif kind == "sitemap":
+            yield from _sitemap(page, url, known, fetcher, stop)
+        else:
+            yield _article(page, url)
+        state.save()
+
+
+def _conditional(state: FeedState, url: str) -> tuple[str | None, str | None]:
+    got = state.feeds.get(url)
+    return (got["etag"], got["last_modified"]) if got else (None, None)
+
+
+def _article(page: Page, where: str, fallback: dict | None = None) -> Article | Failure:
+    try:
+        return article_from_html(decode(page.body), where, page.url, fallback or {})
+    except IngestError as e:
+        return Failure(where, e.message.removeprefix(f"{where}: "))
+
+
+def _feed(page: Page, url: str, state: FeedState, known, fetcher: Fetcher, stop) -> Iterator[Article | Failure]:
+    import feedparser
+
+    parsed = feedparser.parse(page.body)
+    if parsed.bozo and not parsed.entries:
+        yield Failure(url, f"not a readable feed ({type(parsed.bozo_exception).__name__})")
+        return
+    mine = state.of(url)
+    mine["etag"], mine["last_modified"] = page.etag, page.last_modified
+    site = (parsed.feed.get("title") or "").strip() or None
+    for entry in parsed.entries:
+        if stop():
+            return
+        link = entry.get("link")
+        if not link:
+            continue
+        link = urljoin(page.url, link)
+        # (asking feedparser for a missing "updated" warns; keys() does not)
+        stamp = entry["updated"] if "updated" in entry.keys() else entry.get("published")
+        seen = mine["entries"].get(link)
+        if seen and seen.get("stamp") == stamp and known(seen["id"]):
+            continue  # taken before, unchanged since: not fetched again
+        try:
+            got = fetcher.get(link)
+        except IngestError as e:
+            yield Failure(link, e.message)
+            continue
+        fallback = {"title": entry.get("title"), "author": entry.get("author"), "source": site,
+                    "published": _iso(entry.get("published_parsed") or entry.get("updated_parsed"))}
+        art = _article(got, link, fallback)
+        if isinstance(art, Article):
+            mine["entries"][link] = {"id": art.ensure_id(), "stamp": stamp}
+        yield art
+
+
+def _sitemap(page: Page, url: str, known, fetcher: Fetcher, stop, depth: int = 0) -> Iterator[Article | Failure]:
+    from lxml import etree
+
+    try:
+        root = etree.fromstring(page.body, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False))
+    except etree.XMLSyntaxError as e:
+        yield Failure(url, f"not a readable sitemap ({e.msg})")
+        return
+    locs = [el.text.strip() for el in root.iter("{*}loc") if el.text and el.text.strip()][:MAX_SITEMAP_URLS]
+    nested = etree.QName(root).localname == "sitemapindex"
+    for loc in locs:
+        if stop():
+            return
+        try:
+            got = fetcher.get(loc)
+        except IngestError as e:
+            yield Failure(loc, e.message)
+            continue
+        if nested and depth < 2 and got.kind() == "sitemap":
+            yield from _sitemap(got, loc, known, fetcher, stop, depth + 1)
+        elif got.kind() == "page":
+            yield _article(got, loc)
+
+
+def _iso(parsed) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", parsed) if parsed else None

@@ -1,0 +1,283 @@
+"""Ingest from the web and keep watching (DESIGN.md): a real HTTP server on 127.0.0.1 serves the site."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from qa.fetch import Fetcher, FeedState, fetch_articles
+from qa.ingest import Article, Failure, clean_text
+from qa.service import Service
+
+from .conftest import ROOT, SEEDS
+
+CHROME_TOP = """<header><nav><a href="/">Home</a> <a href="/world">World</a> <a href="/sport">Sport</a></nav></header>
+<div class="cookie-banner"><p>We use cookies to improve your experience. Accept all cookies?</p><button>Accept</button></div>"""
+CHROME_BOTTOM = """<aside class="newsletter"><h3>Sign up for our morning newsletter</h3>
+<p>Get the day's top stories in your inbox.</p><form><input type="email"><button>Subscribe</button></form></aside>
+<aside class="most-read"><h2>Most read</h2><ul><li><a href="/a">Celebrity chef opens new restaurant</a></li>
+<li><a href="/b">Ten things to do this weekend</a></li><li><a href="/c">Storm warning for the coast</a></li></ul></aside>
+<footer><p>© 2024 Harbour Gazette. All rights reserved.</p></footer>"""
+TWEET = """<blockquote class="twitter-tweet"><p lang="en">Ferries are back!! Huge news for the islands 🎉</p>
+&mdash; Island Fan (@islandfan) December 9, 2024 <a href="https://twitter.com/x">pic.twitter.com/abc123</a></blockquote>"""
+
+
+def page(title: str, paras: list[str], *, canonical: str, author="Ines Varga", date="2024-12-09", tweet=False) -> str:
+    body = "".join(f"<p>{p}</p>" for p in paras)
+    return f"""<!doctype html><html><head><title>{title} | Harbour Gazette</title>
+<link rel="canonical" href="{canonical}"><meta property="og:site_name" content="Harbour Gazette">
+<meta name="author" content="{author}"><meta property="article:published_time" content="{date}T08:00:00Z">
+<meta property="og:title" content="{title}"></head><body>{CHROME_TOP}
+<main><article><h1>{title}</h1>{body}{TWEET if tweet else ""}</article></main>{CHROME_BOTTOM}</body></html>"""
+
+
+FERRY = ["The harbour council approved a new ferry timetable on Monday, adding three evening sailings to the islands "
+         "from March.",
+         "Councillor Ines Varga said the change followed a petition signed by 4,000 residents who work late shifts "
+         "on the mainland.",
+         "The operator will add a second vessel to the route while the harbour wall is repaired next winter."]
+BRIDGE = ["Engineers closed the old swing bridge on Tuesday after finding cracks in two of its iron girders.",
+          "Traffic is being diverted through the ring road, adding about twenty minutes to journeys at rush hour.",
+          "The council expects the bridge to reopen in the spring once the girders have been replaced."]
+LIBRARY = ["The town library will open on Sundays from January, the first time in its 120-year history.",
+           "Volunteers from the reading group will run the Sunday sessions, which include a story hour for children."]
+
+
+class Site:
+    """What the server serves, and what it was asked."""
+
+    def __init__(self):
+        self.base = ""
+        self.hits: Counter = Counter()
+        self.not_modified: Counter = Counter()
+        self.version = {"ferry": 1}
+        self.lock = threading.Lock()
+
+    def ferry_paras(self):
+        return FERRY if self.version["ferry"] == 1 else FERRY[:2] + [
+            "The first evening sailing left at 21:30 on Wednesday with 140 passengers on board."]
+
+    def routes(self) -> dict:
+        b = self.base
+        ferry_stamp = f"2024-12-0{8 + self.version['ferry']}T09:00:00Z"
+        rss = f"""<?xml version="1.0"?><rss version="2.0"><channel><title>Harbour Gazette</title><link>{b}/</link>
+<item><title>Evening ferries approved</title><link>{b}/news/ferry</link><pubDate>Mon, 09 Dec 2024 08:00:00 GMT</pubDate>
+<author>desk@gazette.example (News desk)</author><guid>{b}/news/ferry</guid><description>Three evening sailings</description></item>
+<item><title>Bridge closed</title><link>{b}/news/bridge</link><pubDate>Tue, 10 Dec 2024 08:00:00 GMT</pubDate></item>
+</channel></rss>"""
+        atom = f"""<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"><title>Gazette Atom</title>
+<id>{b}/atom</id><updated>{ferry_stamp}</updated>
+<entry><title>Evening ferries approved</title><link href="{b}/news/ferry?src=atom"/><id>ferry</id><updated>{ferry_stamp}</updated></entry>
+<entry><title>Library opens on Sundays</title><link href="{b}/news/library"/><id>library</id><updated>2024-12-11T09:00:00Z</updated>
+<author><name>Tom Reed</name></author></entry></feed>"""
+        sitemap = f"""<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+<url><loc>{b}/news/library</loc></url><url><loc>{b}/news/bridge</loc></url></urlset>"""
+        return {
+            "/robots.txt": ("text/plain", "User-agent: *\nDisallow: /private/\n", None),
+            "/news/ferry": ("text/html", page("Evening ferries approved", self.ferry_paras(),
+                                              canonical=f"{b}/news/ferry", tweet=True), None),
+            "/news/bridge": ("text/html", page("Swing bridge closed", BRIDGE, canonical=f"{b}/news/bridge",
+                                               date="2024-12-10"), None),
+            "/news/library": ("text/html", page("Library opens on Sundays", LIBRARY, canonical=f"{b}/news/library",
+                                                author="Tom Reed", date="2024-12-11"), None),
+            "/private/memo": ("text/html", page("Memo", BRIDGE, canonical=f"{b}/private/memo"), None),
+            "/feed.rss": ("application/rss+xml", rss, f'"rss-{self.version["ferry"]}"'),
+            "/feed.atom": ("application/atom+xml", atom, f'"atom-{self.version["ferry"]}"'),
+            "/sitemap.xml": ("application/xml", sitemap, None),
+            "/logo.png": ("image/png", "\x89PNG....", None),
+        }
+
+
+@pytest.fixture
+def site():
+    s = Site()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            with s.lock:
+                s.hits[path] += 1
+            if path == "/slow":
+                time.sleep(3)
+            if path == "/loop":
+                self.send_response(302)
+                self.send_header("Location", "/loop")
+                self.end_headers()
+                return
+            got = s.routes().get(path)
+            if got is None:
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(b"<h1>Not found</h1>")
+                return
+            ctype, body, etag = got
+            if etag and self.headers.get("If-None-Match") == etag:
+                with s.lock:
+                    s.not_modified[path] += 1
+                self.send_response(304)
+                self.end_headers()
+                return
+            data = body.encode("utf-8", "surrogateescape")
+            self.send_response(200)
+            self.send_header("Content-Type", f"{ctype}; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            if etag:
+                self.send_header("ETag", etag)
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    s.base = f"http://127.0.0.1:{server.server_address[1]}"
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield s
+    server.shutdown()
+
+
+@pytest.fixture
+def svc(tmp_path, fake_embedder, monkeypatch):
+    monkeypatch.setenv("QA_FETCH_INTERVAL", "0")  # politeness is tested on its own below
+    monkeypatch.setenv("QA_FETCH_TIMEOUT", "1")
+    return Service(tmp_path / "index", "fake", embedder=fake_embedder)
+
+
+def articles(svc) -> dict[str, dict]:
+    idx = svc.searcher().index
+    ids = [r[0] for r in idx.db.execute("SELECT id FROM articles WHERE deleted_gen IS NULL")]
+    return {i: idx.article(i) for i in ids}
+
+
+def test_a_page_gives_clean_text_and_its_metadata(svc, site):
+    report = svc.ingest([site.base + "/news/ferry"])
+    assert report.added == 1 and not report.failures
+    (art,) = articles(svc).values()
+    assert art["title"] == "Evening ferries approved"
+    assert art["url"] == site.base + "/news/ferry" and art["source"] == "Harbour Gazette"
+    assert art["author"] == "Ines Varga" and art["published"].startswith("2024-12-09")
+    assert "petition signed by 4,000 residents" in art["text"]
+    for chrome in ("cookies", "newsletter", "Subscribe", "Most read", "Celebrity chef", "All rights reserved",
+                   "Sport", "Island Fan", "@islandfan", "pic.twitter.com", "Huge news for the islands"):
+        assert chrome not in art["text"], chrome
+    # The same article through another link (the canonical URL decides) is the same article.
+    again = svc.ingest([site.base + "/news/ferry?utm_source=newsletter"])
+    assert again.added == 0 and again.duplicates == 1 and len(articles(svc)) == 1
+
+
+def test_embedded_post_remains_in_plain_text_are_dropped():
+    seed = (SEEDS / "004_fc6aece6c7f21e80.txt").read_text()
+    assert "@WarMonitors" in seed and "pic.twitter.com" in seed
+    text = clean_text(seed)
+    assert "@WarMonitors" not in text and "pic.twitter.com" not in text and "as we known it" not in text
+    assert "Hosni Mubarak of Egypt." in text and "What just happened in Syria?" in text
+
+
+def test_feeds_are_asked_conditionally_and_entries_not_fetched_twice(svc, site):
+    urls = [site.base + "/feed.rss", site.base + "/feed.atom"]
+    first = svc.ingest(urls)
+    assert not first.failures
+    arts = articles(svc)
+    assert {a["title"] for a in arts.values()} == {"Evening ferries approved", "Swing bridge closed",
+                                                   "Library opens on Sundays"}
+    assert first.added == 3 and first.duplicates == 1  # the ferry story is in both feeds, once in the index
+    assert site.hits["/news/ferry"] == 2 and site.hits["/news/library"] == 1
+    state = json.loads((svc.index_dir / "feeds.json").read_text())["feeds"]
+    assert state[urls[0]]["etag"] == '"rss-1"'
+
+    # Nothing new: the feeds answer 304 and no article is fetched again.
+    second = svc.ingest(urls)
+    assert (second.added, second.updated, second.failed) == (0, 0, 0)
+    assert site.not_modified["/feed.rss"] == 1 and site.not_modified["/feed.atom"] == 1
+    assert site.hits["/news/ferry"] == 2 and site.hits["/news/library"] == 1 and site.hits["/news/bridge"] == 1
+
+    # The ferry story changes: the Atom feed says so, the page is fetched again and replaces the old version.
+    old_text = next(a for a in arts.values() if a["title"].startswith("Evening"))["text"]
+    site.version["ferry"] = 2
+    third = svc.ingest([urls[1]])
+    assert third.updated == 1 and third.added == 0, third
+    now = articles(svc)
+    ferry = next(a for a in now.values() if a["title"].startswith("Evening"))
+    assert "140 passengers" in ferry["text"] and ferry["text"] != old_text
+    assert len(now) == 3
+    hits = svc.searcher().search("second vessel harbour wall repaired", 5)
+    assert all("second vessel" not in h.text for h in hits)  # the old version's passages are gone
+
+
+def test_a_sitemap_gives_its_pages(svc, site):
+    report = svc.ingest([site.base + "/sitemap.xml"])
+    assert report.added == 2 and not report.failures
+    assert {a["title"] for a in articles(svc).values()} == {"Library opens on Sundays", "Swing bridge closed"}
+
+
+def test_each_failing_url_gets_one_reason_and_the_rest_go_in(svc, site, tmp_path):
+    b = site.base
+    urls = [b + "/missing", b + "/loop", b + "/slow", b + "/private/memo", b + "/logo.png", "ftp://127.0.0.1/x",
+            b + "/news/bridge"]
+    got = list(fetch_articles(urls, FeedState(None), fetcher=Fetcher(interval=0, timeout=1)))
+    fails = {f.origin: f.reason for f in got if isinstance(f, Failure)}
+    assert fails == {
+        b + "/missing": "HTTP 404 Not Found",
+        b + "/loop": "more than 5 redirects (a redirect loop?)",
+        b + "/slow": "no answer within 1 s",
+        b + "/private/memo": "refused by the site's robots.txt",
+        b + "/logo.png": "not a web page or a feed (content type image/png)",
+        "ftp://127.0.0.1/x": "only http and https URLs are fetched",
+    }
+    assert [a.title for a in got if isinstance(a, Article)] == ["Swing bridge closed"]
+    assert site.hits["/private/memo"] == 0  # robots.txt is read first, the page never asked for
+
+
+def test_one_request_a_second_per_host(site):
+    f = Fetcher(interval=0.5, timeout=2)
+    f.get(site.base + "/news/bridge")  # reads robots.txt too
+    t0 = time.monotonic()
+    for _ in range(3):
+        f.get(site.base + "/news/bridge")
+    assert time.monotonic() - t0 >= 1.4  # three requests after the first, each half a second apart
+
+
+def test_qa_ingest_mixes_urls_and_paths_and_says_what_failed(runner, site, tmp_path):
+    result = runner.invoke(["ingest", str(SEEDS), site.base + "/news/library", site.base + "/missing",
+                            "--index", str(tmp_path / "ix"), "-q"])
+    assert result.exit_code == 1
+    assert f"failed: {site.base}/missing: HTTP 404 Not Found" in result.output
+    assert "3 articles added" in result.output
+
+
+def test_qa_watch_adds_entries_while_qa_serve_answers_and_stops_on_sigterm(tmp_path, site):
+    """The real model, a real `qa serve`, and `qa watch` as its own process, stopped by SIGTERM."""
+    from .conftest import qa_server
+    from .test_e2e import get
+
+    index = tmp_path / "index"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "QA_INDEX_DIR": str(index), "QA_FETCH_INTERVAL": "0"}
+    done = subprocess.run([sys.executable, "-m", "qa", "ingest", str(SEEDS), "-q"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with qa_server(index, env) as (port, _log):
+        watch = subprocess.Popen([sys.executable, "-m", "qa", "watch", site.base + "/feed.rss", "--every", "1", "-q"],
+                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            found = False
+            for _ in range(600):
+                body = json.loads(get(f"http://127.0.0.1:{port}/api/search?q=swing+bridge+girders+cracks&k=1")[2])
+                if body["results"] and body["results"][0]["citation"]["title"] == "Swing bridge closed":
+                    found = True
+                    break
+                time.sleep(0.2)
+            assert found, "the running server never found the watched feed's article"
+        finally:
+            watch.send_signal(signal.SIGTERM)
+            out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    assert "Stopped." in err and "2 added" in out
