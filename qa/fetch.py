@@ -141,7 +141,7 @@ class Fetcher:
                 for chunk in r.iter_content(65536):
                     body += chunk
                     if len(body) > self.max_bytes:
-                        raise IngestError(f"larger than {self.max_bytes // (1024 * 1024)} MiB; skipped")
+                        raise IngestError(f"larger than {self.max_bytes:,} bytes; skipped")
                     if time.monotonic() > deadline:
                         raise IngestError(f"took longer than {self.timeout:g} s; skipped")
                 return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"),

@@ -237,6 +237,12 @@ def test_each_failing_url_gets_one_reason_and_the_rest_go_in(svc, site, tmp_path
     assert site.hits["/private/memo"] == 0  # robots.txt is read first, the page never asked for
 
 
+def test_a_page_over_the_size_cap_is_refused(site):
+    got = list(fetch_articles([site.base + "/news/bridge"], FeedState(None),
+                              fetcher=Fetcher(interval=0, timeout=2, max_bytes=1000)))
+    assert [(f.origin, f.reason) for f in got] == [(site.base + "/news/bridge", "larger than 1,000 bytes; skipped")]
+
+
 def test_one_request_a_second_per_host(site):
     f = Fetcher(interval=0.5, timeout=2)
     f.get(site.base + "/news/bridge")  # reads robots.txt too
