@@ -47,7 +47,8 @@ def cli() -> None:
     """Question-answering search over news articles: cited passages, never generated text."""
 
 
-def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0, stop=lambda: False):
+def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0, stop=lambda: False, ray: str | None = None,
+               ray_gpus: float = 0.0):
     """Ingest with a progress bar on stderr and one line per failure."""
     from tqdm import tqdm
 
@@ -61,7 +62,7 @@ def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0, stop=lambda: 
         bar.set_postfix(passages=report.passages, refresh=False)
 
     try:
-        report = svc.ingest(paths, on_progress=progress, wait=wait, stop=stop)
+        report = svc.ingest(paths, on_progress=progress, wait=wait, stop=stop, ray=ray, ray_gpus=ray_gpus)
     finally:
         bar.close()
     return report, time.perf_counter() - t0
@@ -73,12 +74,17 @@ def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0, stop=lambda: 
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another ingest holding the index lock.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def ingest(paths, index, wait, quiet):
+@click.option("--ray", "ray_address", metavar="ADDRESS", envvar="QA_RAY_ADDRESS",
+              help="Chunk and embed on a Ray cluster: host:port, auto (the cluster this machine is in), or local "
+                   "(start one here) [env: QA_RAY_ADDRESS]. Needs pip install -e '.[cluster]'.")
+@click.option("--ray-gpus-per-actor", "ray_gpus", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="GPUs each Ray task takes (then it embeds with PyTorch on CUDA).")
+def ingest(paths, index, wait, quiet, ray_address, ray_gpus):
     """Add files or folders (.txt .md .html .htm .jsonl) and web URLs (article pages, RSS or Atom feeds,
     sitemaps) to the index."""
     app, svc = _service(index)
     try:
-        report, took = run_ingest(svc, paths, quiet, wait)
+        report, took = run_ingest(svc, paths, quiet, wait, ray=ray_address, ray_gpus=ray_gpus)
     except QAError as e:
         _fail(e)
     click.echo(

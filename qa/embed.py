@@ -103,6 +103,17 @@ _cache: dict[tuple[str, str], Embedder] = {}
 _lock = threading.Lock()
 
 
+def model_dim(name: str) -> int:
+    """A sentence-transformers model's vector size, from its pooling config (no model loaded)."""
+    import json
+
+    try:
+        return int(json.loads((Path(model_path(name)) / "1_Pooling" / "config.json").read_text())
+                   ["word_embedding_dimension"])
+    except (OSError, ValueError, KeyError):
+        return get_embedder(name).dim
+
+
 def get_embedder(name: str = DEFAULT_MODEL, backend: str = "openvino-int8") -> Embedder:
     """Load a model once per process and hand out the same instance afterwards."""
     key = (name, backend)

@@ -60,6 +60,26 @@ def _model_input_counter(embedder: Embedder, prefix: str) -> Callable[[list[str]
     return lambda texts: [n - extra for n in embedder.count_tokens([prefix + t for t in texts])]
 
 
+def sentence_key(model: str, text: str) -> str:
+    """What a model input is stored under: the same text through the same model is embedded once, ever."""
+    return hashlib.sha1(f"{model}\0{text}".encode()).hexdigest()
+
+
+def prepare(embedder: Embedder, model: str, art: Article, chunking: ChunkConfig) -> tuple[list, tuple]:
+    """Cut an article into sentences (key, model input) and passages: (sentences, (units, chunks))."""
+    prefix = title_prefix(art.title)
+    units, chunks = split(art.text, art.title, _model_input_counter(embedder, prefix), chunking)
+    return [(sentence_key(model, prefix + art.text[a:b]), prefix + art.text[a:b]) for a, b, _ in units], (units, chunks)
+
+
+def assemble(model: str, art: Article, sents: list, units: list, chunks: list, vectors: dict) -> tuple:
+    """The writer's item for a prepared article, once its sentences have vectors."""
+    new_sents = [NewSentence(a, b, n, h, vectors[h]) for (a, b, n), (h, _) in zip(units, sents)]
+    news = [NewPassage(c.start, c.end, sentence_key(model, "passage\0" + title_prefix(art.title) + c.text),
+                       passage_vector(new_sents, c.start, c.end)) for c in chunks]
+    return art, news, new_sents
+
+
 def add_articles(
     writer: Writer,
     embedder: Embedder,
@@ -72,9 +92,6 @@ def add_articles(
     batch: list[tuple[Article, list, tuple]] = []  # article, (hash, model input) per sentence, (sentences, passages)
     pending = 0
     seen: dict[str, str] = {}  # article id -> fingerprint, for this run
-
-    def key(text: str) -> str:
-        return hashlib.sha1(f"{writer.model}\0{text}".encode()).hexdigest()
 
     # The model embeds one batch in a worker thread while this thread chunks the next
     # articles and writes the previous batch (the model releases the GIL).
@@ -91,13 +108,7 @@ def add_articles(
         fresh = dict(zip(todo, future.result()))
         vectors.update(fresh)
         report.embedded += len(todo)
-        items = []
-        for art, sents, (units, chunks) in done:
-            new_sents = [NewSentence(a, b, n, h, vectors[h]) for (a, b, n), (h, _) in zip(units, sents)]
-            news = [NewPassage(c.start, c.end, key("passage\0" + title_prefix(art.title) + c.text),
-                               passage_vector(new_sents, c.start, c.end)) for c in chunks]
-            items.append((art, news, new_sents))
-        writer.add(items)
+        writer.add([assemble(writer.model, art, sents, units, chunks, vectors) for art, sents, (units, chunks) in done])
         return fresh
 
     def flush() -> None:
@@ -130,9 +141,7 @@ def add_articles(
                         report.added += 1
                     else:
                         report.updated += 1
-                    prefix = title_prefix(item.title)
-                    units, chunks = split(item.text, item.title, _model_input_counter(embedder, prefix), chunking)
-                    sents = [(key(prefix + item.text[a:b]), prefix + item.text[a:b]) for a, b, _ in units]
+                    sents, (units, chunks) = prepare(embedder, writer.model, item, chunking)
                     batch.append((item, sents, (units, chunks)))
                     pending += len(units)
                     report.passages += len(chunks)

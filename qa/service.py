@@ -11,7 +11,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from .chunk import ChunkConfig
-from .embed import Embedder, get_embedder
+from .embed import Embedder, get_embedder, model_dim
 from .errors import IndexCorrupt, IndexLocked, NotReady
 from .indexer import Report, add_articles, iter_articles
 from .ingest import Article
@@ -119,30 +119,38 @@ class Service:
                 time.sleep(0.2)
         return None
 
-    def writer(self, wait: float = 0.0) -> Writer:
-        """Take the writer lock, then load the model: a second writer is refused before it spends time loading."""
+    def writer(self, wait: float = 0.0, load_model: bool = True) -> Writer:
+        """Take the writer lock, then load the model: a second writer is refused before it spends time loading.
+
+        Without `load_model` (the cluster embeds) only the model's dimension is read, from its config."""
         lock = lock_index(self.index_dir, wait)
         try:
-            dim = self.embedder.dim
+            dim = self.embedder.dim if load_model or self._embedder is not None else model_dim(self.model)
         except BaseException:
             lock.close()
             raise
         return Writer(self.index_dir, self.model, dim, lock=lock)
 
     def ingest(self, paths, chunking: ChunkConfig = ChunkConfig(), on_progress=None, wait: float = 0.0,
-               stop=lambda: False) -> Report:
+               stop=lambda: False, ray: str | None = None, ray_gpus: float = 0.0) -> Report:
         """Add files, folders and web URLs (pages, feeds, sitemaps) to the index; `stop()` ends a run
-        between two articles (what is already read is still committed)."""
+        between two articles (what is already read is still committed); `ray`: a Ray cluster's address,
+        to chunk and embed there."""
         from .fetch import FeedState, fetch_articles, is_url
 
         urls = [str(p) for p in paths if is_url(str(p))]
         files = [p for p in paths if not is_url(str(p))]
-        with self.writer(wait) as w:
+        with self.writer(wait, load_model=not ray) as w:
             def items():
                 yield from iter_articles(files)
                 if urls:
                     yield from fetch_articles(urls, FeedState(self.index_dir), lambda i: w.fingerprint(i) is not None,
                                               stop=stop)
+            if ray:
+                from .cluster import add_articles_on_ray, connect
+
+                connect(ray)
+                return add_articles_on_ray(w, self.model, self.backend, items(), chunking, on_progress, ray_gpus)
             return add_articles(w, self.embedder, items(), chunking, on_progress)
 
     def add(self, article: Article, wait: float = 2.0) -> dict:
