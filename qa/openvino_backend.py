@@ -67,6 +67,10 @@ class OpenVinoEmbedder(OnnxEmbedder):
             "NUM_STREAMS": threads,
             # f32 for what stays in floating point, on every CPU (AMX ones would pick bf16)
             "INFERENCE_PRECISION_HINT": "f32",
+            # Pinned threads start on the first cores: two processes given one thread each (Ray
+            # tasks, one per CPU) then share core 0 and took twice as long; pin only when this
+            # process has every core.
+            "ENABLE_CPU_PINNING": bool(not threads or threads >= (os.cpu_count() or 1)),
         })
         self._compiled = compiled
         self._requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
