@@ -42,6 +42,29 @@ def connect(address: str) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise QAError(f"cannot join the Ray cluster at {address}: {e}", code="ray_unreachable") from None
+    _notices_to_stderr(ray)
+
+
+def disconnect() -> None:
+    """Leave the cluster, so none of Ray's notices arrive after our summary."""
+    import ray
+
+    ray.shutdown()
+
+
+def _notices_to_stderr(ray) -> None:
+    """Send Ray's own notices (a node lost, a task retried) to stderr: stdout is for our summary."""
+    # Ray's driver prints them from a background thread to stdout, whatever log_to_driver says.
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "qa_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        return original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.qa_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def _prepare_batch(model: str, backend: str, articles: list[Article], chunking: ChunkConfig) -> list[tuple]:

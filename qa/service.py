@@ -147,10 +147,13 @@ class Service:
                     yield from fetch_articles(urls, FeedState(self.index_dir), lambda i: w.fingerprint(i) is not None,
                                               stop=stop)
             if ray:
-                from .cluster import add_articles_on_ray, connect
+                from .cluster import add_articles_on_ray, connect, disconnect
 
                 connect(ray)
-                return add_articles_on_ray(w, self.model, self.backend, items(), chunking, on_progress, ray_gpus)
+                try:
+                    return add_articles_on_ray(w, self.model, self.backend, items(), chunking, on_progress, ray_gpus)
+                finally:
+                    disconnect()
             return add_articles(w, self.embedder, items(), chunking, on_progress)
 
     def add(self, article: Article, wait: float = 2.0) -> dict:
