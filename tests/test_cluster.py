@@ -162,6 +162,35 @@ def test_a_node_killed_mid_ingest_loses_and_doubles_nothing(cluster, tmp_path):
     cluster["wait_nodes"](2)
 
 
+def test_qa_ingest_killed_mid_run_leaves_whole_articles_and_the_same_command_completes(cluster, tmp_path):
+    env = cluster["env"]
+    data = corpus(tmp_path / "news.jsonl", 120, seed=3)
+    index = tmp_path / "ix"
+    cmd = [sys.executable, "-m", "qa", "ingest", str(data), "--index", str(index), "-q", "--ray", cluster["address"]]
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        manifest = index / "manifest.json"
+        if manifest.exists() and json.loads(manifest.read_text())["articles"] > 0:
+            break
+        time.sleep(0.1)
+    else:
+        run.kill()
+        raise AssertionError("nothing was written: " + run.communicate()[1][-2000:])
+    run.kill()  # kill -9 of the process that writes
+    run.communicate()
+    written = len({r[0] for r in rows(index)})
+    assert 0 < written < 120, "the kill came too late to test anything"
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # Whatever the killed run committed is skipped (an article half-written would have been re-added).
+    assert again.stdout.startswith(f"{120 - written} articles added, 0 updated, {written} skipped as duplicates"), \
+        again.stdout
+    conn = sqlite3.connect(index / "qa.sqlite3")
+    visible = conn.execute("SELECT COUNT(DISTINCT id), COUNT(*) FROM articles WHERE deleted_gen IS NULL").fetchone()
+    conn.close()
+    assert visible == (120, 120)
+
+
 def test_ray_missing_says_how_to_install_it(monkeypatch):
     from qa import cluster
     from qa.errors import QAError
