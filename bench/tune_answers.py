@@ -129,7 +129,7 @@ def report(rows: list[dict], label: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-answers"))
-    ap.add_argument("--keep-at", type=float, default=0.96,
+    ap.add_argument("--keep-at", type=float, default=0.98,
                     help="share of inside questions with a right top passage that must keep an answer")
     args = ap.parse_args()
     if not SQUAD.exists():

@@ -54,8 +54,8 @@ SENTENCE_W = np.array([-0.000, 5.831, 0.912, -0.390, 0.242, 4.419, 1.058, 0.966,
                        1.606, 4.672, 0.258, 5.831, 0.912])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
 GATE_W = np.array([-12.283, 1.498, 7.899, 8.069, 4.812, 3.332, 0.766])
-GATE_AT = 0.654
-CONFIDENCE_W = np.array([-2.479, 2.571, 2.248, -0.460, 0.016, 0.397, 1.376])
+GATE_AT = 0.475
+CONFIDENCE_W = np.array([-3.239, 2.558, 2.511, -0.014, 0.345, 0.446, 1.350])
 MAX_PAIR_WORDS = 50  # an answer of two sentences stays this short
 PAIR_AT = 0.0  # a neighbour joins the answer when the sentence model rates it this close to the best
 
