@@ -73,6 +73,32 @@ def test_source_filter_and_facets(client):
     assert search(client, q="ferry fares", source="Nobody")["results"] == []
 
 
+def test_facets_read_the_narrow_index_and_folders_without_it_still_count(tmp_path, seeded_index, fake_embedder):
+    import sqlite3
+
+    from qa.index import Index
+
+    index = tmp_path / "index"
+    shutil.copytree(seeded_index, index)
+    svc = Service(index, "fake", embedder=fake_embedder)
+    for row in EXTRA[:3]:
+        svc.add(article_from_json(row, "test"))
+    db = index / "qa.sqlite3"
+    has = lambda: sqlite3.connect(db).execute(  # noqa: E731
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'articles_source'").fetchone()[0] == 1
+    pids = list(range(1, 40))
+    assert has()
+    with_it = Index.load(index).sources_of(pids)
+    assert {src for _, src in with_it.values()} >= {"Daily Courier", "Evening Post", "Island Radio"}
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX articles_source")  # a folder written before the narrow index
+    conn.commit()
+    conn.close()
+    assert not has() and Index.load(index).sources_of(pids) == with_it
+    svc.add(article_from_json(EXTRA[3], "test"))  # its next write adds the index
+    assert has()
+
+
 def test_date_filter_and_newest_first(client):
     q = "ferry timetable island harbour council fares"
     dated = search(client, q=q, k=10, **{"from": "2024-12-09", "to": "2024-12-31"})

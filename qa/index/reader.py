@@ -91,6 +91,7 @@ class Index:
         self._doc_freqs: dict[str, int] = {}
         self._doc_freq_chars = 0
         self._masks: dict[Where, list[tuple[np.ndarray | None, np.ndarray | None]]] = {}
+        self._narrow: bool | None = None  # whether the database has the articles_source index
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None,
@@ -193,8 +194,13 @@ class Index:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
+        if self._narrow is None:  # an index folder from before the narrow index has it after its next write
+            self._narrow = self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'articles_source'").fetchone() is not None
+        # SQLite prefers the rowid lookup, which reads the wide row; the narrow index answers alone.
+        narrow = "INDEXED BY articles_source " if self._narrow else ""
         return {r[0]: (r[1], r[2]) for r in self.db.execute(
-            f"SELECT p.id, a.id, a.source FROM passages p JOIN articles a ON a.version = p.version "
+            f"SELECT p.id, a.id, a.source FROM passages p JOIN articles a {narrow}ON a.version = p.version "
             f"WHERE p.id IN ({marks})", list(ids))}
 
     def article(self, article_id: str) -> dict | None:
