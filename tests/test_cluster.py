@@ -68,9 +68,11 @@ def cluster(tmp_path_factory):
 
     def alive() -> int:
         out = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', "
-                              "log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"],
+                              "log_to_driver=False); print('alive', sum(n['Alive'] for n in ray.nodes()))"],
                              env=env, capture_output=True, text=True, timeout=120)
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+        # Ray's driver prints notices (a node lost earlier) to stdout too, before or after ours.
+        counts = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("alive ")]
+        return int(counts[-1]) if out.returncode == 0 and counts else 0
 
     def wait_nodes(n: int) -> None:
         for _ in range(60):
@@ -162,33 +164,45 @@ def test_a_node_killed_mid_ingest_loses_and_doubles_nothing(cluster, tmp_path):
     cluster["wait_nodes"](2)
 
 
+def committed(index: Path) -> int:
+    """Articles committed to the index's database so far (0 before it exists)."""
+    try:
+        conn = sqlite3.connect(f"file:{index / 'qa.sqlite3'}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
 def test_qa_ingest_killed_mid_run_leaves_whole_articles_and_the_same_command_completes(cluster, tmp_path):
     env = cluster["env"]
-    data = corpus(tmp_path / "news.jsonl", 120, seed=3)
+    N = 400  # a dozen batches or more, so the kill lands mid-run
+    data = corpus(tmp_path / "news.jsonl", N, seed=3)
     index = tmp_path / "ix"
     cmd = [sys.executable, "-m", "qa", "ingest", str(data), "--index", str(index), "-q", "--ray", cluster["address"]]
     run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        manifest = index / "manifest.json"
-        if manifest.exists() and json.loads(manifest.read_text())["articles"] > 0:
+    for _ in range(1200):  # kill it once the first batch is committed (SQLite, before any publish)
+        if committed(index) > 0:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     else:
         run.kill()
         raise AssertionError("nothing was written: " + run.communicate()[1][-2000:])
     run.kill()  # kill -9 of the process that writes
     run.communicate()
     written = len({r[0] for r in rows(index)})
-    assert 0 < written < 120, "the kill came too late to test anything"
+    assert 0 < written < N, "the kill came too late to test anything"
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     # Whatever the killed run committed is skipped (an article half-written would have been re-added).
-    assert again.stdout.startswith(f"{120 - written} articles added, 0 updated, {written} skipped as duplicates"), \
+    assert again.stdout.startswith(f"{N - written} articles added, 0 updated, {written} skipped as duplicates"), \
         again.stdout
     conn = sqlite3.connect(index / "qa.sqlite3")
     visible = conn.execute("SELECT COUNT(DISTINCT id), COUNT(*) FROM articles WHERE deleted_gen IS NULL").fetchone()
     conn.close()
-    assert visible == (120, 120)
+    assert visible == (N, N)
 
 
 def test_ray_missing_says_how_to_install_it(monkeypatch):
