@@ -100,11 +100,13 @@ def ingest_parts(size: int, work: Path, index: Path, fresh: bool) -> tuple[int, 
         log_path.write_text("[]")
     log = json.loads(log_path.read_text())
     files = sorted(parts_dir.glob("part-*.jsonl")) or corpus(size, parts_dir)
+    first = True  # only the first part of a run can be one a stop cut short
     for i, part in enumerate(files):
         if i < len(log):
             continue
         before = manifest_of(index)["passages"]
-        resumed = (index / "manifest.json").exists() and before > sum(e["passages"] for e in log)
+        resumed = first and (index / "manifest.json").exists() and before > sum(e["passages"] for e in log)
+        first = False
         t0 = time.perf_counter()
         r = qa("ingest", str(part), "--index", str(index), "-q")
         if r.returncode:
