@@ -33,6 +33,7 @@ def connect(address: str) -> None:
         raise QAError("`--ray` needs Ray: pip install -e '.[cluster]' (or pip install 'ray==2.60.0')",
                       code="ray_missing") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _notices_to_stderr(ray)
     if ray.is_initialized():
         return
     try:
@@ -42,7 +43,6 @@ def connect(address: str) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise QAError(f"cannot join the Ray cluster at {address}: {e}", code="ray_unreachable") from None
-    _notices_to_stderr(ray)
 
 
 def disconnect() -> None:

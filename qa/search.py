@@ -355,7 +355,7 @@ class Searcher:
             cover = max(cover, answers.coverage(question, mine))
             cands += mine
         best, p = answers.choose(cands)
-        evidence = {"candidates": cands, "p": p, "best": best, "question": question}
+        evidence = {"candidates": cands, "p": p, "best": best}
         if best is None:
             return None, evidence
         row = next(g[0] for g in groups if g[0].id == best.pid)

@@ -104,6 +104,28 @@ def rows(index: Path) -> list[tuple]:
         conn.close()
 
 
+def committed(index: Path) -> int:
+    """Articles committed to the index's database so far (0 before it exists)."""
+    try:
+        conn = sqlite3.connect(f"file:{index / 'qa.sqlite3'}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def wait_first_commit(run: subprocess.Popen, index: Path) -> None:
+    """Wait until the running ingest has committed its first batch (SQLite, before any publish)."""
+    for _ in range(1200):
+        if committed(index) > 0:
+            return
+        time.sleep(0.05)
+    run.kill()
+    raise AssertionError("nothing was written: " + run.communicate()[1][-2000:])
+
+
 def test_cluster_ingest_equals_a_local_one(cluster, tmp_path):
     env = cluster["env"]
     data = corpus(tmp_path / "news.jsonl", 40, seed=1)
@@ -137,14 +159,7 @@ def test_a_node_killed_mid_ingest_loses_and_doubles_nothing(cluster, tmp_path):
                             cluster["address"]], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     # Once the first batches are written, kill -9 the second node (its raylet and its workers).
-    for _ in range(600):
-        manifest = index / "manifest.json"
-        if manifest.exists() and json.loads(manifest.read_text())["articles"] > 0:
-            break
-        time.sleep(0.1)
-    else:
-        run.kill()
-        raise AssertionError("nothing was written: " + run.communicate()[1][-2000:])
+    wait_first_commit(run, index)
     victim = cluster["nodes"].pop()
     os.killpg(victim.pid, signal.SIGKILL)
     out, err = run.communicate(timeout=600)
@@ -164,18 +179,6 @@ def test_a_node_killed_mid_ingest_loses_and_doubles_nothing(cluster, tmp_path):
     cluster["wait_nodes"](2)
 
 
-def committed(index: Path) -> int:
-    """Articles committed to the index's database so far (0 before it exists)."""
-    try:
-        conn = sqlite3.connect(f"file:{index / 'qa.sqlite3'}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
-
-
 def test_qa_ingest_killed_mid_run_leaves_whole_articles_and_the_same_command_completes(cluster, tmp_path):
     env = cluster["env"]
     N = 400  # a dozen batches or more, so the kill lands mid-run
@@ -183,13 +186,7 @@ def test_qa_ingest_killed_mid_run_leaves_whole_articles_and_the_same_command_com
     index = tmp_path / "ix"
     cmd = [sys.executable, "-m", "qa", "ingest", str(data), "--index", str(index), "-q", "--ray", cluster["address"]]
     run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(1200):  # kill it once the first batch is committed (SQLite, before any publish)
-        if committed(index) > 0:
-            break
-        time.sleep(0.05)
-    else:
-        run.kill()
-        raise AssertionError("nothing was written: " + run.communicate()[1][-2000:])
+    wait_first_commit(run, index)
     run.kill()  # kill -9 of the process that writes
     run.communicate()
     written = len({r[0] for r in rows(index)})
