@@ -95,6 +95,33 @@ def ingest(paths, index, wait, quiet, ray_address, ray_gpus):
 
 
 @cli.command()
+@index_option
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for an ingest holding the index lock.")
+def compact(index, wait):
+    """Merge the index's segments into one: deleted passages leave its files, older layouts are rewritten.
+    A running server keeps answering from the current snapshot meanwhile."""
+    from .errors import IndexCorrupt
+    from .index import read_manifest
+
+    app, svc = _service(index)
+    try:
+        before = read_manifest(svc.index_dir)
+        if before is None:
+            raise IndexCorrupt(f"no index in {svc.index_dir}; run `qa ingest PATH --index {svc.index_dir}` first",
+                               code="index_missing")
+        click.echo(f"Compacting {len(before['segments'])} segments ({before['passages']:,} passages) in "
+                   f"{svc.index_dir}; a million passages take several minutes ...", err=True)
+        t0 = time.monotonic()
+        after = svc.compact(wait)
+    except QAError as e:
+        _fail(e)
+    size = sum(e["bytes"] for e in after["segments"])
+    click.echo(f"{len(before['segments'])} segments -> {len(after['segments'])}; {after['passages']:,} passages, "
+               f"{size / 1e6:,.0f} MB of segment files, in {time.monotonic() - t0:.1f} s -> {svc.index_dir}")
+
+
+@cli.command()
 @click.argument("urls", nargs=-1, required=True)
 @index_option
 @click.option("--every", type=click.FloatRange(1), default=300, show_default=True,

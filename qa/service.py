@@ -168,6 +168,11 @@ class Service:
         return {"id": article_id, "status": status,
                 "passages": passages, "generation": generation}
 
+    def compact(self, wait: float = 0.0) -> dict:
+        """Merge the index's segments into one and publish it; the new manifest."""
+        with self.writer(wait, load_model=False) as w:
+            return w.compact()
+
     def delete(self, article_id: str, wait: float = 2.0) -> int | None:
         """Delete an article from both stores and publish; the new generation, or None if there was no such article."""
         with self.writer(wait) as w:

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from qa import create_app
@@ -324,3 +325,90 @@ def test_an_index_from_an_earlier_qa_says_what_to_do(tmp_path):
     (old / MANIFEST_NAME).unlink()
     with pytest.raises(IndexCorrupt, match="move the folder aside"):
         Writer(old, "fake", 64)
+
+
+def test_segments_of_the_earlier_layout_read_and_merge_alike(tmp_path, fake_embedder, monkeypatch):
+    """Segments written before 2026-12-03 (64-bit sentence stem hashes, passage codes also in .arrays)
+    answer as today's do, alone and merged with today's."""
+    from qa.index import segment as index_segment
+    from qa.indexer import add_articles
+
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
+    monkeypatch.setattr(index_writer, "merge", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not yet")))
+
+    def search(path, q):
+        hits = Service(path, "fake", embedder=fake_embedder).searcher().ask(q, 3)
+        return [(h.passage_id, h.score, h.highlight) for h in hits.hits], hits.answer
+
+    def build(path, old: bool):
+        with monkeypatch.context() as m:
+            if old:
+                m.setattr(index_segment, "sentence_keys", lambda h: np.asarray(h, dtype=np.uint64))
+                real_write = index_segment.write_arrays
+                m.setattr(index_segment, "write_arrays",
+                          lambda p, arrays, meta: real_write(p, {**arrays, "p_codes": codes[0]}, meta))
+                real_pop = dict.pop
+                codes = []
+
+                class Arrays(dict):
+                    def pop(self, key, *default):
+                        out = real_pop(self, key, *default)
+                        codes[:] = [out]
+                        return out
+                real_seg = index_segment.SegmentBuilder.arrays
+                m.setattr(index_segment.SegmentBuilder, "arrays", lambda self: Arrays(real_seg(self)))
+            svc = Service(path, "fake", embedder=fake_embedder)
+            with svc.writer() as w:
+                for i in range(3):
+                    add_articles(w, fake_embedder, articles(2, start=2 * i))
+
+    build(tmp_path / "new", old=False)
+    build(tmp_path / "old", old=True)
+    old_segs = Index.load(tmp_path / "old", "fake", 64).parts
+    assert all(p.seg.s_terms.dtype == np.uint64 for p in old_segs)
+    assert all("p_codes" in index_segment.read_arrays(tmp_path / "old" / f"{p.seg.name}.arrays")[1] for p in old_segs)
+    assert all(p.seg.s_terms.dtype == np.uint32 for p in Index.load(tmp_path / "new", "fake", 64).parts)
+    q = "When did the zanzibar council approve plan 3?"
+    assert search(tmp_path / "old", q) == search(tmp_path / "new", q)
+    # Today's segments beside the old ones, then everything merged into today's layout.
+    monkeypatch.undo()
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
+    for path in (tmp_path / "old", tmp_path / "new"):
+        with Service(path, "fake", embedder=fake_embedder).writer() as w:
+            add_articles(w, fake_embedder, articles(2, start=6))
+    assert search(tmp_path / "old", q) == search(tmp_path / "new", q)
+    for path in (tmp_path / "old", tmp_path / "new"):
+        with Service(path, "fake", embedder=fake_embedder).writer() as w:
+            w.background_merges = False
+            for i in range(4, 8):
+                add_articles(w, fake_embedder, articles(1, start=10 + i))
+                w._install_merge(wait=True)
+    merged = Index.load(tmp_path / "old", "fake", 64).parts
+    assert len(merged) < 5 and all(p.seg.s_terms.dtype == np.uint32 for p in merged)  # the old ones merged away
+    assert search(tmp_path / "old", q) == search(tmp_path / "new", q)
+    for path in (tmp_path / "old", tmp_path / "new"):
+        Service(path, "fake", embedder=fake_embedder).compact()
+        assert len(Index.load(path, "fake", 64).parts) == 1
+    assert search(tmp_path / "old", q) == search(tmp_path / "new", q)
+    assert search(tmp_path / "old", "zanzibar session 15")[0][0][0] == search(tmp_path / "new", "zanzibar session 15")[0][0][0]
+
+
+def test_compact_leaves_one_segment_without_the_deleted_passages(app, runner):
+    svc = app.extensions["qa"]
+    add(svc, articles(3))
+    svc.delete("zanzibar-1")
+    before = Index.load(svc.index_dir, "fake", 64)
+    assert len(before.parts) > 1 and any(p.live is not None for p in before.parts)
+    q = "When did the zanzibar council approve plan 2?"
+    # The same passages in the same order (BM25's statistics count deleted rows until they are merged
+    # away, as Lucene's do, so the scores themselves move a little).
+    expected = [(h.citation.article_id, h.citation.start) for h in svc.searcher(wait=True).search(q, 5)]
+    result = runner.invoke(["compact"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith(f"{len(before.parts)} segments -> 1;")
+    after = Index.load(svc.index_dir, "fake", 64)
+    [part] = after.parts
+    assert part.live is None and len(part.seg) == before.passage_count == after.passage_count
+    assert after.article("zanzibar-1") is None and after.article("zanzibar-2") is not None
+    assert [(h.citation.article_id, h.citation.start) for h in svc.searcher(wait=True).search(q, 5)] == expected
+    assert runner.invoke(["compact"]).output.splitlines()[-1].startswith("1 segments -> 1;")  # nothing to do: quick

@@ -9,6 +9,7 @@ segment shares one copy in the page cache, and nothing is unpickled.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -16,6 +17,11 @@ import numpy as np
 
 MAGIC = b"QAARRAYS1\n"
 ALIGN = 64
+# A written file bigger than this (a merge's output) leaves the OS page cache once on disk: readers
+# take a few rows of it per question, and a cached page is one the kernel maps into every reader
+# that touches its neighbours (64 KB around each fault), so a server's memory would fill with rows
+# no question read.
+UNCACHE_ABOVE = 64 << 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -60,12 +66,20 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> int:
         f.truncate(start + offset)
         f.flush()
         os.fsync(f.fileno())
+        if start + offset > UNCACHE_ABOVE and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     os.replace(tmp, path)
     return start + offset
 
 
-def read_arrays(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Map a file written by write_arrays: its meta and read-only views of its arrays."""
+def read_arrays(path: Path, scattered: tuple[str, ...] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+    """Map a file written by write_arrays: its meta and read-only views of its arrays.
+
+    `scattered` names arrays read a few rows at a time: the kernel is told not to
+    read ahead around them, or each row read brings its neighbours into the page
+    cache, and the kernel then maps those too (64 KB around each fault), so a
+    server's memory would fill with vectors no question used.
+    """
     with open(path, "rb") as f:
         head = f.read(len(MAGIC) + 8)
         if head[:len(MAGIC)] != MAGIC:
@@ -75,7 +89,11 @@ def read_arrays(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     start = -(-(len(MAGIC) + 8 + hlen) // ALIGN) * ALIGN
     size = path.stat().st_size
     # Plain ndarray views (they keep the map alive): numpy's memmap subclass costs microseconds per slice.
-    whole = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray) if size else np.zeros(0, np.uint8)
+    mapped = None
+    if size:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    whole = np.frombuffer(mapped, dtype=np.uint8) if mapped is not None else np.zeros(0, np.uint8)
     arrays = {}
     for name, spec in header["arrays"].items():
         dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
@@ -84,4 +102,7 @@ def read_arrays(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         if at + n > size:
             raise ValueError(f"{path.name} is truncated (array {name} ends past the file)")
         arrays[name] = whole[at:at + n].view(dtype).reshape(shape)
+        if name in scattered and n >= mmap.PAGESIZE and hasattr(mmap, "MADV_RANDOM"):
+            lo = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE
+            mapped.madvise(mmap.MADV_RANDOM, lo, max(0, at + n - lo) // mmap.PAGESIZE * mmap.PAGESIZE)
     return header["meta"], arrays

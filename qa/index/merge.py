@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .segment import Segment, postings, write_segment
+from .terms import sentence_keys
 
 MERGE_FACTOR = 4  # 8 left 12 segments at 65k passages; 4 leaves 5 and halves the lexical side (0.83-0.89 against 1.46-1.95 ms)
 SMALLEST_TIER = 1000  # passages: segments below this all count as the first tier
@@ -64,7 +65,7 @@ def merge(folder: Path, name: str, inputs: list[tuple[Segment, np.ndarray | None
         parts["p_len"].append(seg.p_len[rows])
         parts["p_source"].append(seg.p_source[rows])
         parts["p_day"].append(seg.p_day[rows])
-        parts["p_codes"].append(seg.p_codes[rows])
+        parts["p_codes"].append(seg.codes_of(rows).astype(np.int8))
         parts["s_codes"].append(seg.s_codes[srows])
         parts["s_start"].append(seg.s_start[srows])
         parts["s_end"].append(seg.s_end[srows])
@@ -73,39 +74,42 @@ def merge(folder: Path, name: str, inputs: list[tuple[Segment, np.ndarray | None
         parts["s_nterms"].append(t_hi - t_lo)
         parts["s_terms"].append(seg.s_terms[_ranges(t_lo, t_hi)])
         # Postings of the live rows, renumbered.
-        p_new = np.cumsum(keep) - 1 + p_base
-        per_term = np.diff(seg.t_ptr)
-        h = np.repeat(seg.t_hash, per_term)
+        p_new = (np.cumsum(keep) - 1 + p_base).astype(np.int32)
         alive = keep[seg.t_rows]
-        parts["h"].append(h[alive])
+        parts["h"].append(np.repeat(seg.t_hash, np.diff(seg.t_ptr))[alive])
         parts["rows"].append(p_new[seg.t_rows[alive]])
         parts["title"].append(seg.t_title[alive])
         parts["text"].append(seg.t_text[alive])
         p_base += len(rows)
         s_base += len(srows)
     dim = int(meta["dim"])
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    pids = cat["pids"].astype(np.int64)
+
+    def take(key: str, dtype) -> np.ndarray:
+        """One array of all inputs, its pieces freed at once (a million passages are gigabytes)."""
+        pieces = parts.pop(key)
+        out = np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
+        pieces.clear()
+        return out
+
+    pids = take("pids", np.int64)
     order = np.argsort(pids, kind="stable")  # inputs' id ranges may interleave
-    new_row = np.empty_like(order)
-    new_row[order] = np.arange(len(order))
-    arrays = {
-        "pids": pids[order],
-        "p_lo": cat["p_lo"].astype(np.int32)[order],
-        "p_hi": cat["p_hi"].astype(np.int32)[order],
-        "p_len": cat["p_len"].astype(np.int32)[order],
-        "p_source": cat["p_source"].astype(np.uint64)[order],
-        "p_day": cat["p_day"].astype(np.int32)[order],
-        "p_codes": cat["p_codes"].astype(np.int8).reshape(len(pids), dim)[order],
-        "s_codes": cat["s_codes"].astype(np.int8).reshape(len(cat["s_start"]), dim),
-        "s_start": cat["s_start"].astype(np.int32),
-        "s_end": cat["s_end"].astype(np.int32),
-        "s_hash": cat["s_hash"].astype(np.uint64),
-        "s_term_ptr": np.concatenate([[0], np.cumsum(cat["s_nterms"])]).astype(np.int64),
-        "s_terms": cat["s_terms"].astype(np.uint64),
-    }
-    arrays.update(postings(cat["h"].astype(np.uint64), new_row[cat["rows"].astype(np.int64)].astype(np.int32),
-                           cat["title"].astype(np.uint8), cat["text"].astype(np.uint16)))
+    new_row = np.empty(len(order), np.int32)
+    new_row[order] = np.arange(len(order), dtype=np.int32)
+    arrays = {"pids": pids[order]}
+    del pids
+    for key, dtype in (("p_lo", np.int32), ("p_hi", np.int32), ("p_len", np.int32), ("p_source", np.uint64),
+                       ("p_day", np.int32)):
+        arrays[key] = take(key, dtype)[order]
+    arrays["p_codes"] = take("p_codes", np.int8).reshape(-1, dim)[order]
+    arrays["s_codes"] = take("s_codes", np.int8).reshape(-1, dim)
+    arrays["s_start"] = take("s_start", np.int32)
+    arrays["s_end"] = take("s_end", np.int32)
+    arrays["s_hash"] = take("s_hash", np.uint64)
+    arrays["s_term_ptr"] = np.concatenate([[0], np.cumsum(take("s_nterms", np.int64))]).astype(np.int64)
+    arrays["s_terms"] = sentence_keys(take("s_terms", np.uint64))  # 64-bit hashes of older segments become keys too
+    rows = new_row[take("rows", np.int32)]
+    del new_row
+    arrays.update(postings(take("h", np.uint64), rows, take("title", np.uint8), take("text", np.uint16)))
     return write_segment(folder, name, arrays, meta)
 
 

@@ -75,6 +75,19 @@ def hashes(words: Iterable[str]) -> np.ndarray:
     return np.fromiter((term_hash(w) for w in words), dtype=np.uint64)
 
 
+def sentence_keys(h: np.ndarray) -> np.ndarray:
+    """The 32-bit keys a segment keeps of each sentence's stems: the low half of their hashes.
+
+    Half the bytes of the largest array a question reads rows of; a question's stem
+    meets a stranger's key about once in 4 billion collection stems.
+    """
+    return (np.asarray(h, dtype=np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def sentence_key(stem: str) -> int:
+    return term_hash(stem) & 0xFFFFFFFF
+
+
 # --- vectors, 8 bits a dimension --------------------------------------------------------
 
 def quantize(vectors: np.ndarray, scale: float) -> np.ndarray:

@@ -415,6 +415,28 @@ class Writer:
         names = plan(self.entries)
         if not names or tuple(names) in self._failed_merges:  # never the same failing merge twice
             return
+        self._start_merge(names)
+
+    def compact(self) -> dict:
+        """Merge every segment into one (deleted passages left out, older layouts rewritten) and publish it."""
+        self.background_merges = False
+        self._install_merge(wait=True)
+        if self.dirty:
+            self.save()
+            while self._merged is not None:
+                self._install_merge()
+                self.save()
+        names = [e["name"] for e in self.entries if e["passages"]]
+        if len(names) > 1 or any(self.dead[n] for n in names) or any(
+                self.segments[n].s_terms.dtype != np.uint32 for n in names):
+            self._start_merge(names)
+            names, _, _, error = self._merged
+            self._install_merge()
+            if error is not None:
+                raise error
+        return self.save()
+
+    def _start_merge(self, names: list[str]) -> None:
         inputs = []
         for n in names:
             seg, dead = self.segments[n], set(self.dead[n])
