@@ -161,3 +161,33 @@ def test_search_settings_come_from_the_environment(monkeypatch, tmp_path, fake_e
     app = create_app({"INDEX_DIR": str(tmp_path), "MODEL": "fake", "EMBEDDER": fake_embedder})
     cfg = app.extensions["qa"].cfg
     assert (cfg.lexical_sentence_weight, cfg.sentence_weight) == (0.25, 0.7)
+
+
+def test_an_ivf_segment_finds_its_codes_with_and_without_the_stored_places(app, tmp_path, monkeypatch):
+    """IVF rows' codes come from the .faiss file, through the places stored beside them (or, for a segment
+    written before those were, through the lists' ids): the same codes either way, and the same as the flat one."""
+    from qa.service import Service
+
+    from .conftest import SEEDS
+
+    with app.app_context():
+        embedder = get_service().embedder
+    monkeypatch.setattr(index_segment, "IVF_ABOVE", 3)
+    Service(tmp_path / "ivf", "fake", embedder=embedder).ingest([SEEDS])
+    [part] = [p for p in Index.load(tmp_path / "ivf").parts if p.seg.kind == "ivf"][:1]
+    seg = part.seg
+    assert seg.current and "p_place" in index_segment.read_arrays(tmp_path / "ivf" / f"{seg.name}.arrays")[1]
+    real = index_segment.read_arrays
+    monkeypatch.setattr(index_segment, "read_arrays", lambda *a, **k: (lambda m, arr: (m, {
+        k2: v for k2, v in arr.items() if k2 != "p_place"}))(*real(*a, **k)))
+    older = Segment(tmp_path / "ivf", {"name": seg.name, "kind": "ivf", "passages": len(seg)})
+    assert not older.current
+    rows = np.arange(len(seg))[::-1].copy()
+    assert np.array_equal(seg.codes_of(rows), older.codes_of(rows))
+    flat = Service(tmp_path / "flat", "fake", embedder=embedder)
+    monkeypatch.setattr(index_segment, "IVF_ABOVE", 10**9)
+    monkeypatch.setattr(index_segment, "read_arrays", real)
+    flat.ingest([SEEDS])
+    fseg = Index.load(tmp_path / "flat").parts[0].seg
+    assert np.array_equal(fseg.pids, seg.pids)
+    assert np.array_equal(fseg.codes_of(np.arange(len(fseg))), seg.codes_of(np.arange(len(seg))))

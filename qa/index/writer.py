@@ -427,8 +427,7 @@ class Writer:
                 self._install_merge()
                 self.save()
         names = [e["name"] for e in self.entries if e["passages"]]
-        if len(names) > 1 or any(self.dead[n] for n in names) or any(
-                self.segments[n].s_terms.dtype != np.uint32 for n in names):
+        if len(names) > 1 or any(self.dead[n] for n in names) or not all(self.segments[n].current for n in names):
             self._start_merge(names)
             names, _, _, error = self._merged
             self._install_merge()
