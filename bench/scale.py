@@ -196,7 +196,21 @@ def in_process_quality(index: Path, questions, exact: bool) -> tuple[float, floa
     return a1 / len(questions), a5 / len(questions), took
 
 
-def measure(size: int, work: Path, n_questions: int, reuse: bool = False, warmup: int = 30) -> dict:
+def set_cache(index: Path, cache: str) -> None:
+    """Put the index's files in the OS page cache ("warm"), out of it ("cold"), or leave them ("as-is")."""
+    for f in sorted(index.iterdir()):
+        if cache == "as-is" or not f.is_file():
+            continue
+        with open(f, "rb") as fh:
+            if cache == "cold":
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while fh.read(1 << 24):
+                    pass
+
+
+def measure(size: int, work: Path, n_questions: int, reuse: bool = False, warmup: int = 30,
+            cache: str = "as-is") -> dict:
     work.mkdir(parents=True, exist_ok=True)
     index = work / f"index-{size}"
     n_articles, passages, ingest_s, log = ingest_parts(size, work, index, fresh=not reuse)
@@ -208,6 +222,7 @@ def measure(size: int, work: Path, n_questions: int, reuse: bool = False, warmup
     step = max(1, len(questions) // n_questions)
     asked = questions[::step][:n_questions]
 
+    set_cache(index, cache)
     port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(index), "--port", str(port)],
@@ -281,6 +296,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=30,
                     help="questions asked (others than those timed) before timing; a freshly merged or "
                          "rebooted index reads from disk at first")
+    ap.add_argument("--cache", choices=["as-is", "warm", "cold"], default="as-is",
+                    help="the index's files in the OS page cache before serving: as left, all read in, or dropped "
+                         "(as after a reboot); the server's PSS counts the cached pages it maps")
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the index folders")
     ap.add_argument("--reuse", action="store_true",
@@ -293,7 +311,7 @@ def main() -> None:
           "acc@1 / acc@5 (HTTP) | exact in process: acc@1 / acc@5, ms | default in process: acc@1 / acc@5, ms | segments |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        r = measure(size, args.work, args.questions, args.reuse, args.warmup)
+        r = measure(size, args.work, args.questions, args.reuse, args.warmup, args.cache)
         rows.append(r)
         fresh = f"{r['fresh_s']:.1f} s" if r["fresh_s"] is not None else "not in 120 s"
         print(f"| {r['passages']:,} | {r['ingest_pps']:.0f} | {r['disk_per_passage'] / 1024:.1f} KB | "
