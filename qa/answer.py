@@ -54,12 +54,10 @@ SENTENCE_W = np.array([-0.000, 5.831, 0.912, -0.390, 0.242, 4.419, 1.058, 0.966,
                        1.606, 4.672, 0.258, 5.831, 0.912])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
 GATE_W = np.array([-12.283, 1.498, 7.899, 8.069, 4.812, 3.332, 0.766])
-GATE_AT = 0.475
-CONFIDENCE_W = np.array([-3.239, 2.558, 2.511, -0.014, 0.345, 0.446, 1.350])
-# An answer of two sentences stays this short. squad-dev held back: 50 -> 0.793 of answers right at 40.6
-# words on average, 60 -> 0.805 at 45.5, 70 -> 0.807 at 49.5 (too near the 50-word bar for unseen text).
-MAX_PAIR_WORDS = 60
-PAIR_AT = 0.0  # a neighbour joins the answer when the sentence model rates it this close to the best
+GATE_AT = 0.283  # keeps 99% of the fitted half's answers whose top passage is right
+CONFIDENCE_W = np.array([-4.224, 3.381, 2.536, 0.779, 0.953, 0.369, 0.469])
+MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
+PAIR_AT = 0.02  # a neighbour joins the answer when the sentence model rates it this close to the best
 
 
 def asks(question: str) -> str | None:
