@@ -116,6 +116,9 @@ def compact(index, wait):
         after = svc.compact(wait)
     except QAError as e:
         _fail(e)
+    except (OSError, MemoryError) as e:  # disk full, say: the merge's inputs stay published
+        click.secho(f"Error: compacting failed ({type(e).__name__}: {e}); the index is as it was", fg="red", err=True)
+        sys.exit(1)
     size = sum(e["bytes"] for e in after["segments"])
     click.echo(f"{len(before['segments'])} segments -> {len(after['segments'])}; {after['passages']:,} passages, "
                f"{size / 1e6:,.0f} MB of segment files, in {time.monotonic() - t0:.1f} s -> {svc.index_dir}")

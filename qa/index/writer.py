@@ -429,9 +429,9 @@ class Writer:
         names = [e["name"] for e in self.entries if e["passages"]]
         if len(names) > 1 or any(self.dead[n] for n in names) or not all(self.segments[n].current for n in names):
             self._start_merge(names)
-            names, _, _, error = self._merged
+            error = self._merged[3]
             self._install_merge()
-            if error is not None:
+            if error is not None:  # the segments stay as they were; say why
                 raise error
         return self.save()
 
