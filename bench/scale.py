@@ -198,8 +198,10 @@ def in_process_quality(index: Path, questions, exact: bool) -> tuple[float, floa
 
 def set_cache(index: Path, cache: str) -> None:
     """Put the index's files in the OS page cache ("warm"), out of it ("cold"), or leave them ("as-is")."""
+    if cache == "as-is":
+        return
     for f in sorted(index.iterdir()):
-        if cache == "as-is" or not f.is_file():
+        if not f.is_file():
             continue
         with open(f, "rb") as fh:
             if cache == "cold":

@@ -344,23 +344,17 @@ def test_segments_of_the_earlier_layout_read_and_merge_alike(tmp_path, fake_embe
         with monkeypatch.context() as m:
             if old:
                 m.setattr(index_segment, "sentence_keys", lambda h: np.asarray(h, dtype=np.uint64))
-                real_write = index_segment.write_arrays
-                m.setattr(index_segment, "write_arrays",
-                          lambda p, arrays, meta: real_write(p, {**arrays, "p_codes": codes[0]}, meta))
-                real_pop = dict.pop
-                codes = []
-
-                class Arrays(dict):
-                    def pop(self, key, *default):
-                        out = real_pop(self, key, *default)
-                        codes[:] = [out]
-                        return out
-                real_seg = index_segment.SegmentBuilder.arrays
-                m.setattr(index_segment.SegmentBuilder, "arrays", lambda self: Arrays(real_seg(self)))
             svc = Service(path, "fake", embedder=fake_embedder)
             with svc.writer() as w:
                 for i in range(3):
                     add_articles(w, fake_embedder, articles(2, start=2 * i))
+        if old:  # the passages' codes in .arrays too, as they were
+            for part in Index.load(path, "fake", 64).parts:
+                file = path / f"{part.seg.name}.arrays"
+                meta, arrays = index_segment.read_arrays(file)
+                arrays = {k: np.array(v) for k, v in arrays.items()}
+                arrays["p_codes"] = part.seg.codes_of(np.arange(len(part.seg))).astype(np.int8)
+                index_segment.write_arrays(file, arrays, meta)
 
     build(tmp_path / "new", old=False)
     build(tmp_path / "old", old=True)

@@ -81,7 +81,10 @@ def sentence_keys(h: np.ndarray) -> np.ndarray:
     Half the bytes of the largest array a question reads rows of; a question's stem
     meets a stranger's key about once in 4 billion collection stems.
     """
-    return (np.asarray(h, dtype=np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    h = np.asarray(h)
+    if h.dtype == np.uint32:  # keys already (today's segments): nothing to do on the question's path
+        return h
+    return (h.astype(np.uint64, copy=False) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def sentence_key(stem: str) -> int:

@@ -417,15 +417,19 @@ class Writer:
             return
         self._start_merge(names)
 
-    def compact(self) -> dict:
-        """Merge every segment into one (deleted passages left out, older layouts rewritten) and publish it."""
+    def _settle(self) -> None:
+        """Publish what is unpublished and finish, in the foreground, every merge the policy calls for."""
         self.background_merges = False
         self._install_merge(wait=True)
         if self.dirty:
+            self.save()  # merges synchronously now, until the policy is satisfied
+        while self._merged is not None:
+            self._install_merge()
             self.save()
-            while self._merged is not None:
-                self._install_merge()
-                self.save()
+
+    def compact(self) -> dict:
+        """Merge every segment into one (deleted passages left out, older layouts rewritten) and publish it."""
+        self._settle()
         names = [e["name"] for e in self.entries if e["passages"]]
         if len(names) > 1 or any(self.dead[n] for n in names) or not all(self.segments[n].current for n in names):
             self._start_merge(names)
@@ -491,13 +495,7 @@ class Writer:
     def close(self) -> None:
         """Publish what is unpublished and finish the merges it calls for (small ones are quick), then let go."""
         try:
-            self.background_merges = False
-            self._install_merge(wait=True)
-            if self.dirty:
-                self.save()  # merges synchronously now, until the policy is satisfied
-            while self._merged is not None:
-                self._install_merge()
-                self.save()
+            self._settle()
         finally:
             self.conn.close()
             self._lock_file.close()
