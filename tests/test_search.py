@@ -1,6 +1,7 @@
 import dataclasses
 import sqlite3
 
+import faiss
 import numpy as np
 import pytest
 
@@ -145,6 +146,10 @@ def test_flat_and_ivf_segments_agree(app, tmp_path, monkeypatch):
     tb = {ivf.passages([i])[i].text: s for i, s in b.items()}
     assert set(ta) & set(tb)
     assert all(ta[t] == pytest.approx(tb[t], abs=1e-6) for t in set(ta) & set(tb))
+    # Mapped IVF lists would start 32 prefetch threads on every search (1.5 ms of 1.7 at 65k passages).
+    lists = [faiss.downcast_InvertedLists(faiss.extract_index_ivf(p.seg.vectors).invlists) for p in ivf.parts]
+    assert [type(x).__name__ for x in lists] == ["OnDiskInvertedLists"] * len(lists)
+    assert all(x.prefetch_nthread == 0 for x in lists)
 
 
 def test_hit_to_dict_is_asdict():
