@@ -145,7 +145,7 @@ def main() -> None:
     for r in train:
         cs = r["answered"].evidence.get("candidates") or []
         if cs and r["inside"]:
-            groups.append((A.relative(np.vstack([c.features for c in cs])),
+            groups.append((np.vstack([c.features for c in cs]),
                            np.array([holds(c.text, r["question"].answers) for c in cs], dtype=float)))
     A.SENTENCE_W = fit_choice(groups)
     rows = replay(train)

@@ -1,7 +1,7 @@
 """The answer: the one or two sentences of the best passages that answer the question, or none.
 
 Three small logistic models, fitted on squad-dev by `bench/tune_answers.py` (split by
-article: the weights below come from one half, and the figures in docs/answers.md from the
+article: the weights below come from one half, and the figures in docs/quality.md from the
 other):
 
 - SENTENCE ranks every sentence of the best few passages by its own evidence (cosine
@@ -45,17 +45,16 @@ _CAPITAL = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+")
 _WORD = re.compile(r"[^\W_]+")
 _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+|\b\d[\d,.]*\b")  # names and numbers past a sentence's start
 
-# Fitted by bench/tune_answers.py on half of squad-dev's articles (see docs/answers.md).
+# Fitted by bench/tune_answers.py on half of squad-dev's articles (see docs/quality.md).
 SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "passage_score", "passage_rank",
                      "asked_held", "asked_missing", "new_words", "length", "lede", "pairs_held", "held_with_before",
-                     "new_names",
-                     "cosine_below_best", "held_below_best")  # the last two: against the question's best candidate
-SENTENCE_W = np.array([-0.000, 5.831, 0.912, -0.390, 0.242, 4.419, 1.058, 0.966, -0.966, 0.208, 0.051, 0.413,
-                       1.606, 4.672, 0.258, 5.831, 0.912])
+                     "new_names", "cosine_with_before", "cosine_with_after")
+SENTENCE_W = np.array([-0.000, 7.225, 1.938, -0.880, 0.029, 4.014, 1.008, 0.967, -0.967, 0.108, -0.051, 0.405,
+                       1.671, 4.594, 0.243, 4.663, 2.752])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
-GATE_W = np.array([-12.283, 1.498, 7.899, 8.069, 4.812, 3.332, 0.766])
-GATE_AT = 0.283  # keeps 99% of the fitted half's answers whose top passage is right
-CONFIDENCE_W = np.array([-4.224, 3.381, 2.536, 0.779, 0.953, 0.369, 0.469])
+GATE_W = np.array([-12.284, 1.714, 7.767, 8.131, 4.707, 3.407, 0.673])
+GATE_AT = 0.296  # keeps 99% of the fitted half's answers whose top passage is right
+CONFIDENCE_W = np.array([-4.101, 3.597, 2.163, 1.078, 0.797, 0.395, 0.335])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
 PAIR_AT = 0.02  # a neighbour joins the answer when the sentence model rates it this close to the best
 
@@ -123,9 +122,10 @@ class Question:
 
 def passage_sentences(question: Question, pid: int, rank: int, score: float, row_start: int, row_text: str,
                       spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
-                      stems: list[np.ndarray]) -> list[Sentence]:
+                      stems: list[np.ndarray], links: list[float]) -> list[Sentence]:
     """The sentences of one ranked passage (rank from 1, fused score), each with its features;
-    `stems`: each sentence's stem keys, as the index keeps them."""
+    `stems`: each sentence's stem keys, as the index keeps them; `links`: each sentence's cosine
+    with the one before it."""
     keep = [i for i, (a, b) in enumerate(spans) if row_start <= a < b <= row_start + len(row_text)]
     held = [terms[i] / question.mass for i in keep]
     out: list[Sentence] = []
@@ -145,26 +145,30 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, row
         window = sum(question.hashed[h] for h in question.stems & (mine | before)) / question.mass
         before = mine
         names = sum(1 for w in _NAME.findall(text) if w.lower() not in question.words)
+        # The question against the sentence read with a neighbour (their vectors summed): news
+        # often names the subject in one sentence and gives the detail in the next.
+        prev = i - 1 if j > 0 and keep[j - 1] == i - 1 else None
+        nxt = i + 1 if j + 1 < len(keep) and keep[j + 1] == i + 1 else None
+        with_before = cosines[i] if prev is None else \
+            (cosines[i] + cosines[prev]) / math.sqrt(max(2 + 2 * links[i], 1e-6))
+        with_after = cosines[i] if nxt is None else \
+            (cosines[i] + cosines[nxt]) / math.sqrt(max(2 + 2 * links[nxt], 1e-6))
         f = np.array([
             1.0, cosines[i], held[j], held[j - 1] if j > 0 else 0.0, held[j + 1] if j + 1 < len(keep) else 0.0,
             score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
-            new, math.log1p(len(words)) / 4, float(a == 0), pairs, window, math.log1p(names) / 2])
+            new, math.log1p(len(words)) / 4, float(a == 0), pairs, window, math.log1p(names) / 2,
+            with_before, with_after])
         out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]
     return out
 
 
-def relative(x: np.ndarray) -> np.ndarray:
-    """Add the columns that compare candidates: how far each falls below the best cosine and best share held."""
-    return np.hstack([x, x[:, 1:2] - x[:, 1].max(), x[:, 2:3] - x[:, 2].max()])
-
-
 def choose(sentences: list[Sentence]) -> tuple[Sentence | None, np.ndarray]:
     """The most likely answer sentence and every candidate's probability of being the one (a softmax)."""
     if not sentences:
         return None, np.zeros(0)
-    z = relative(np.vstack([s.features for s in sentences])) @ SENTENCE_W
+    z = np.vstack([s.features for s in sentences]) @ SENTENCE_W
     p = np.exp(z - z.max())
     p /= p.sum()
     for s, ps in zip(sentences, p.tolist()):

@@ -257,7 +257,7 @@ class Searcher:
 
         hits = []
         for r, (row, score, copies) in enumerate(groups[:k], 1):
-            spans, scores, _, _ = sentences_of(row.id)
+            spans, scores, *_ = sentences_of(row.id)
             hits.append(Hit(
                 rank=r, score=round(score, 4), passage_id=row.id, text=row.text,
                 highlight=highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores),
@@ -349,9 +349,9 @@ class Searcher:
         cands: list[answers.Sentence] = []
         cover = 0.0
         for r, (row, score, _) in enumerate(groups, 1):
-            spans, terms, cosines, stems = sentences_of(row.id)
+            spans, terms, cosines, stems, links = sentences_of(row.id)
             mine = answers.passage_sentences(question, row.id, r, score, row.start, row.text, spans, terms, cosines,
-                                             stems)
+                                             stems, links)
             cover = max(cover, answers.coverage(question, mine))
             cands += mine
         best, p = answers.choose(cands)

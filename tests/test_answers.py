@@ -1,11 +1,13 @@
 """The answer field, "no answer", filters, facets and wire copies (DESIGN.md: "Answers, filters and wire copies")."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from qa import answer, create_app
@@ -154,6 +156,30 @@ def test_what_the_question_asks_for():
     assert answer.holds("date", "It opened in 1998.", set())
     assert answer.holds("name", "The talks were led by Ines Varga.", {"who", "led", "the", "talks"})
     assert not answer.holds("name", "Talks were led by the council.", set())
+
+
+def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder):
+    """Each candidate's cosine with the question, read alone and with the sentence either side of it
+    (the two vectors summed), from the cosines and the neighbours' own cosine the index gives."""
+    text = "Rebels took the capital. Assad landed in Moscow."
+    q = answer.Question("Where did Assad flee?", {"assad": 2.0, "flee": 1.5})
+    first, second = answer.passage_sentences(q, 1, 1, 0.5, 0, text, [(0, 24), (25, 48)], [0.0, 2.0], [0.1, 0.8],
+                                             [np.zeros(0, np.uint32)] * 2, [0.0, 0.5])
+    f = lambda s, name: s.features[answer.SENTENCE_FEATURES.index(name)]  # noqa: E731
+    both = (0.1 + 0.8) / math.sqrt(2 + 2 * 0.5)  # |a + b| for unit vectors with a.b = 0.5
+    assert f(first, "cosine_with_before") == 0.1 and f(second, "cosine_with_after") == 0.8  # no neighbour there
+    assert f(first, "cosine_with_after") == pytest.approx(both) == f(second, "cosine_with_before")
+    # The index's links are the stored sentence vectors' cosines with the one before.
+    svc = Service(seeded_index, "fake", embedder=fake_embedder)
+    index = svc.searcher().index
+    seg = index.parts[0].seg
+    pid = int(seg.pids[0])
+    qv = fake_embedder.encode(["Where did Assad flee?"])[0]
+    spans, _, cosines, _, links = index.sentences(qv, {}, [pid]).full(pid)
+    codes = seg.s_codes[seg.p_lo[0]:seg.p_hi[0]].astype(np.float32) / seg.scale
+    assert len(links) == len(spans) == len(codes) >= 2 and links[0] == 0.0
+    assert links[1:] == pytest.approx((codes[1:] * codes[:-1]).sum(axis=1).tolist(), abs=1e-5)
+    assert cosines == pytest.approx((codes @ qv).tolist(), abs=1e-5)
 
 
 # --- with the real model, end to end ---------------------------------------------------------------

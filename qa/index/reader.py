@@ -377,21 +377,23 @@ class SentenceScores:
 
     def of(self, pid: int) -> tuple[list[tuple[int, int]], list[float]]:
         """A passage's sentence spans (article offsets) and their stem-weight scores."""
-        spans, terms, _, _ = self.full(pid)
+        spans, terms, *_ = self.full(pid)
         return spans, terms
 
-    def full(self, pid: int) -> tuple[list[tuple[int, int]], list[float], list[float], list[np.ndarray]]:
+    def full(self, pid: int) -> tuple[list[tuple[int, int]], list[float], list[float], list[np.ndarray], list[float]]:
         """A passage's sentence spans (article offsets), stem-weight scores, cosines with the question
-        (0 without one) and each sentence's stem keys (`sentence_keys`)."""
+        (0 without one), each sentence's stem keys (`sentence_keys`) and each sentence's cosine with the
+        one before it (0 for the first)."""
         if pid not in self.where:
-            return [], [], [], []
+            return [], [], [], [], []
         seg, row = self.where[pid]
         srows = np.arange(seg.p_lo[row], seg.p_hi[row])
         terms = seg.sentence_terms(srows, self.qhash, self.qweight) if len(self.qhash) else np.zeros(len(srows))
         dense = seg.sentence_dense(self.qv, srows) if self.qv is not None else np.zeros(len(srows))
         ptr = seg.s_term_ptr
         held = [sentence_keys(seg.s_terms[ptr[r]:ptr[r + 1]]) for r in srows.tolist()]
-        return list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist(), dense.tolist(), held
+        return (list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist(), dense.tolist(), held,
+                seg.sentence_links(srows).tolist())
 
 
 def _top(pids: list[np.ndarray], scores: list[np.ndarray], n: int) -> dict[int, float]:

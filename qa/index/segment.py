@@ -288,6 +288,11 @@ class Segment:
     def sentence_dense(self, q: np.ndarray, srows: np.ndarray) -> np.ndarray:
         return inner_products(self.s_codes[srows], q) / self.scale
 
+    def sentence_links(self, srows: np.ndarray) -> np.ndarray:
+        """Each sentence's cosine with the row before it (0 for the first of `srows`)."""
+        codes = self.s_codes[srows].astype(np.float32) / self.scale
+        return np.concatenate([[0.0], (codes[1:] * codes[:-1]).sum(axis=1)]) if len(codes) else np.zeros(0)
+
     def sentence_terms(self, srows: np.ndarray, qhash: np.ndarray, qweight: np.ndarray) -> np.ndarray:
         """Each sentence's summed weights of the query stems it holds (qhash: 64-bit stem hashes, sorted)."""
         if self.s_terms.dtype == np.uint32:
