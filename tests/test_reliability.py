@@ -255,6 +255,33 @@ def test_segments_merge_and_stay_few(tmp_path, fake_embedder, monkeypatch):
     assert manifest["retired"]
 
 
+def test_flat_segments_past_the_ivf_threshold_become_one(tmp_path, fake_embedder, monkeypatch):
+    """Exact segments holding more than IVF_ABOVE passages between them are merged into one IVF
+    segment, though no tier is full; below the threshold, or once they are IVF, tiers alone decide."""
+    flat = [{"name": f"f{i}", "kind": "flat", "passages": n} for i, n in enumerate((18000, 17000, 14000, 4000))]
+    assert index_merge.plan(flat[:3]) is None  # 49,000 passages
+    ivf = {"name": "i0", "kind": "ivf", "passages": 60000}
+    assert index_merge.plan([{**flat[0], "deleted": 3500}, *flat[1:], ivf]) is None  # 49,500 live
+    assert index_merge.plan(flat) == ["f3", "f2", "f1", "f0"]
+    assert index_merge.plan([*flat, ivf]) == ["f3", "f2", "f1", "f0"]
+
+    from qa.index import segment as index_segment
+    from qa.indexer import add_articles
+
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
+    monkeypatch.setattr(index_merge, "MERGE_FACTOR", 100)  # tiers alone would never merge here
+    monkeypatch.setattr(index_segment, "IVF_ABOVE", 5)
+    svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
+    with svc.writer() as w:
+        for i in range(3):
+            add_articles(w, fake_embedder, articles(2, start=2 * i))
+            w._install_merge(wait=True)
+    kinds = [(e["kind"], e["passages"]) for e in json.loads((tmp_path / "ix" / MANIFEST_NAME).read_text())["segments"]]
+    assert kinds == [("ivf", 6)], kinds
+    hits = Service(tmp_path / "ix", "fake", embedder=fake_embedder).searcher().search("zanzibar session 5 plan", 3)
+    assert hits[0].citation.article_id == "zanzibar-5"
+
+
 def test_deletes_made_during_a_merge_are_kept(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
     svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)

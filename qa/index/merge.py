@@ -5,6 +5,11 @@ tiers of MERGE_FACTOR; when a tier holds MERGE_FACTOR segments they become one
 segment of the next tier, and a segment that is mostly tombstones is
 rewritten. The number of segments stays about MERGE_FACTOR per tier, a handful
 of tiers for a million passages, and each passage is rewritten once per tier.
+
+One rule of our own on top: exact (flat) segments are cheap to search one by one
+but not together, so once they hold more than IVF_ABOVE passages between them they
+all become one segment (an IVF one). As tiers alone left them, 65k passages sat in
+eight flat segments and a question cost 4.2 ms more than over one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import segment as segments
 from .segment import Segment, postings, write_segment
 from .terms import sentence_keys
 
@@ -31,6 +37,9 @@ def plan(entries: list[dict]) -> list[str] | None:
     for e in entries:
         if e["passages"] and e.get("deleted", 0) > MOSTLY_DELETED * e["passages"]:
             return [e["name"]]
+    flat = [e for e in entries if e.get("kind") == "flat" and e["passages"]]
+    if len(flat) > 1 and sum(e["passages"] - e.get("deleted", 0) for e in flat) > segments.IVF_ABOVE:
+        return [e["name"] for e in sorted(flat, key=lambda e: e["passages"])]
     by_tier: dict[int, list[dict]] = {}
     for e in entries:
         by_tier.setdefault(tier(e["passages"] - e.get("deleted", 0)), []).append(e)
