@@ -322,27 +322,37 @@ class Segment:
         out[found] = self.t_ptr[at[found] + 1] - self.t_ptr[at[found]]
         return out
 
-    def postings(self, h: int) -> slice | None:
-        at = int(np.searchsorted(self.t_hash, np.uint64(h)))
-        if at < len(self.t_hash) and self.t_hash[at] == h:
-            return slice(int(self.t_ptr[at]), int(self.t_ptr[at + 1]))
-        return None
+    def spans(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each stem's postings start and stop (an empty run for a stem this segment lacks)."""
+        if not len(self.t_hash):
+            return np.zeros(len(hashes), np.int64), np.zeros(len(hashes), np.int64)
+        at = np.minimum(np.searchsorted(self.t_hash, hashes), len(self.t_hash) - 1)
+        found = self.t_hash[at] == hashes
+        lo = np.where(found, self.t_ptr[at], 0).astype(np.int64)
+        return lo, np.where(found, self.t_ptr[np.minimum(at + 1, len(self.t_ptr) - 1)], 0).astype(np.int64)
 
-    def bm25_terms(self, span: slice, idf: float, rows: np.ndarray | None, bm: "BM25") -> tuple[np.ndarray, np.ndarray]:
-        """(rows, contributions) of one stem: all its postings, or only those of `rows` (sorted)."""
-        prow = self.t_rows[span]
-        if rows is not None:
-            rows = rows.astype(prow.dtype, copy=False)  # else searchsorted converts the whole posting list
-            at = np.minimum(np.searchsorted(prow, rows), len(prow) - 1)
-            hit = prow[at] == rows
-            sel = span.start + at[hit]
-            prow = rows[hit]
-        else:
-            sel = np.arange(span.start, span.stop)
+    def bm25(self, sel: np.ndarray, prow: np.ndarray, idf: np.ndarray, bm: "BM25") -> np.ndarray:
+        """The BM25 contributions of the postings at `sel` (rows `prow`), each with its stem's idf."""
         freq = bm.title_weight * self.t_title[sel].astype(np.float32) + self.t_text[sel]
         dl = self.p_len[prow].astype(np.float32)
-        contrib = idf * freq * (K1 + 1) / (freq + K1 * (1 - B + B * dl / bm.avgdl))
-        return prow, contrib
+        return idf * freq * (K1 + 1) / (freq + K1 * (1 - B + B * dl / bm.avgdl))
+
+    def matched(self, lo: np.ndarray, hi: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each stem's postings run [lo, hi) in turn, which of `rows` (sorted) it holds:
+        (the postings' places, their rows, and which stem each came from)."""
+        rows = rows.astype(self.t_rows.dtype, copy=False)  # else searchsorted converts the whole posting list
+        sel, which = [], []
+        for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
+            if b > a:
+                at = a + np.searchsorted(self.t_rows[a:b], rows)
+                hit = at < b
+                hit[hit] = self.t_rows[at[hit]] == rows[hit]
+                sel.append(at[hit])
+                which.append(np.full(int(hit.sum()), i))
+        if not sel:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        sel_all = np.concatenate(sel)
+        return sel_all, self.t_rows[sel_all].astype(np.int64), np.concatenate(which)
 
     def lexical_top(self, terms: list[tuple[int, float, bool]], n: int, live: np.ndarray | None,
                     bm: "BM25") -> tuple[np.ndarray, np.ndarray]:
@@ -352,16 +362,23 @@ class Segment:
         postings; common stems then add their share to those candidates alone, so the
         cost follows the rare stems' postings, not every passage holding "said".
         """
-        spans = [(self.postings(h), idf, gen) for h, idf, gen in terms]
-        spans = [(s, idf, gen) for s, idf, gen in spans if s is not None]
-        if not spans:
+        hashes = np.fromiter((h for h, _, _ in terms), np.uint64, len(terms))
+        idf = np.fromiter((w for _, w, _ in terms), np.float32, len(terms))
+        gen = np.fromiter((g for _, _, g in terms), bool, len(terms))
+        lo, hi = self.spans(hashes)
+        size = hi - lo
+        if not size.any():
             return np.zeros(0, np.int64), np.zeros(0)
-        if not any(gen for _, _, gen in spans):  # only common stems matched here: let the rarest of them lead
-            rarest = min(range(len(spans)), key=lambda i: spans[i][0].stop - spans[i][0].start)
-            spans[rarest] = (spans[rarest][0], spans[rarest][1], True)
-        parts = [self.bm25_terms(s, idf, None, bm) for s, idf, gen in spans if gen]
-        rows = np.concatenate([r for r, _ in parts])
-        contrib = np.concatenate([c for _, c in parts])
+        if not (gen & (size > 0)).any():  # only common stems matched here: let the rarest of them lead
+            gen = gen.copy()
+            gen[np.argmin(np.where(size > 0, size, np.iinfo(np.int64).max))] = True
+        g = np.flatnonzero(gen & (size > 0))
+        # Every generating stem's postings, end to end, in one pass.
+        counts = size[g]
+        firsts = np.cumsum(counts) - counts
+        sel = np.repeat(lo[g] - firsts, counts) + np.arange(int(counts.sum()))
+        rows = self.t_rows[sel].astype(np.int64)
+        contrib = self.bm25(sel, rows, np.repeat(idf[g], counts), bm)
         if len(rows) * 8 > len(self):  # many postings: counting over every row beats sorting them
             sums = np.bincount(rows, weights=contrib, minlength=len(self))
             cand = np.flatnonzero(np.bincount(rows, minlength=len(self)))
@@ -378,10 +395,11 @@ class Segment:
             cand, scores = cand[best], scores[best]
         order = np.argsort(cand)
         cand, scores = cand[order], scores[order]
-        for s, idf, gen in spans:
-            if not gen:
-                r, c = self.bm25_terms(s, idf, cand, bm)
-                scores[np.searchsorted(cand, r)] += c
+        rest = np.flatnonzero(~gen & (size > 0))
+        if len(rest) and len(cand):
+            sel, prow, which = self.matched(lo[rest], hi[rest], cand)
+            scores += np.bincount(np.searchsorted(cand, prow), weights=self.bm25(sel, prow, idf[rest][which], bm),
+                                  minlength=len(cand))
         if len(cand) > n:
             best = np.argpartition(-scores, n - 1)[:n]
             cand, scores = cand[best], scores[best]
@@ -389,14 +407,12 @@ class Segment:
 
     def lexical_of(self, terms: list[tuple[int, float, bool]], rows: np.ndarray, bm: "BM25") -> np.ndarray:
         """BM25 scores of the given rows (sorted ascending)."""
-        scores = np.zeros(len(rows))
-        rows = rows.astype(self.t_rows.dtype, copy=False)
-        for h, idf, _ in terms:
-            s = self.postings(h)
-            if s is not None:
-                r, c = self.bm25_terms(s, idf, rows, bm)
-                scores[np.searchsorted(rows, r)] += c
-        return scores
+        hashes = np.fromiter((h for h, _, _ in terms), np.uint64, len(terms))
+        idf = np.fromiter((w for _, w, _ in terms), np.float32, len(terms))
+        lo, hi = self.spans(hashes)
+        sel, prow, which = self.matched(lo, hi, rows)
+        return np.bincount(np.searchsorted(rows, prow), weights=self.bm25(sel, prow, idf[which], bm),
+                           minlength=len(rows)).astype(np.float64)
 
     # --- the writer's cache of sentence vectors ---------------------------------------------
 
