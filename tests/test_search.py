@@ -106,6 +106,25 @@ def test_sentence_dense_scores_each_passages_sentences(tmp_path):
     assert seg.sentence_dense(q, srows).tolist() == pytest.approx([0.9, 0.5], abs=0.01)
 
 
+def test_big_sentence_arrays_are_read_not_mapped(tmp_path, monkeypatch):
+    """Past READ_ROWS_ABOVE bytes a segment reads its sentence vectors with pread (a mapping of them
+    fills a server's memory once the file is cached): the same rows, in any order, runs or not."""
+    texts = [f"Sentence number {i}." for i in range(40)]
+    vectors = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    seg = one_segment(tmp_path, texts, [(0, 7), (7, 19), (19, 40)], vectors / np.linalg.norm(vectors, axis=1)[:, None])
+    assert seg._s_rows is None  # small: through the mapping
+    monkeypatch.setattr(index_segment, "READ_ROWS_ABOVE", 0)
+    read = Segment(tmp_path, {"name": seg.name, "kind": seg.kind, "passages": len(seg)})
+    assert read._s_rows is not None
+    for rows in ([], [5], [0, 1, 2, 3], [3, 4, 9, 10, 11, 39], [39, 2, 3, 17], list(range(40))):
+        rows = np.array(rows, np.int64)
+        assert np.array_equal(read.sentence_codes(rows), seg.s_codes[rows])
+    srows, _ = seg.sentence_rows(np.array([0, 2]))
+    q = np.array([0.2, 0.9, 0.5, 0.0], np.float32)
+    assert read.sentence_dense(q, srows).tolist() == seg.sentence_dense(q, srows).tolist()
+    assert read.sentence_links(srows).tolist() == seg.sentence_links(srows).tolist()
+
+
 def test_bm25_matches_fts5s_formula(tmp_path):
     """Our postings score a passage as SQLite FTS5's bm25() scores the same title and text."""
     texts = ["The harbour of Kelvik reopened.", "Boats returned to the harbour on Monday.", "Fishing resumed.",

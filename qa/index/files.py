@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,47 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> int:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     os.replace(tmp, path)
     return start + offset
+
+
+class FileRows:
+    """Rows of one array in a file written by write_arrays, read with pread rather than through a mapping.
+
+    For an array read a few rows at a time all over: the kernel maps the cached
+    pages around every page a mapped read touches (64 KB, whatever madvise says),
+    so once the file is in the page cache a server would map all of it within a
+    few hundred questions. Read rows land in the page cache, shared as before,
+    but in no process's memory.
+    """
+
+    def __init__(self, path: Path, name: str):
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC) + 8)
+            hlen = int.from_bytes(head[len(MAGIC):], "little")
+            spec = json.loads(f.read(hlen))["arrays"][name]
+        self.dtype, self.shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.at = -(-(len(MAGIC) + 8 + hlen) // ALIGN) * ALIGN + spec["offset"]
+        self.fd = os.open(path, os.O_RDONLY)
+        self._finalizer = weakref.finalize(self, os.close, self.fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows, one read per run of consecutive rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        if not len(rows):
+            return out
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate([[0], breaks]).tolist()
+        ends = np.concatenate([breaks, [len(rows)]]).tolist()
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        for a, b, first in zip(starts, ends, rows[starts].tolist()):
+            want = (b - a) * self.row
+            if os.preadv(self.fd, [buf[a * self.row:b * self.row]], self.at + first * self.row) != want:
+                raise ValueError("an index array file ended early")
+        return out
 
 
 def read_arrays(path: Path, scattered: tuple[str, ...] = ()) -> tuple[dict, dict[str, np.ndarray]]:

@@ -23,10 +23,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .files import fsync_dir, read_arrays, write_arrays
+from .files import FileRows, fsync_dir, read_arrays, write_arrays
 from .terms import NO_DAY, day_of, hashes, quantize, sentence_keys, source_hash, stems
 
 IVF_ABOVE = 50_000  # passages; exact search below, IVF above
+# Sentence vectors of more than this many bytes are read a run of rows at a time (pread), not through
+# the mapping: once cached, a mapping of them fills a server's memory (1.9 GB at 1M passages); reading
+# costs about 0.5 ms a question more, which small segments need not pay.
+READ_ROWS_ABOVE = 256 << 20
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
 # Arrays a question reads a few rows of, here and there (posting lists, by contrast, are read whole).
 SCATTERED = ("s_codes", "s_start", "s_end", "s_term_ptr", "s_terms", "s_hash", "s_hash_order",
@@ -198,6 +202,8 @@ class Segment:
         self.scale = float(self.meta["scale"])
         self.pids, self.p_lo, self.p_hi, self.p_len = a["pids"], a["p_lo"], a["p_hi"], a["p_len"]
         self.s_codes = a["s_codes"]  # (a segment written before 2026-12-03 also holds p_codes: unread)
+        self._s_rows = FileRows(folder / f"{self.name}.arrays", "s_codes") \
+            if self.s_codes.nbytes > READ_ROWS_ABOVE else None
         # Each passage's article's source (hashed) and published day, for filters.
         self.p_source = a.get("p_source", np.zeros(len(self.pids), np.uint64))
         self.p_day = a.get("p_day", np.full(len(self.pids), NO_DAY, np.int32))
@@ -285,12 +291,16 @@ class Segment:
         srows = np.repeat(lo - firsts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
         return srows, firsts
 
+    def sentence_codes(self, srows: np.ndarray) -> np.ndarray:
+        """The int8 vectors of some sentences, as a question reads them."""
+        return self._s_rows.take(srows) if self._s_rows is not None else self.s_codes[srows]
+
     def sentence_dense(self, q: np.ndarray, srows: np.ndarray) -> np.ndarray:
-        return inner_products(self.s_codes[srows], q) / self.scale
+        return inner_products(self.sentence_codes(srows), q) / self.scale
 
     def sentence_links(self, srows: np.ndarray) -> np.ndarray:
         """Each sentence's cosine with the row before it (0 for the first of `srows`)."""
-        codes = self.s_codes[srows].astype(np.float32) / self.scale
+        codes = self.sentence_codes(srows).astype(np.float32) / self.scale
         return np.concatenate([[0.0], (codes[1:] * codes[:-1]).sum(axis=1)]) if len(codes) else np.zeros(0)
 
     def sentence_terms(self, srows: np.ndarray, qhash: np.ndarray, qweight: np.ndarray) -> np.ndarray:
