@@ -73,6 +73,17 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> int:
     return start + offset
 
 
+def read_header(path: Path) -> tuple[dict, int]:
+    """A file's header (meta and where each array lies) and where its arrays start."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 8)
+        if head[:len(MAGIC)] != MAGIC:
+            raise ValueError(f"{path.name} is not an index array file")
+        hlen = int.from_bytes(head[len(MAGIC):], "little")
+        header = json.loads(f.read(hlen))
+    return header, -(-(len(MAGIC) + 8 + hlen) // ALIGN) * ALIGN
+
+
 class FileRows:
     """Rows of one array in a file written by write_arrays, read with pread rather than through a mapping.
 
@@ -84,18 +95,13 @@ class FileRows:
     """
 
     def __init__(self, path: Path, name: str):
-        with open(path, "rb") as f:
-            head = f.read(len(MAGIC) + 8)
-            hlen = int.from_bytes(head[len(MAGIC):], "little")
-            spec = json.loads(f.read(hlen))["arrays"][name]
+        header, start = read_header(path)
+        spec = header["arrays"][name]
         self.dtype, self.shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
         self.row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self.at = -(-(len(MAGIC) + 8 + hlen) // ALIGN) * ALIGN + spec["offset"]
+        self.at = start + spec["offset"]
         self.fd = os.open(path, os.O_RDONLY)
         self._finalizer = weakref.finalize(self, os.close, self.fd)
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The given rows, one read per run of consecutive rows."""
@@ -122,13 +128,7 @@ def read_arrays(path: Path, scattered: tuple[str, ...] = ()) -> tuple[dict, dict
     cache, and the kernel then maps those too (64 KB around each fault), so a
     server's memory would fill with vectors no question used.
     """
-    with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + 8)
-        if head[:len(MAGIC)] != MAGIC:
-            raise ValueError(f"{path.name} is not an index array file")
-        hlen = int.from_bytes(head[len(MAGIC):], "little")
-        header = json.loads(f.read(hlen))
-    start = -(-(len(MAGIC) + 8 + hlen) // ALIGN) * ALIGN
+    header, start = read_header(path)
     size = path.stat().st_size
     # Plain ndarray views (they keep the map alive): numpy's memmap subclass costs microseconds per slice.
     mapped = None
