@@ -139,7 +139,7 @@ def test_bm25_matches_fts5s_formula(tmp_path):
                                         "ORDER BY rowid")]
     n, df = len(ranges), {"harbour": 2, "mondai": 2, "kelvik": 1}
     idf = {t: max(np.log((0.5 + n - d) / (0.5 + d)), 1e-6) for t, d in df.items()}
-    terms = [(term_hash(t), w, True) for t, w in idf.items()]
+    terms = index_segment.Terms.of([(term_hash(t), w, True) for t, w in idf.items()])
     assert stems("harbour Monday Kelvik") == list(df)
     got = seg.lexical_of(terms, np.array([0, 1]), index_segment.BM25(avgdl=seg.tokens / len(seg)))
     assert got.tolist() == pytest.approx(want, rel=1e-4)

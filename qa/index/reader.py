@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import IndexCorrupt
 from .db import DB_NAME, VISIBLE, connect, db_state
 from .manifest import MANIFEST_NAME, check_model, read_manifest, read_tombstones
-from .segment import BM25, Segment, live_bits
+from .segment import BM25, Segment, Terms, live_bits
 from .terms import NO_DAY, sentence_keys, source_hash, term_hash
 
 log = logging.getLogger(__name__)
@@ -274,8 +274,8 @@ class Index:
         out = {t: cache.get(t, found.get(t, 0)) for t in terms}
         return {t: n for t, n in out.items() if n}, self.passage_count
 
-    def _bm25_terms(self, stems: Sequence[str]) -> list[tuple[int, float, bool]]:
-        """(hash, FTS5-style idf, puts passages forward) per stem."""
+    def _bm25_terms(self, stems: Sequence[str]) -> Terms:
+        """Each stem's hash, FTS5-style idf and whether it puts passages forward."""
         df, n = self.doc_freqs(list(stems))
         cutoff = max(GENERATE_MIN, GENERATE_SHARE * n)
         out = []
@@ -288,7 +288,7 @@ class Index:
         if out and not any(g for _, _, g in out):
             rarest = min(range(len(out)), key=lambda i: df[stems[i]] if stems[i] in df else 0)
             out[rarest] = (out[rarest][0], out[rarest][1], True)
-        return out
+        return Terms.of(out)
 
     def lexical(self, stems: Sequence[str], n: int, title_weight: float = 1.0,
                 where: Where | None = None) -> dict[int, float]:
@@ -389,11 +389,12 @@ class SentenceScores:
         seg, row = self.where[pid]
         srows = np.arange(seg.p_lo[row], seg.p_hi[row])
         terms = seg.sentence_terms(srows, self.qhash, self.qweight) if len(self.qhash) else np.zeros(len(srows))
-        dense = seg.sentence_dense(self.qv, srows) if self.qv is not None else np.zeros(len(srows))
+        codes = seg.sentence_codes(srows)  # once, for the cosines and the links both
+        dense = seg.sentence_dense(self.qv, srows, codes) if self.qv is not None else np.zeros(len(srows))
         ptr = seg.s_term_ptr
         held = [sentence_keys(seg.s_terms[ptr[r]:ptr[r + 1]]) for r in srows.tolist()]
         return (list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist(), dense.tolist(), held,
-                seg.sentence_links(srows).tolist())
+                seg.sentence_links(srows, codes).tolist())
 
 
 def _top(pids: list[np.ndarray], scores: list[np.ndarray], n: int) -> dict[int, float]:

@@ -295,12 +295,13 @@ class Segment:
         """The int8 vectors of some sentences, as a question reads them."""
         return self._s_rows.take(srows) if self._s_rows is not None else self.s_codes[srows]
 
-    def sentence_dense(self, q: np.ndarray, srows: np.ndarray) -> np.ndarray:
-        return inner_products(self.sentence_codes(srows), q) / self.scale
+    def sentence_dense(self, q: np.ndarray, srows: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        """Each sentence's cosine with `q` (`codes`: the rows' vectors, when the caller has read them)."""
+        return inner_products(self.sentence_codes(srows) if codes is None else codes, q) / self.scale
 
-    def sentence_links(self, srows: np.ndarray) -> np.ndarray:
+    def sentence_links(self, srows: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
         """Each sentence's cosine with the row before it (0 for the first of `srows`)."""
-        codes = self.sentence_codes(srows).astype(np.float32) / self.scale
+        codes = (self.sentence_codes(srows) if codes is None else codes).astype(np.float32) / self.scale
         return np.concatenate([[0.0], (codes[1:] * codes[:-1]).sum(axis=1)]) if len(codes) else np.zeros(0)
 
     def sentence_terms(self, srows: np.ndarray, qhash: np.ndarray, qweight: np.ndarray) -> np.ndarray:
@@ -325,12 +326,8 @@ class Segment:
 
     def df(self, qhash: np.ndarray) -> np.ndarray:
         """How many of this segment's passages hold each stem."""
-        at = np.searchsorted(self.t_hash, qhash)
-        found = (at < len(self.t_hash)) & (self.t_hash[np.minimum(at, len(self.t_hash) - 1)] == qhash) \
-            if len(self.t_hash) else np.zeros(len(qhash), bool)
-        out = np.zeros(len(qhash), dtype=np.int64)
-        out[found] = self.t_ptr[at[found] + 1] - self.t_ptr[at[found]]
-        return out
+        lo, hi = self.spans(qhash)
+        return hi - lo
 
     def spans(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each stem's postings start and stop (an empty run for a stem this segment lacks)."""
@@ -338,10 +335,11 @@ class Segment:
             return np.zeros(len(hashes), np.int64), np.zeros(len(hashes), np.int64)
         at = np.minimum(np.searchsorted(self.t_hash, hashes), len(self.t_hash) - 1)
         found = self.t_hash[at] == hashes
-        lo = np.where(found, self.t_ptr[at], 0).astype(np.int64)
-        return lo, np.where(found, self.t_ptr[np.minimum(at + 1, len(self.t_ptr) - 1)], 0).astype(np.int64)
+        # t_ptr holds one more entry than t_hash, so at + 1 is always inside it.
+        return (np.where(found, self.t_ptr[at], 0).astype(np.int64),
+                np.where(found, self.t_ptr[at + 1], 0).astype(np.int64))
 
-    def bm25(self, sel: np.ndarray, prow: np.ndarray, idf: np.ndarray, bm: "BM25") -> np.ndarray:
+    def bm25(self, sel: np.ndarray, prow: np.ndarray, idf: np.ndarray, bm: BM25) -> np.ndarray:
         """The BM25 contributions of the postings at `sel` (rows `prow`), each with its stem's idf."""
         freq = bm.title_weight * self.t_title[sel].astype(np.float32) + self.t_text[sel]
         dl = self.p_len[prow].astype(np.float32)
@@ -364,18 +362,15 @@ class Segment:
         sel_all = np.concatenate(sel)
         return sel_all, self.t_rows[sel_all].astype(np.int64), np.concatenate(which)
 
-    def lexical_top(self, terms: list[tuple[int, float, bool]], n: int, live: np.ndarray | None,
-                    bm: "BM25") -> tuple[np.ndarray, np.ndarray]:
+    def lexical_top(self, terms: Terms, n: int, live: np.ndarray | None, bm: BM25) -> tuple[np.ndarray, np.ndarray]:
         """Rows and BM25 scores of the n best passages.
 
         Only rare stems (`generate` true) put passages forward, as arrays over their
         postings; common stems then add their share to those candidates alone, so the
         cost follows the rare stems' postings, not every passage holding "said".
         """
-        hashes = np.fromiter((h for h, _, _ in terms), np.uint64, len(terms))
-        idf = np.fromiter((w for _, w, _ in terms), np.float32, len(terms))
-        gen = np.fromiter((g for _, _, g in terms), bool, len(terms))
-        lo, hi = self.spans(hashes)
+        idf, gen = terms.idf, terms.generate
+        lo, hi = self.spans(terms.hashes)
         size = hi - lo
         if not size.any():
             return np.zeros(0, np.int64), np.zeros(0)
@@ -415,13 +410,11 @@ class Segment:
             cand, scores = cand[best], scores[best]
         return cand, scores
 
-    def lexical_of(self, terms: list[tuple[int, float, bool]], rows: np.ndarray, bm: "BM25") -> np.ndarray:
+    def lexical_of(self, terms: Terms, rows: np.ndarray, bm: BM25) -> np.ndarray:
         """BM25 scores of the given rows (sorted ascending)."""
-        hashes = np.fromiter((h for h, _, _ in terms), np.uint64, len(terms))
-        idf = np.fromiter((w for _, w, _ in terms), np.float32, len(terms))
-        lo, hi = self.spans(hashes)
+        lo, hi = self.spans(terms.hashes)
         sel, prow, which = self.matched(lo, hi, rows)
-        return np.bincount(np.searchsorted(rows, prow), weights=self.bm25(sel, prow, idf[which], bm),
+        return np.bincount(np.searchsorted(rows, prow), weights=self.bm25(sel, prow, terms.idf[which], bm),
                            minlength=len(rows)).astype(np.float64)
 
     # --- the writer's cache of sentence vectors ---------------------------------------------
@@ -435,6 +428,25 @@ class Segment:
         held = sorted_hash[at] == wanted
         rows = self.s_hash_order[at[held]]
         return held, self.s_codes[rows].astype(np.float32) / self.scale
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A question's stems as every segment's lexical side reads them, built once a question."""
+
+    hashes: np.ndarray  # 64-bit stem hashes
+    idf: np.ndarray  # FTS5-style idf, float32 (as the scores have always been summed)
+    generate: np.ndarray  # whether the stem puts passages forward
+
+    @classmethod
+    def of(cls, terms: list[tuple[int, float, bool]]) -> Terms:
+        """From (hash, idf, generate) per stem."""
+        return cls(np.fromiter((h for h, _, _ in terms), np.uint64, len(terms)),
+                   np.fromiter((w for _, w, _ in terms), np.float32, len(terms)),
+                   np.fromiter((g for _, _, g in terms), bool, len(terms)))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
 
 
 @dataclass
