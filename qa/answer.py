@@ -29,32 +29,33 @@ _ASKS = [
     ("number", re.compile(r"\bhow (many|much|long|old|far|big|large|tall|high|often|fast|heavy|deep|wide|few)\b|"
                           r"\b(what|which) (percentage|percent|number|amount|proportion|share|size|population|age|"
                           r"score|rate|total|sum|price|cost)\b", re.I)),
-    ("date", re.compile(r"\bwhen\b|\b(what|which|in what) (year|date|day|month|decade|century|time|period|era|season)\b",
+    ("date", re.compile(r"\bwhen\b|\b(what|which|in what) (year|date|day|month|decade|century|time|period|era|season)s?\b",
                         re.I)),
     ("name", re.compile(r"\bwho(m|se)?\b|\bwhere\b|\b(what|which) (person|man|woman|company|team|club|city|country|"
                         r"party|group|organi[sz]ation|firm|brand|place|town|state|nation|band|newspaper)\b", re.I)),
 ]
-_NUMBER = re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+_NUMBER = re.compile(r"\d[\d,.]*|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
                      r"fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|trillion|dozen|half|"
                      r"quarter|once|twice)\b", re.I)
 _DATE = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b|\b(January|February|March|April|May|June|July|August|September|"
                    r"October|November|December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|Monday|Tuesday|"
                    r"Wednesday|Thursday|Friday|Saturday|Sunday|yesterday|today|tomorrow|tonight|century|"
                    r"decade|ago|spring|summer|autumn|winter)\b", re.I)
+_YEAR = re.compile(r"(1[5-9]\d\d|20\d\d)s?")  # a year is not what "how many" asks for
 _CAPITAL = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+")
 _WORD = re.compile(r"[^\W_]+")
 _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+|\b\d[\d,.]*\b")  # names and numbers past a sentence's start
 
 # Fitted by bench/tune_answers.py on half of squad-dev's articles (see docs/quality.md).
 SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "passage_score", "passage_rank",
-                     "asked_held", "asked_missing", "new_words", "length", "lede", "pairs_held", "held_with_before",
-                     "new_names", "cosine_with_before", "cosine_with_after")
-SENTENCE_W = np.array([-0.000, 7.225, 1.938, -0.880, 0.029, 4.014, 1.008, 0.967, -0.967, 0.108, -0.051, 0.405,
-                       1.671, 4.594, 0.243, 4.663, 2.752])
+                     "asked_held", "asked_missing", "new_words", "length", "pairs_held", "held_with_before",
+                     "new_names", "cosine_with_before", "cosine_with_after", "held_beyond_title")
+SENTENCE_W = np.array([0.000, 6.647, -0.713, -0.684, 0.148, 4.076, 0.941, 1.036, -1.036, -0.397, 0.191,
+                       1.928, 4.073, 0.158, 4.578, 2.485, 3.023])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
-GATE_W = np.array([-12.284, 1.714, 7.767, 8.131, 4.707, 3.407, 0.673])
-GATE_AT = 0.296  # keeps 99% of the fitted half's answers whose top passage is right
-CONFIDENCE_W = np.array([-4.101, 3.597, 2.163, 1.078, 0.797, 0.395, 0.335])
+GATE_W = np.array([-12.239, 1.793, 7.671, 8.187, 4.661, 3.368, 0.652])
+GATE_AT = 0.312  # keeps 99% of the fitted half's answers whose top passage is right
+CONFIDENCE_W = np.array([-3.780, 3.355, 2.117, 0.927, 0.570, 0.394, 0.579])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
 PAIR_AT = 0.02  # a neighbour joins the answer when the sentence model rates it this close to the best
 
@@ -69,7 +70,8 @@ def asks(question: str) -> str | None:
 
 def holds(kind: str | None, sentence: str, question_words: set[str]) -> bool:
     if kind == "number":
-        return bool(_NUMBER.search(sentence))
+        found = (m.group().lower().rstrip(",.") for m in _NUMBER.finditer(sentence))
+        return any(n not in question_words and not _YEAR.fullmatch(n) for n in found)
     if kind == "date":
         return bool(_DATE.search(sentence))
     if kind == "name":
@@ -118,16 +120,27 @@ class Question:
         content = set(index_stems(" ".join(words))) & set(self.weights)
         self.pairs = {f"{a} {b}" for a, b in zip(words, words[1:])
                       if content & set(index_stems(f"{a} {b}"))}
+        self._beyond: dict[str, tuple[set[int], float]] = {}
+
+    def beyond(self, title: str) -> tuple[set[int], float]:
+        """The question's stems that the article's title lacks, and their idf mass: the title's words
+        name the story, which every sentence of it is about (a news lede repeats them all)."""
+        if title not in self._beyond:
+            named = {sentence_key(s) for s in index_stems(title)}
+            rest = self.stems - named
+            self._beyond[title] = rest, sum(self.hashed[h] for h in rest)
+        return self._beyond[title]
 
 
-def passage_sentences(question: Question, pid: int, rank: int, score: float, row_start: int, row_text: str,
-                      spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
+def passage_sentences(question: Question, pid: int, rank: int, score: float, title: str, row_start: int,
+                      row_text: str, spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
                       stems: list[np.ndarray], links: list[float]) -> list[Sentence]:
     """The sentences of one ranked passage (rank from 1, fused score), each with its features;
     `stems`: each sentence's stem keys, as the index keeps them; `links`: each sentence's cosine
     with the one before it."""
     keep = [i for i, (a, b) in enumerate(spans) if row_start <= a < b <= row_start + len(row_text)]
     held = [terms[i] / question.mass for i in keep]
+    rest, rest_mass = question.beyond(title)
     out: list[Sentence] = []
     before: set[int] = set()
     for j, i in enumerate(keep):
@@ -156,8 +169,9 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, row
         f = np.array([
             1.0, cosines[i], held[j], held[j - 1] if j > 0 else 0.0, held[j + 1] if j + 1 < len(keep) else 0.0,
             score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
-            new, math.log1p(len(words)) / 4, float(a == 0), pairs, window, math.log1p(names) / 2,
-            with_before, with_after])
+            new, math.log1p(len(words)) / 4, pairs, window, math.log1p(names) / 2,
+            with_before, with_after,
+            sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0])
         out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]

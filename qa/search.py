@@ -350,8 +350,8 @@ class Searcher:
         cover = 0.0
         for r, (row, score, _) in enumerate(groups, 1):
             spans, terms, cosines, stems, links = sentences_of(row.id)
-            mine = answers.passage_sentences(question, row.id, r, score, row.start, row.text, spans, terms, cosines,
-                                             stems, links)
+            mine = answers.passage_sentences(question, row.id, r, score, row.title or "", row.start, row.text, spans,
+                                             terms, cosines, stems, links)
             cover = max(cover, answers.coverage(question, mine))
             cands += mine
         best, p = answers.choose(cands)

@@ -156,6 +156,13 @@ def test_what_the_question_asks_for():
     assert answer.holds("date", "It opened in 1998.", set())
     assert answer.holds("name", "The talks were led by Ines Varga.", {"who", "led", "the", "talks"})
     assert not answer.holds("name", "Talks were led by the council.", set())
+    # Plural time words ask for dates too; a count is not a year, nor a number the question already has.
+    assert answer.asks("In which years did she win the title?") == "date"
+    q = {"how", "many", "titles", "did", "she", "win", "in", "2004"}
+    assert not answer.holds("number", "She slid down the rankings in 2004 after an illness in April.", q)
+    assert not answer.holds("number", "The club was founded in 1898.", set())
+    assert answer.holds("number", "She won 5 of the 9 tournaments she entered in 2004.", q)
+    assert answer.holds("number", "Net income rose to 3.2bn yuan, or 1,200 per worker.", set())
 
 
 def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder):
@@ -163,8 +170,8 @@ def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder
     (the two vectors summed), from the cosines and the neighbours' own cosine the index gives."""
     text = "Rebels took the capital. Assad landed in Moscow."
     q = answer.Question("Where did Assad flee?", {"assad": 2.0, "flee": 1.5})
-    first, second = answer.passage_sentences(q, 1, 1, 0.5, 0, text, [(0, 24), (25, 48)], [0.0, 2.0], [0.1, 0.8],
-                                             [np.zeros(0, np.uint32)] * 2, [0.0, 0.5])
+    first, second = answer.passage_sentences(q, 1, 1, 0.5, "Syria", 0, text, [(0, 24), (25, 48)], [0.0, 2.0],
+                                             [0.1, 0.8], [np.zeros(0, np.uint32)] * 2, [0.0, 0.5])
     f = lambda s, name: s.features[answer.SENTENCE_FEATURES.index(name)]  # noqa: E731
     both = (0.1 + 0.8) / math.sqrt(2 + 2 * 0.5)  # |a + b| for unit vectors with a.b = 0.5
     assert f(first, "cosine_with_before") == 0.1 and f(second, "cosine_with_after") == 0.8  # no neighbour there
@@ -180,6 +187,29 @@ def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder
     assert len(links) == len(spans) == len(codes) >= 2 and links[0] == 0.0
     assert links[1:] == pytest.approx((codes[1:] * codes[:-1]).sum(axis=1).tolist(), abs=1e-5)
     assert cosines == pytest.approx((codes @ qv).tolist(), abs=1e-5)
+
+
+def test_words_of_the_title_do_not_pick_the_sentence():
+    """A news lede repeats the headline's words; what tells sentences of one story apart is how much of
+    the rest of the question each holds."""
+    from qa.index.terms import sentence_key, stems
+
+    q = answer.Question("Who is the festival director in Rotterdam?", {"festiv": 2.0, "director": 1.0, "rotterdam": 3.0})
+    lede = "The Rotterdam festival pulled the film."
+    quote = "Director Sandra den Hamer said the festival reflects its time."
+    keys = [np.array([sentence_key(s) for s in stems(t)], np.uint32) for t in (lede, quote)]
+    text = f"{lede} {quote}"
+    a, b = answer.passage_sentences(q, 1, 1, 0.5, "Rotterdam festival pulls film", 0, text,
+                                    [(0, len(lede)), (len(lede) + 1, len(text))], [5.0, 3.0], [0.5, 0.5], keys,
+                                    [0.0, 0.5])
+    f = lambda s: s.features[answer.SENTENCE_FEATURES.index("held_beyond_title")]  # noqa: E731
+    assert a.held > b.held  # the lede holds more of the question ...
+    assert f(a) == 0.0 and f(b) == 1.0  # ... but none of what the title does not already say
+    # Every question word in the title: nothing beyond it to hold.
+    c, _ = answer.passage_sentences(q, 1, 1, 0.5, "Festival director in Rotterdam", 0, text,
+                                    [(0, len(lede)), (len(lede) + 1, len(text))], [5.0, 3.0], [0.5, 0.5], keys,
+                                    [0.0, 0.5])
+    assert f(c) == 0.0
 
 
 # --- with the real model, end to end ---------------------------------------------------------------
