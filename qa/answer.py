@@ -49,13 +49,14 @@ _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+|\b\d[\d,.]*\b")  # names a
 # Fitted by bench/tune_answers.py on half of squad-dev's articles (see docs/quality.md).
 SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "passage_score", "passage_rank",
                      "asked_held", "asked_missing", "new_words", "length", "pairs_held", "held_with_before",
-                     "new_names", "cosine_with_before", "cosine_with_after", "held_beyond_title")
-SENTENCE_W = np.array([0.000, 6.647, -0.713, -0.684, 0.148, 4.076, 0.941, 1.036, -1.036, -0.397, 0.191,
-                       1.928, 4.073, 0.158, 4.578, 2.485, 3.023])
+                     "new_names", "cosine_with_before", "cosine_with_after", "held_beyond_title",
+                     "centrality")
+SENTENCE_W = np.array([0.000, 6.754, -0.665, -0.667, 0.184, 4.081, 0.951, 1.035, -1.035, -0.431, 0.191,
+                       1.919, 4.029, 0.160, 4.528, 2.448, 2.990, -1.324])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
-GATE_W = np.array([-12.239, 1.793, 7.671, 8.187, 4.661, 3.368, 0.652])
-GATE_AT = 0.312  # keeps 99% of the fitted half's answers whose top passage is right
-CONFIDENCE_W = np.array([-3.780, 3.355, 2.117, 0.927, 0.570, 0.394, 0.579])
+GATE_W = np.array([-12.256, 1.749, 7.704, 8.171, 4.705, 3.321, 0.713])
+GATE_AT = 0.309  # keeps 99% of the fitted half's answers whose top passage is right
+CONFIDENCE_W = np.array([-3.750, 3.343, 2.116, 0.953, 0.465, 0.449, 0.586])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
 PAIR_AT = 0.02  # a neighbour joins the answer when the sentence model rates it this close to the best
 
@@ -134,10 +135,11 @@ class Question:
 
 def passage_sentences(question: Question, pid: int, rank: int, score: float, title: str, row_start: int,
                       row_text: str, spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
-                      stems: list[np.ndarray], links: list[float]) -> list[Sentence]:
+                      stems: list[np.ndarray], links: list[float], central: list[float] | None = None) -> list[Sentence]:
     """The sentences of one ranked passage (rank from 1, fused score), each with its features;
     `stems`: each sentence's stem keys, as the index keeps them; `links`: each sentence's cosine
-    with the one before it."""
+    with the one before it; `central`: its mean cosine with the passage's other sentences (a
+    sentence that sums up the rest, like a news lede, rarely holds the detail asked for)."""
     keep = [i for i, (a, b) in enumerate(spans) if row_start <= a < b <= row_start + len(row_text)]
     held = [terms[i] / question.mass for i in keep]
     rest, rest_mass = question.beyond(title)
@@ -171,7 +173,8 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, tit
             score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
             new, math.log1p(len(words)) / 4, pairs, window, math.log1p(names) / 2,
             with_before, with_after,
-            sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0])
+            sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0,
+            central[i] if central else 0.0])
         out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]

@@ -349,9 +349,9 @@ class Searcher:
         cands: list[answers.Sentence] = []
         cover = 0.0
         for r, (row, score, _) in enumerate(groups, 1):
-            spans, terms, cosines, stems, links = sentences_of(row.id)
+            spans, terms, cosines, stems, links, central = sentences_of(row.id)
             mine = answers.passage_sentences(question, row.id, r, score, row.title or "", row.start, row.text, spans,
-                                             terms, cosines, stems, links)
+                                             terms, cosines, stems, links, central)
             cover = max(cover, answers.coverage(question, mine))
             cands += mine
         best, p = answers.choose(cands)

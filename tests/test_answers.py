@@ -182,11 +182,13 @@ def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder
     seg = index.parts[0].seg
     pid = int(seg.pids[0])
     qv = fake_embedder.encode(["Where did Assad flee?"])[0]
-    spans, _, cosines, _, links = index.sentences(qv, {}, [pid]).full(pid)
+    spans, _, cosines, _, links, central = index.sentences(qv, {}, [pid]).full(pid)
     codes = seg.s_codes[seg.p_lo[0]:seg.p_hi[0]].astype(np.float32) / seg.scale
     assert len(links) == len(spans) == len(codes) >= 2 and links[0] == 0.0
     assert links[1:] == pytest.approx((codes[1:] * codes[:-1]).sum(axis=1).tolist(), abs=1e-5)
     assert cosines == pytest.approx((codes @ qv).tolist(), abs=1e-5)
+    gram = codes @ codes.T  # centrality: each sentence's mean cosine with the passage's others
+    assert central == pytest.approx(((gram.sum(axis=1) - np.diag(gram)) / (len(codes) - 1)).tolist(), abs=1e-5)
 
 
 def test_words_of_the_title_do_not_pick_the_sentence():

@@ -380,21 +380,22 @@ class SentenceScores:
         spans, terms, *_ = self.full(pid)
         return spans, terms
 
-    def full(self, pid: int) -> tuple[list[tuple[int, int]], list[float], list[float], list[np.ndarray], list[float]]:
+    def full(self, pid: int) -> tuple[list[tuple[int, int]], list[float], list[float], list[np.ndarray], list[float],
+                                      list[float]]:
         """A passage's sentence spans (article offsets), stem-weight scores, cosines with the question
-        (0 without one), each sentence's stem keys (`sentence_keys`) and each sentence's cosine with the
-        one before it (0 for the first)."""
+        (0 without one), each sentence's stem keys (`sentence_keys`), each sentence's cosine with the
+        one before it (0 for the first) and its mean cosine with the passage's other sentences."""
         if pid not in self.where:
-            return [], [], [], [], []
+            return [], [], [], [], [], []
         seg, row = self.where[pid]
         srows = np.arange(seg.p_lo[row], seg.p_hi[row])
         terms = seg.sentence_terms(srows, self.qhash, self.qweight) if len(self.qhash) else np.zeros(len(srows))
-        codes = seg.sentence_codes(srows)  # once, for the cosines and the links both
+        codes = seg.sentence_codes(srows)  # once, for the cosines, the links and the centrality
         dense = seg.sentence_dense(self.qv, srows, codes) if self.qv is not None else np.zeros(len(srows))
         ptr = seg.s_term_ptr
         held = [sentence_keys(seg.s_terms[ptr[r]:ptr[r + 1]]) for r in srows.tolist()]
         return (list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist(), dense.tolist(), held,
-                seg.sentence_links(srows, codes).tolist())
+                seg.sentence_links(srows, codes).tolist(), seg.sentence_centrality(srows, codes).tolist())
 
 
 def _top(pids: list[np.ndarray], scores: list[np.ndarray], n: int) -> dict[int, float]:

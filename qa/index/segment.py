@@ -304,6 +304,14 @@ class Segment:
         codes = (self.sentence_codes(srows) if codes is None else codes).astype(np.float32) / self.scale
         return np.concatenate([[0.0], (codes[1:] * codes[:-1]).sum(axis=1)]) if len(codes) else np.zeros(0)
 
+    def sentence_centrality(self, srows: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        """Each sentence's mean cosine with the other rows of `srows`: how much it sums up the rest."""
+        codes = (self.sentence_codes(srows) if codes is None else codes).astype(np.float32) / self.scale
+        if len(codes) < 2:
+            return np.zeros(len(codes))
+        gram = codes @ codes.T
+        return (gram.sum(axis=1) - np.diag(gram)) / (len(codes) - 1)
+
     def sentence_terms(self, srows: np.ndarray, qhash: np.ndarray, qweight: np.ndarray) -> np.ndarray:
         """Each sentence's summed weights of the query stems it holds (qhash: 64-bit stem hashes, sorted)."""
         if self.s_terms.dtype == np.uint32:
