@@ -394,8 +394,9 @@ class SentenceScores:
         dense = seg.sentence_dense(self.qv, srows, codes) if self.qv is not None else np.zeros(len(srows))
         ptr = seg.s_term_ptr
         held = [sentence_keys(seg.s_terms[ptr[r]:ptr[r + 1]]) for r in srows.tolist()]
+        links, central = seg.sentence_links(srows, codes)
         return (list(zip(seg.s_start[srows].tolist(), seg.s_end[srows].tolist())), terms.tolist(), dense.tolist(), held,
-                seg.sentence_links(srows, codes).tolist(), seg.sentence_centrality(srows, codes).tolist())
+                links.tolist(), central.tolist())
 
 
 def _top(pids: list[np.ndarray], scores: list[np.ndarray], n: int) -> dict[int, float]:

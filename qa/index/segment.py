@@ -299,18 +299,14 @@ class Segment:
         """Each sentence's cosine with `q` (`codes`: the rows' vectors, when the caller has read them)."""
         return inner_products(self.sentence_codes(srows) if codes is None else codes, q) / self.scale
 
-    def sentence_links(self, srows: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
-        """Each sentence's cosine with the row before it (0 for the first of `srows`)."""
-        codes = (self.sentence_codes(srows) if codes is None else codes).astype(np.float32) / self.scale
-        return np.concatenate([[0.0], (codes[1:] * codes[:-1]).sum(axis=1)]) if len(codes) else np.zeros(0)
-
-    def sentence_centrality(self, srows: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
-        """Each sentence's mean cosine with the other rows of `srows`: how much it sums up the rest."""
+    def sentence_links(self, srows: np.ndarray, codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each sentence's cosine with the row before it (0 for the first of `srows`), and its mean cosine
+        with the other rows (how much it sums up the rest; 0 alone)."""
         codes = (self.sentence_codes(srows) if codes is None else codes).astype(np.float32) / self.scale
         if len(codes) < 2:
-            return np.zeros(len(codes))
+            return np.zeros(len(codes)), np.zeros(len(codes))
         gram = codes @ codes.T
-        return (gram.sum(axis=1) - np.diag(gram)) / (len(codes) - 1)
+        return np.concatenate([[0.0], np.diag(gram, -1)]), (gram.sum(axis=1) - np.diag(gram)) / (len(codes) - 1)
 
     def sentence_terms(self, srows: np.ndarray, qhash: np.ndarray, qweight: np.ndarray) -> np.ndarray:
         """Each sentence's summed weights of the query stems it holds (qhash: 64-bit stem hashes, sorted)."""
