@@ -135,7 +135,7 @@ class Question:
 
 def passage_sentences(question: Question, pid: int, rank: int, score: float, title: str, row_start: int,
                       row_text: str, spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
-                      stems: list[np.ndarray], links: list[float], central: list[float] | None = None) -> list[Sentence]:
+                      stems: list[np.ndarray], links: list[float], central: list[float]) -> list[Sentence]:
     """The sentences of one ranked passage (rank from 1, fused score), each with its features;
     `stems`: each sentence's stem keys, as the index keeps them; `links`: each sentence's cosine
     with the one before it; `central`: its mean cosine with the passage's other sentences (a
@@ -174,7 +174,7 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, tit
             new, math.log1p(len(words)) / 4, pairs, window, math.log1p(names) / 2,
             with_before, with_after,
             sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0,
-            central[i] if central else 0.0])
+            central[i]])
         out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]

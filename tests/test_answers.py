@@ -171,7 +171,7 @@ def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder
     text = "Rebels took the capital. Assad landed in Moscow."
     q = answer.Question("Where did Assad flee?", {"assad": 2.0, "flee": 1.5})
     first, second = answer.passage_sentences(q, 1, 1, 0.5, "Syria", 0, text, [(0, 24), (25, 48)], [0.0, 2.0],
-                                             [0.1, 0.8], [np.zeros(0, np.uint32)] * 2, [0.0, 0.5])
+                                             [0.1, 0.8], [np.zeros(0, np.uint32)] * 2, [0.0, 0.5], [0.5, 0.5])
     f = lambda s, name: s.features[answer.SENTENCE_FEATURES.index(name)]  # noqa: E731
     both = (0.1 + 0.8) / math.sqrt(2 + 2 * 0.5)  # |a + b| for unit vectors with a.b = 0.5
     assert f(first, "cosine_with_before") == 0.1 and f(second, "cosine_with_after") == 0.8  # no neighbour there
@@ -203,14 +203,14 @@ def test_words_of_the_title_do_not_pick_the_sentence():
     text = f"{lede} {quote}"
     a, b = answer.passage_sentences(q, 1, 1, 0.5, "Rotterdam festival pulls film", 0, text,
                                     [(0, len(lede)), (len(lede) + 1, len(text))], [5.0, 3.0], [0.5, 0.5], keys,
-                                    [0.0, 0.5])
+                                    [0.0, 0.5], [0.5, 0.5])
     f = lambda s: s.features[answer.SENTENCE_FEATURES.index("held_beyond_title")]  # noqa: E731
     assert a.held > b.held  # the lede holds more of the question ...
     assert f(a) == 0.0 and f(b) == 1.0  # ... but none of what the title does not already say
     # Every question word in the title: nothing beyond it to hold.
     c, _ = answer.passage_sentences(q, 1, 1, 0.5, "Festival director in Rotterdam", 0, text,
                                     [(0, len(lede)), (len(lede) + 1, len(text))], [5.0, 3.0], [0.5, 0.5], keys,
-                                    [0.0, 0.5])
+                                    [0.0, 0.5], [0.5, 0.5])
     assert f(c) == 0.0
 
 

@@ -275,7 +275,17 @@ class Index:
         return {t: n for t, n in out.items() if n}, self.passage_count
 
     def _bm25_terms(self, stems: Sequence[str]) -> Terms:
-        """Each stem's hash, FTS5-style idf and whether it puts passages forward."""
+        """Each stem's hash, FTS5-style idf and whether it puts passages forward (a question asks for
+        them twice, for its best passages and for the dense side's: the thread keeps the last)."""
+        key = tuple(stems)
+        last = getattr(self._local, "terms", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        terms = self._make_terms(stems)
+        self._local.terms = (key, terms)
+        return terms
+
+    def _make_terms(self, stems: Sequence[str]) -> Terms:
         df, n = self.doc_freqs(list(stems))
         cutoff = max(GENERATE_MIN, GENERATE_SHARE * n)
         out = []
