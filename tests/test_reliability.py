@@ -251,8 +251,31 @@ def test_segments_merge_and_stay_few(tmp_path, fake_embedder, monkeypatch):
     assert idx.article_count == 80 and idx.passage_count == sum(len(p.seg) for p in idx.parts)
     hits = Service(tmp_path / "ix", "fake", embedder=fake_embedder).searcher().search("zanzibar session 57 plan", 3)
     assert hits[0].citation.article_id == "zanzibar-57"
-    # Merged-away segments stay on disk for readers that may still be opening them, then go.
+    # Merged-away segments stay on disk while the writer runs, for readers that may still be opening
+    # them; a writer that stops deletes them, and a reader that loaded them keeps answering.
     assert manifest["retired"]
+    on_disk = {p.name.split(".", 1)[0] for p in (tmp_path / "ix").glob("seg-*")}
+    assert on_disk == {e["name"] for e in manifest["segments"]}
+    assert idx.article_count == 80 and Index.load(tmp_path / "ix", "fake", 64).article_count == 80
+
+
+def test_a_reader_keeps_a_snapshot_whose_files_a_stopping_writer_deleted(tmp_path, fake_embedder, monkeypatch):
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
+    svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
+    from qa.indexer import add_articles
+
+    with svc.writer() as w:
+        for i in range(3):
+            add_articles(w, fake_embedder, articles(2, start=2 * i))
+    old = Service(tmp_path / "ix", "fake", embedder=fake_embedder).searcher()
+    before = {p.seg.name for p in old.index.parts}
+    assert len(before) == 3
+    with svc.writer() as w:
+        w.compact()
+    left = {p.name.split(".", 1)[0] for p in (tmp_path / "ix").glob("seg-*")}
+    assert not left & before  # compact's inputs are gone from the disk at once
+    hits = old.search("zanzibar session 5 plan", 3)  # the old snapshot still reads its unlinked files
+    assert hits[0].citation.article_id == "zanzibar-5"
 
 
 def test_flat_segments_past_the_ivf_threshold_become_one(tmp_path, fake_embedder, monkeypatch):

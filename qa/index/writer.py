@@ -496,9 +496,18 @@ class Writer:
         """Publish what is unpublished and finish the merges it calls for (small ones are quick), then let go."""
         try:
             self._settle()
+            self._drop_retired()
         finally:
             self.conn.close()
             self._lock_file.close()
+
+    def _drop_retired(self) -> None:
+        """Delete merged-away segments' files now rather than at a next publish that may never come."""
+        # Safe inside the grace: a reader opens all of a segment's files when it loads it (an open file
+        # outlives its name), and one that finds a file gone reads the manifest again.
+        for r in self.retired:
+            for p in self.path.glob(f"{r['name']}.*"):
+                p.unlink(missing_ok=True)
 
     def __enter__(self) -> Writer:
         return self
