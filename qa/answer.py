@@ -35,8 +35,9 @@ _ASKS = [
                         r"party|group|organi[sz]ation|firm|brand|place|town|state|nation|band|newspaper)\b", re.I)),
 ]
 _NUMBER = re.compile(r"\d[\d,.]*|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
-                     r"fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|trillion|dozen|half|"
-                     r"quarter|once|twice)\b", re.I)
+                     r"fifty|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|trillion|dozen|"
+                     r"(?<!first )(?<!second )(?<!third )(?<!fourth )(?<!last )(?<!final )(?<!next )"
+                     r"(half|quarter)|once|twice)\b", re.I)  # "the second half of 2004" is a time, not a count
 _DATE = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b|\b(January|February|March|April|May|June|July|August|September|"
                    r"October|November|December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|Monday|Tuesday|"
                    r"Wednesday|Thursday|Friday|Saturday|Sunday|yesterday|today|tomorrow|tonight|century|"

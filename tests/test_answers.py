@@ -163,6 +163,8 @@ def test_what_the_question_asks_for():
     assert not answer.holds("number", "The club was founded in 1898.", set())
     assert answer.holds("number", "She won 5 of the 9 tournaments she entered in 2004.", q)
     assert answer.holds("number", "Net income rose to 3.2bn yuan, or 1,200 per worker.", set())
+    assert not answer.holds("number", "Her form dipped in the second half of 2004.", q)  # a time, not a count
+    assert answer.holds("number", "Half of the votes went to her.", set())
 
 
 def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder):
