@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -113,15 +114,25 @@ def compact(index, wait):
         click.echo(f"Compacting {len(before['segments'])} segments ({before['passages']:,} passages) in "
                    f"{svc.index_dir}; a million passages take several minutes ...", err=True)
         t0 = time.monotonic()
+        was = _segment_bytes(svc.index_dir)
         after = svc.compact(wait)
     except QAError as e:
         _fail(e)
     except (OSError, MemoryError) as e:  # disk full, say: the merge's inputs stay published
         click.secho(f"Error: compacting failed ({type(e).__name__}: {e}); the index is as it was", fg="red", err=True)
         sys.exit(1)
-    size = sum(e["bytes"] for e in after["segments"])
     click.echo(f"{len(before['segments'])} segments -> {len(after['segments'])}; {after['passages']:,} passages, "
-               f"{size / 1e6:,.0f} MB of segment files, in {time.monotonic() - t0:.1f} s -> {svc.index_dir}")
+               f"{_segment_bytes(svc.index_dir) / 1e6:,.0f} MB of segment files (were {was / 1e6:,.0f} MB), "
+               f"in {time.monotonic() - t0:.1f} s -> {svc.index_dir}")
+
+
+def _segment_bytes(folder) -> int:
+    """What the segment files in a folder take on disk, merged-away ones not yet deleted included."""
+    total = 0
+    for p in Path(folder).glob("seg-*"):
+        with contextlib.suppress(FileNotFoundError):  # a running writer may delete one meanwhile
+            total += p.stat().st_size
+    return total
 
 
 @cli.command()

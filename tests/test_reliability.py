@@ -452,6 +452,9 @@ def test_compact_leaves_one_segment_without_the_deleted_passages(app, runner):
     assert result.output.splitlines()[-1].startswith(f"{len(before.parts)} segments -> 1;")
     after = Index.load(svc.index_dir, "fake", 64)
     [part] = after.parts
+    on_disk = sum(p.stat().st_size for p in svc.index_dir.glob("seg-*"))
+    assert f"{on_disk / 1e6:,.0f} MB of segment files (were " in result.output  # what is left, inputs deleted
+    assert {p.name.split(".")[0] for p in svc.index_dir.glob("seg-*")} == {part.seg.name}
     assert part.live is None and len(part.seg) == before.passage_count == after.passage_count
     assert after.article("zanzibar-1") is None and after.article("zanzibar-2") is not None
     assert [(h.citation.article_id, h.citation.start) for h in svc.searcher(wait=True).search(q, 5)] == expected
