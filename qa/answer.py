@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .index.terms import sentence_key, stems as index_stems
+from .index.terms import STOPWORDS, sentence_key, stems as index_stems
 
 # What the wh-word asks for, and how a sentence shows it has one.
 _ASKS = [
@@ -51,13 +51,13 @@ _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'-]+|\b\d[\d,.]*\b")  # names a
 SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "passage_score", "passage_rank",
                      "asked_held", "asked_missing", "new_words", "length", "pairs_held", "held_with_before",
                      "new_names", "cosine_with_before", "cosine_with_after", "held_beyond_title",
-                     "centrality")
-SENTENCE_W = np.array([0.000, 6.754, -0.665, -0.667, 0.184, 4.081, 0.951, 1.035, -1.035, -0.431, 0.191,
-                       1.919, 4.029, 0.160, 4.528, 2.448, 2.990, -1.324])
+                     "centrality", "common_held", "names_held")
+SENTENCE_W = np.array([-0.000, 7.108, 0.192, -0.717, 0.161, 4.173, 0.975, 1.050, -1.050, -0.251, 0.257,
+                       2.049, 3.923, 0.206, 4.434, 2.376, 1.661, -1.436, 1.051, -0.561])
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
-GATE_W = np.array([-12.256, 1.749, 7.704, 8.171, 4.705, 3.321, 0.713])
-GATE_AT = 0.309  # keeps 99% of the fitted half's answers whose top passage is right
-CONFIDENCE_W = np.array([-3.750, 3.343, 2.116, 0.953, 0.465, 0.449, 0.586])
+GATE_W = np.array([-12.205, 1.390, 7.715, 8.134, 4.764, 3.454, 0.890])
+GATE_AT = 0.295  # keeps 99% of the fitted half's answers whose top passage is right
+CONFIDENCE_W = np.array([-4.171, 3.565, 2.393, 0.924, 0.617, 0.486, 0.489])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
 PAIR_AT = 0.02  # a neighbour joins the answer when the sentence model rates it this close to the best
 
@@ -123,6 +123,15 @@ class Question:
         self.pairs = {f"{a} {b}" for a, b in zip(words, words[1:])
                       if content & set(index_stems(f"{a} {b}"))}
         self._beyond: dict[str, tuple[set[int], float]] = {}
+        # Its names (capitalised past the first word) and its common words: a story's sentences repeat
+        # the names, while the common words ("founded", "income") point at the detail asked for.
+        raw = _WORD.findall(self.text)
+        self.common = self._keys(w for w in raw if w[0].islower())
+        self.named = self._keys(w for w in raw[1:] if w[0].isupper())
+
+    @staticmethod
+    def _keys(words) -> set[int]:
+        return {sentence_key(s) for w in words if w.lower() not in STOPWORDS for s in index_stems(w)}
 
     def beyond(self, title: str) -> tuple[set[int], float]:
         """The question's stems that the article's title lacks, and their idf mass: the title's words
@@ -175,7 +184,9 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, tit
             new, math.log1p(len(words)) / 4, pairs, window, math.log1p(names) / 2,
             with_before, with_after,
             sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0,
-            central[i]])
+            central[i],
+            len(question.common & mine) / len(question.common) if question.common else 0.0,
+            len(question.named & mine) / len(question.named) if question.named else 0.0])
         out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]

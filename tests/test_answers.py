@@ -216,6 +216,26 @@ def test_words_of_the_title_do_not_pick_the_sentence():
     assert f(c) == 0.0
 
 
+
+def test_common_words_of_the_question_point_at_the_detail():
+    """A story's sentences repeat its names; the question's common words tell which one gives the detail."""
+    from qa.index.terms import sentence_key, stems
+
+    q = answer.Question("When was Athletics Kenya founded by Isaiah Kiplagat?",
+                        {"athlet": 2.0, "kenya": 2.0, "found": 1.5, "isaiah": 3.0, "kiplagat": 3.0})
+    assert q.common == {sentence_key("found")}
+    assert q.named == {sentence_key(s) for s in ("athlet", "kenya", "isaiah", "kiplagat")}
+    names = "Athletics Kenya chief Isaiah Kiplagat spoke."
+    detail = "He founded it in 1951."
+    keys = [np.array([sentence_key(s) for s in stems(t)], np.uint32) for t in (names, detail)]
+    text = f"{names} {detail}"
+    a, b = answer.passage_sentences(q, 1, 1, 0.5, "Kenyan athletics", 0, text,
+                                    [(0, len(names)), (len(names) + 1, len(text))], [10.0, 1.5], [0.5, 0.5], keys,
+                                    [0.0, 0.5], [0.5, 0.5])
+    common, named = (answer.SENTENCE_FEATURES.index(n) for n in ("common_held", "names_held"))
+    assert (a.features[common], a.features[named]) == (0.0, 1.0)
+    assert (b.features[common], b.features[named]) == (1.0, 0.0)
+
 # --- with the real model, end to end ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
