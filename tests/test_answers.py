@@ -193,48 +193,45 @@ def test_a_sentence_is_also_read_with_its_neighbours(seeded_index, fake_embedder
     assert central == pytest.approx(((gram.sum(axis=1) - np.diag(gram)) / (len(codes) - 1)).tolist(), abs=1e-5)
 
 
+def two_sentences(q: answer.Question, first: str, second: str, title: str, terms: list[float]):
+    """The candidates of a passage of two sentences, with the stem keys the index would keep for them."""
+    from qa.index.terms import sentence_key, stems
+
+    keys = [np.array([sentence_key(s) for s in stems(t)], np.uint32) for t in (first, second)]
+    text = f"{first} {second}"
+    return answer.passage_sentences(q, 1, 1, 0.5, title, 0, text, [(0, len(first)), (len(first) + 1, len(text))],
+                                    terms, [0.5, 0.5], keys, [0.0, 0.5], [0.5, 0.5])
+
+
 def test_words_of_the_title_do_not_pick_the_sentence():
     """A news lede repeats the headline's words; what tells sentences of one story apart is how much of
     the rest of the question each holds."""
-    from qa.index.terms import sentence_key, stems
-
     q = answer.Question("Who is the festival director in Rotterdam?", {"festiv": 2.0, "director": 1.0, "rotterdam": 3.0})
     lede = "The Rotterdam festival pulled the film."
     quote = "Director Sandra den Hamer said the festival reflects its time."
-    keys = [np.array([sentence_key(s) for s in stems(t)], np.uint32) for t in (lede, quote)]
-    text = f"{lede} {quote}"
-    a, b = answer.passage_sentences(q, 1, 1, 0.5, "Rotterdam festival pulls film", 0, text,
-                                    [(0, len(lede)), (len(lede) + 1, len(text))], [5.0, 3.0], [0.5, 0.5], keys,
-                                    [0.0, 0.5], [0.5, 0.5])
+    a, b = two_sentences(q, lede, quote, "Rotterdam festival pulls film", [5.0, 3.0])
     f = lambda s: s.features[answer.SENTENCE_FEATURES.index("held_beyond_title")]  # noqa: E731
     assert a.held > b.held  # the lede holds more of the question ...
     assert f(a) == 0.0 and f(b) == 1.0  # ... but none of what the title does not already say
     # Every question word in the title: nothing beyond it to hold.
-    c, _ = answer.passage_sentences(q, 1, 1, 0.5, "Festival director in Rotterdam", 0, text,
-                                    [(0, len(lede)), (len(lede) + 1, len(text))], [5.0, 3.0], [0.5, 0.5], keys,
-                                    [0.0, 0.5], [0.5, 0.5])
+    c, _ = two_sentences(q, lede, quote, "Festival director in Rotterdam", [5.0, 3.0])
     assert f(c) == 0.0
-
 
 
 def test_common_words_of_the_question_point_at_the_detail():
     """A story's sentences repeat its names; the question's common words tell which one gives the detail."""
-    from qa.index.terms import sentence_key, stems
+    from qa.index.terms import sentence_key
 
     q = answer.Question("When was Athletics Kenya founded by Isaiah Kiplagat?",
                         {"athlet": 2.0, "kenya": 2.0, "found": 1.5, "isaiah": 3.0, "kiplagat": 3.0})
     assert q.common == {sentence_key("found")}
     assert q.named == {sentence_key(s) for s in ("athlet", "kenya", "isaiah", "kiplagat")}
-    names = "Athletics Kenya chief Isaiah Kiplagat spoke."
-    detail = "He founded it in 1951."
-    keys = [np.array([sentence_key(s) for s in stems(t)], np.uint32) for t in (names, detail)]
-    text = f"{names} {detail}"
-    a, b = answer.passage_sentences(q, 1, 1, 0.5, "Kenyan athletics", 0, text,
-                                    [(0, len(names)), (len(names) + 1, len(text))], [10.0, 1.5], [0.5, 0.5], keys,
-                                    [0.0, 0.5], [0.5, 0.5])
+    a, b = two_sentences(q, "Athletics Kenya chief Isaiah Kiplagat spoke.", "He founded it in 1951.",
+                         "Kenyan athletics", [10.0, 1.5])
     common, named = (answer.SENTENCE_FEATURES.index(n) for n in ("common_held", "names_held"))
     assert (a.features[common], a.features[named]) == (0.0, 1.0)
     assert (b.features[common], b.features[named]) == (1.0, 0.0)
+
 
 # --- with the real model, end to end ---------------------------------------------------------------
 
