@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -361,12 +362,8 @@ class Writer:
         (articles,) = self.conn.execute("SELECT count(*) FROM articles WHERE deleted_gen IS NULL").fetchone()
         from .. import __version__
 
-        now = time.time()
-        for r in self.retired:
-            if now - r["at"] >= GRACE_SECONDS:  # no reader can still be opening a manifest that named it
-                for p in self.path.glob(f"{r['name']}.*"):
-                    p.unlink(missing_ok=True)
-        self.retired = [r for r in self.retired if now - r["at"] < GRACE_SECONDS]
+        # Past the grace no reader can still be opening a manifest that named them.
+        self._drop_retired(by=time.time() - GRACE_SECONDS)
         manifest = {
             "format": "qa-index",
             "schema_version": SCHEMA_VERSION,
@@ -496,18 +493,21 @@ class Writer:
         """Publish what is unpublished and finish the merges it calls for (small ones are quick), then let go."""
         try:
             self._settle()
+            # Not left for a next publish that may never come; safe inside the grace: a reader opens all of
+            # a segment's files as it loads it (an open file outlives its name), and one that finds a file
+            # gone reads the manifest again.
             self._drop_retired()
         finally:
             self.conn.close()
             self._lock_file.close()
 
-    def _drop_retired(self) -> None:
-        """Delete merged-away segments' files now rather than at a next publish that may never come."""
-        # Safe inside the grace: a reader opens all of a segment's files when it loads it (an open file
-        # outlives its name), and one that finds a file gone reads the manifest again.
+    def _drop_retired(self, by: float = math.inf) -> None:
+        """Delete the files of segments merged away by a time (all of them by default) and forget them."""
         for r in self.retired:
-            for p in self.path.glob(f"{r['name']}.*"):
-                p.unlink(missing_ok=True)
+            if r["at"] <= by:
+                for p in self.path.glob(f"{r['name']}.*"):
+                    p.unlink(missing_ok=True)
+        self.retired = [r for r in self.retired if r["at"] > by]
 
     def __enter__(self) -> Writer:
         return self
