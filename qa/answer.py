@@ -112,26 +112,23 @@ class Question:
     def __post_init__(self):
         self.kind = asks(self.text)
         self.mass = sum(self.weights.values()) or 1.0
-        words = [w.lower() for w in _WORD.findall(self.text)]
+        raw = _WORD.findall(self.text)
+        words = [w.lower() for w in raw]
         self.words = set(words)
+        stemmed = [set(index_stems(w)) for w in words]
         # Stems as the index keeps them for each sentence (32-bit keys), with their idf.
         self.hashed = {sentence_key(s): w for s, w in self.weights.items()}
         self.stems = set(self.hashed)
         # Adjacent words with a content word among them ("Super Bowl", "prime minister"), found in a
         # sentence's lower-cased words as they stand.
-        content = set(index_stems(" ".join(words))) & set(self.weights)
-        self.pairs = {f"{a} {b}" for a, b in zip(words, words[1:])
-                      if content & set(index_stems(f"{a} {b}"))}
+        content = set().union(*stemmed) & set(self.weights)
+        self.pairs = {f"{a} {b}" for a, b, sa, sb in zip(words, words[1:], stemmed, stemmed[1:]) if content & (sa | sb)}
         self._beyond: dict[str, tuple[set[int], float]] = {}
         # Its names (capitalised past the first word) and its common words: a story's sentences repeat
         # the names, while the common words ("founded", "income") point at the detail asked for.
-        raw = _WORD.findall(self.text)
-        self.common = self._keys(w for w in raw if w[0].islower())
-        self.named = self._keys(w for w in raw[1:] if w[0].isupper())
-
-    @staticmethod
-    def _keys(words) -> set[int]:
-        return {sentence_key(s) for w in words if w.lower() not in STOPWORDS for s in index_stems(w)}
+        keys = [set() if w in STOPWORDS else {sentence_key(s) for s in ss} for w, ss in zip(words, stemmed)]
+        self.common = set().union(*(k for w, k in zip(raw, keys) if w[0].islower()))
+        self.named = set().union(*(k for w, k in zip(raw[1:], keys[1:]) if w[0].isupper()))
 
     def beyond(self, title: str) -> tuple[set[int], float]:
         """The question's stems that the article's title lacks, and their idf mass: the title's words
