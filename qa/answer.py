@@ -57,9 +57,10 @@ SENTENCE_W = np.array([-0.000, 7.108, 0.192, -0.717, 0.161, 4.173, 0.975, 1.050,
 GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
 GATE_W = np.array([-12.205, 1.390, 7.715, 8.134, 4.764, 3.454, 0.890])
 GATE_AT = 0.295  # keeps 99% of the fitted half's answers whose top passage is right
-CONFIDENCE_W = np.array([-4.171, 3.565, 2.393, 0.924, 0.617, 0.486, 0.489])
+CONFIDENCE_W = np.array([-4.306, 3.497, 2.731, 0.711, 0.689, 0.525, 0.573])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
-PAIR_AT = 0.02  # a neighbour joins the answer when the sentence model rates it this close to the best
+PAIR_AT = 0.05  # a neighbour joins the answer when the sentence model rates it this close to the best
+SHORT_PAIR_WORDS = 45  # or whenever the two together are this short (news sentences often are)
 
 
 def asks(question: str) -> str | None:
@@ -204,10 +205,16 @@ def choose(sentences: list[Sentence]) -> tuple[Sentence | None, np.ndarray]:
 
 def span_of(best: Sentence) -> tuple[int, int]:
     """The answer's article offsets: the sentence, with a neighbour the sentence model also rates
-    (news often names the subject in one sentence and answers in the next) while the two stay short."""
+    (news often names the subject in one sentence and answers in the next) while the two stay short,
+    or with the likelier neighbour whenever the two are hardly longer than one long sentence."""
     words = len(_WORD.findall(best.text))
-    pick = max((n for n in (best.before, best.after) if n is not None and n.p >= PAIR_AT * best.p
-                and words + len(_WORD.findall(n.text)) <= MAX_PAIR_WORDS), key=lambda n: n.p, default=None)
+
+    def joins(n: Sentence) -> bool:
+        both = words + len(_WORD.findall(n.text))
+        return both <= SHORT_PAIR_WORDS or (n.p >= PAIR_AT * best.p and both <= MAX_PAIR_WORDS)
+
+    pick = max((n for n in (best.before, best.after) if n is not None and joins(n)), key=lambda n: n.p,
+               default=None)
     if pick is None:
         return best.start, best.end
     return min(best.start, pick.start), max(best.end, pick.end)

@@ -233,6 +233,25 @@ def test_common_words_of_the_question_point_at_the_detail():
     assert (b.features[common], b.features[named]) == (1.0, 0.0)
 
 
+def test_short_sentences_answer_with_their_likelier_neighbour():
+    """Two short sentences make the answer even when the model doubts the neighbour (news names the
+    subject in one and gives the detail in the next); two long ones only when it rates both."""
+    q = answer.Question("Who replaced Wes Butters?", {"replac": 2.0, "wes": 3.0, "butter": 3.0})
+    short = "Wes Butters was replaced on the chart show.", "JK and Joel took over in March."
+    a, b = two_sentences(q, *short, "Radio 1", [8.0, 0.0])
+    a.p, b.p = 0.99, 0.01  # below PAIR_AT of the best
+    assert answer.span_of(a) == (a.start, b.end)
+    long = ("Wes Butters, who had presented the chart show on Sunday afternoons for two years, was replaced "
+            "after a review of the station's weekend schedule by its new controller."), \
+           ("The new presenters, a duo who had hosted the breakfast show on a sister station, take over the "
+            "programme from March and will also present a weekly podcast.")
+    a, b = two_sentences(q, *long, "Radio 1", [8.0, 0.0])
+    a.p, b.p = 0.99, 0.01
+    assert answer.span_of(a) == (a.start, a.end)
+    b.p = 0.5  # rated close to the best: the two join while under MAX_PAIR_WORDS
+    assert answer.span_of(a) == (a.start, b.end)
+
+
 # --- with the real model, end to end ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
