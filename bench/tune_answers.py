@@ -114,8 +114,7 @@ def report(rows: list[dict], label: str) -> None:
     marked = 0
     for r in inside:
         hits = r["answered"].hits
-        if hits and hits[0].highlight:
-            h = hits[0].highlight[0]
+        for h in r["answered"].evidence.get("lexical_highlight") or [] if hits else []:
             marked += holds(hits[0].text[h["start"]:h["end"]], r["question"].answers)
     print(f"  before answers, the top result's marked sentence holds an answer: {marked / len(inside):.3f}")
     holds_any = sum(r["best"] is not None and r["right"] for r in inside) / len(inside)

@@ -373,8 +373,9 @@ def eval_(file, k, index, mode, limit, split, as_json):
     a = answers
     click.echo(f"\nThe answer field, {a.inside} questions the collection answers"
                + (f", {a.outside} it does not (other articles' questions)" if a.outside else "") + ":")
-    click.echo(f"  answer holds a right answer: {a.answer_holds:.3f} (the top result's marked sentence: "
-               f"{a.highlight_holds:.3f}); {a.mean_answer_words:.1f} words on average")
+    click.echo(f"  answer holds a right answer: {a.answer_holds:.3f}; {a.mean_answer_words:.1f} words on average")
+    click.echo(f"  the top result's marked sentence holds one: {a.marked_holds:.3f} "
+               f"(marked by the question's words, as before answers: {a.highlight_holds:.3f})")
     click.echo(f"  top passage right: {a.top_right:.3f}, and of those {a.kept_when_top_right:.3f} get an answer")
     if a.outside:
         click.echo(f"  not in the collection, answered null: {a.null_outside:.3f}")

@@ -44,6 +44,7 @@ class AnswerResult:
     outside: int
     answer_holds: float  # inside questions whose answer text holds a right answer (no answer counts as wrong)
     highlight_holds: float  # before answers: the top result's marked sentence holds a right answer
+    marked_holds: float  # now: the top result's marked sentence (the sentence model's) holds a right answer
     top_right: float  # inside questions whose top passage holds a right answer
     kept_when_top_right: float  # ... of those, the share still given an answer
     null_outside: float  # outside questions answered with null
@@ -75,7 +76,7 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
     """Ask questions the collection answers (`inside`) and questions it does not (`outside`); score the answers.
 
     `keep`, if given, collects each question's evidence (for bench/tune_answers.py)."""
-    holds_n = highlight_n = top_n = kept_n = null_n = 0
+    holds_n = highlight_n = marked_n = top_n = kept_n = null_n = 0
     conf, right, words = [], [], []
     for i, (q, is_inside) in enumerate([*((q, True) for q in inside), *((q, False) for q in outside)]):
         got = searcher.ask(q.text, 5)
@@ -88,9 +89,10 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
         if is_inside:
             holds_n += ok
             top = got.hits[0] if got.hits else None
-            if top is not None and top.highlight:
-                h = top.highlight[0]
-                highlight_n += holds(top.text[h["start"]:h["end"]], q.answers)
+            if top is not None:
+                marked = lambda spans: any(holds(top.text[h["start"]:h["end"]], q.answers) for h in spans)  # noqa: E731
+                highlight_n += marked(got.evidence.get("lexical_highlight") or [])
+                marked_n += marked(top.highlight)
             if top is not None and holds(top.text, q.answers):
                 top_n += 1
                 kept_n += a is not None
@@ -105,6 +107,7 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
     n_in = max(len(inside), 1)
     return AnswerResult(
         inside=len(inside), outside=len(outside), answer_holds=holds_n / n_in, highlight_holds=highlight_n / n_in,
+        marked_holds=marked_n / n_in,
         top_right=top_n / n_in, kept_when_top_right=kept_n / max(top_n, 1),
         null_outside=null_n / max(len(outside), 1), ece=ece,
         mean_answer_words=sum(words) / max(len(words), 1), reliability=table)

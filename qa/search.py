@@ -245,23 +245,32 @@ class Searcher:
                 seen[pid] = got.full(pid)
             return seen[pid]
 
-        hits = []
+        out = Answered([], None, facets)
+        marks: dict[int, tuple[int, int]] = {}
+        if with_answer and groups:
+            out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of)
+            marks = _marks(out.evidence.get("candidates") or [])
         for r, (row, score, copies) in enumerate(groups[:k], 1):
-            spans, scores, *_ = sentences_of(row.id)
-            hits.append(Hit(
-                rank=r, score=round(score, 4), passage_id=row.id, text=row.text,
-                highlight=highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores),
+            # A passage the answer read is marked where the sentence model puts its answer (the
+            # answer itself in the passage that gives it); the rest by the question's words.
+            if r == 1 or row.id not in marks:
+                spans, scores, *_ = sentences_of(row.id)
+                mark = highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores)
+                if r == 1:
+                    out.evidence["lexical_highlight"] = mark  # the mark before answers, for `qa eval`
+            if row.id in marks:
+                mark = [{"start": marks[row.id][0] - row.start, "end": marks[row.id][1] - row.start}]
+            out.hits.append(Hit(
+                rank=r, score=round(score, 4), passage_id=row.id, text=row.text, highlight=mark,
                 citation=_citation(row),
                 also_in=[Copy(c.article_id, c.title, c.source, c.published, f"/articles/{c.article_id}#p-{c.id}")
                          for c in copies]))
         if sort == "newest":  # the same k passages, newest first; undated last, by relevance
-            dated = sorted((h for h in hits if h.citation.published), key=lambda h: h.citation.published, reverse=True)
-            hits = dated + [h for h in hits if not h.citation.published]
-            for r, h in enumerate(hits, 1):
+            dated = sorted((h for h in out.hits if h.citation.published), key=lambda h: h.citation.published,
+                           reverse=True)
+            out.hits = dated + [h for h in out.hits if not h.citation.published]
+            for r, h in enumerate(out.hits, 1):
                 h.rank = r
-        out = Answered(hits, None, facets)
-        if with_answer and groups:
-            out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of)
         return out
 
     def _rank(self, qvec, stems: list[str], idf: dict[str, float], lexical: dict[int, float], n: int,
@@ -359,6 +368,15 @@ class Searcher:
         cite = _citation(row)
         cite.start, cite.end = start, end
         return Answer(evidence["text"], confidence, row.id, cite), evidence
+
+
+def _marks(candidates: list[answers.Sentence]) -> dict[int, tuple[int, int]]:
+    """Per passage, the article offsets of its likeliest answer sentence (with a neighbour, as the answer has)."""
+    best: dict[int, answers.Sentence] = {}
+    for c in candidates:
+        if c.pid not in best or c.p > best[c.pid].p:
+            best[c.pid] = c
+    return {pid: answers.span_of(c) for pid, c in best.items()}
 
 
 def _citation(row: PassageRow) -> Citation:

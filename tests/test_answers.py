@@ -144,6 +144,18 @@ def test_answer_cites_its_exact_characters(client):
     assert set(body) >= {"query", "took_ms", "answer", "facets", "results"}
 
 
+def test_results_are_marked_where_the_answer_is(client):
+    body = search(client, q="How many residents signed the ferry petition?")
+    a = body["answer"]
+    [given] = [r for r in body["results"] if r["passage_id"] == a["passage_id"]]
+    offset = a["citation"]["start"] - given["citation"]["start"]
+    # The passage that gives the answer marks the answer itself (here two short sentences; the
+    # question's words alone mark only the second), and every result read for it has one mark.
+    assert given["highlight"] == [{"start": offset, "end": offset + len(a["text"])}]
+    assert a["text"].startswith("The harbour council") and a["text"].endswith("4,000 residents.")
+    assert all(len(r["highlight"]) == 1 for r in body["results"])
+
+
 def test_what_the_question_asks_for():
     assert answer.asks("How many people died?") == "number"
     assert answer.asks("When did the war end?") == "date"
