@@ -23,8 +23,10 @@ pages = Blueprint("pages", __name__)
 _PARAGRAPH_BREAK = re.compile(r"[ \t\r\f\v]*\n[ \t\r\f\v]*\n\s*")
 
 
-def article_link(article_id: str, q: str = "", passage_id: int | None = None, anchor: bool = True) -> str:
-    """The page's own link to an article: carries the question (for the way back) and the cited passage."""
+def article_link(article_id: str, q: str = "", passage_id: int | None = None, anchor: bool = True,
+                 said: tuple[int, int] | None = None) -> str:
+    """The page's own link to an article: carries the question (for the way back), the cited passage
+    and the article offsets of the sentence(s) marked in it (the answer, or a result's mark)."""
     from flask import url_for
 
     params = {}
@@ -32,6 +34,8 @@ def article_link(article_id: str, q: str = "", passage_id: int | None = None, an
         params["q"] = q
     if passage_id is not None:
         params["p"] = passage_id
+    if said is not None:
+        params["s"] = f"{said[0]}-{said[1]}"
     url = url_for("pages.article_page", article_id=article_id)
     if params:
         url += "?" + urlencode(params)
@@ -62,18 +66,20 @@ def site_name(source: str | None, url: str | None) -> str:
     return ""
 
 
-def paragraphs(text: str, passages: list[dict], cited: int | None = None) -> tuple[list[list[dict]], list[int]]:
+def paragraphs(text: str, passages: list[dict], cited: int | None = None,
+               said: tuple[int, int] | None = None) -> tuple[list[list[dict]], list[int]]:
     """Lay an article out as paragraphs of segments so that every passage can be found and marked.
 
     Passages may overlap (a sentence shared by neighbouring windows) and may span
     paragraphs, so they cannot each be one element. The text is cut at every
     paragraph break and every passage boundary; each segment knows the passages
     that cover it, and the first segment of each passage carries its anchor
-    (`id="p-ID"`). Returns the paragraphs and the ids of passages that got no
-    segment (they get an empty anchor so that their links still land).
+    (`id="p-ID"`). `said`: article offsets of the sentence(s) the link came for,
+    whose segments are flagged. Returns the paragraphs and the ids of passages that
+    got no segment (they get an empty anchor so that their links still land).
     """
     spans = [(p["id"], max(0, p["start"]), min(len(text), p["end"])) for p in passages]
-    cuts = sorted({0, len(text), *(x for _, s, e in spans for x in (s, e))})
+    cuts = sorted({0, len(text), *(x for _, s, e in spans for x in (s, e)), *(said or ())})
     # Segments come in text order, so one sweep over the passages sorted by start finds
     # those covering each segment (a few at a time: windows overlap about twice).
     by_start = sorted(range(len(spans)), key=lambda i: spans[i][1])
@@ -112,7 +118,8 @@ def paragraphs(text: str, passages: list[dict], cited: int | None = None) -> tup
                     else:  # two passages start on the same segment: an extra empty anchor
                         segs.append({"text": "", "passages": [pid], "anchor": pid, "cited": False})
             segs.append({"text": text[s:e], "passages": covering, "anchor": anchor,
-                         "cited": cited is not None and cited in covering})
+                         "cited": cited is not None and cited in covering,
+                         "said": said is not None and said[0] <= s and e <= said[1]})
         out.append(segs)
     missing = [pid for pid, _, _ in spans if pid not in anchored]
     return out, missing
@@ -148,6 +155,8 @@ def home():
     for r in (results or {}).get("results", []):
         c = r["citation"]
         parts, shortened = snippet(r["text"], r["highlight"])
+        marked = r["highlight"][0] if r["highlight"] else None
+        said = (c["start"] + marked["start"], c["start"] + marked["end"]) if marked else None
         hits.append({
             **r,
             "snippet": parts,
@@ -155,8 +164,8 @@ def home():
             "parts": mark_parts(r["text"], r["highlight"]),
             "site": site_name(c.get("source"), c.get("url")),
             "date": (c.get("published") or "")[:10],
-            "title_href": article_link(c["article_id"], q or "", r["passage_id"], anchor=False),
-            "cite_href": article_link(c["article_id"], q or "", r["passage_id"]),
+            "title_href": article_link(c["article_id"], q or "", r["passage_id"], anchor=False, said=said),
+            "cite_href": article_link(c["article_id"], q or "", r["passage_id"], said=said),
             "copies": [{"site": site_name(o.get("source"), None) or o["title"], "date": (o.get("published") or "")[:10],
                         "href": article_link(o["article_id"], q or "", int(o["href"].rsplit("-", 1)[1]))}
                        for o in r.get("also_in", [])],
@@ -166,7 +175,7 @@ def home():
         a = results["answer"]
         c = a["citation"]
         answer = {**a, "site": site_name(c.get("source"), c.get("url")), "date": (c.get("published") or "")[:10],
-                  "cite_href": article_link(c["article_id"], q or "", a["passage_id"])}
+                  "cite_href": article_link(c["article_id"], q or "", a["passage_id"], said=(c["start"], c["end"]))}
     sources = [f["value"] for f in (results or {}).get("facets", {}).get("source", [])]
     for s in chosen["source"] or []:  # a chosen source stays in the list even when nothing of it matches
         if s not in sources:
@@ -189,11 +198,21 @@ def article_page(article_id: str):
         cited = None
     if cited is not None and not any(p["id"] == cited for p in art["passages"]):
         cited = None
-    paras, missing = paragraphs(art["text"], art["passages"], cited)
+    said = said_span(request.args.get("s", ""), len(art["text"]))
+    paras, missing = paragraphs(art["text"], art["passages"], cited, said)
     back = article_back_link(q)
-    return render_template("article.html", art=art, paragraphs=paras, missing=missing, q=q, cited=cited,
+    return render_template("article.html", art=art, paragraphs=paras, missing=missing, q=q, cited=cited, said=said,
                            back=back, site=site_name(art.get("source"), art.get("url")),
                            url=safe_url(art.get("url")), date=(art.get("published") or "")[:10])
+
+
+def said_span(value: str, length: int) -> tuple[int, int] | None:
+    """The `s=START-END` of an article link as offsets into its text, or None if it is not a span of it."""
+    m = re.fullmatch(r"(\d{1,9})-(\d{1,9})", value)
+    if not m:
+        return None
+    start, end = int(m[1]), int(m[2])
+    return (start, end) if start < end <= length else None
 
 
 def article_back_link(q: str) -> str:

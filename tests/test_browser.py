@@ -156,9 +156,9 @@ def test_search_box_enter_marked_answer_and_citation(page, server):
     # The citation names the exact passage; following it lands on that passage, marked.
     cite = hit.locator("a.cite")
     href = cite.get_attribute("href")
-    m = re.fullmatch(r"/articles/([\w-]+)\?q=[^#&]+&p=(\d+)#p-(\d+)", href)
-    assert m and m[2] == m[3], href
-    article_id, pid = m[1], m[2]
+    m = re.fullmatch(r"/articles/([\w-]+)\?q=[^#&]+&p=(\d+)&s=(\d+)-(\d+)#p-(\d+)", href)
+    assert m and m[2] == m[5], href
+    article_id, pid, said_at = m[1], m[2], (int(m[3]), int(m[4]))
     cite.click()
     expect(page).to_have_url(f"{server}{href}")
     anchor = page.locator(f"#p-{pid}")
@@ -171,6 +171,11 @@ def test_search_box_enter_marked_answer_and_citation(page, server):
     marked = page.locator("mark.seg").evaluate_all("els => els.map(e => e.textContent).join('\\n')")
     assert re.sub(r"\s+", " ", marked) == re.sub(r"\s+", " ", api["text"][passage["start"]:passage["end"]])
     assert page.locator(".article .text > p").count() >= 5  # paragraphs, not one block
+    # Within it, the sentence the result marked is marked in full, the rest of the passage tinted.
+    said = page.locator("mark.seg.said").evaluate_all("els => els.map(e => e.textContent).join('')")
+    assert "al-Golani" in said and re.sub(r"\s+", "", said) == re.sub(r"\s+", "", api["text"][slice(*said_at)])
+    soft = page.locator("mark.seg:not(.said)").first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert soft != page.locator("mark.seg.said").first.evaluate("e => getComputedStyle(e).backgroundColor")
 
     # The way back carries the question.
     page.locator("#back").click()

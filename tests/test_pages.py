@@ -92,9 +92,9 @@ def test_search_page_renders_results_without_javascript(client):
     hrefs = [unescape(h) for h in re.findall(r'class="cite" href="([^"]+)"', page)]
     assert page.count("<li class=\"hit\" data-result>") == 5
     assert len(hrefs) == 5 + page.count("data-answer")  # each result's citation, and the answer's
-    for href in hrefs:
-        m = re.fullmatch(r"/articles/([\w-]+)\?q=Who\+is\+the\+HTS\+leader%3F&p=(\d+)#p-(\d+)", href)
-        assert m and m[2] == m[3], href
+    for href in hrefs:  # the passage, and where in the article its marked sentence lies
+        m = re.fullmatch(r"/articles/([\w-]+)\?q=Who\+is\+the\+HTS\+leader%3F&p=(\d+)&s=(\d+)-(\d+)#p-(\d+)", href)
+        assert m and m[2] == m[5] and int(m[3]) < int(m[4]), href
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "script-src 'self'" in r.headers["Content-Security-Policy"]
     no_inline_code(page)
@@ -156,6 +156,25 @@ def test_article_page_paragraphs_anchors_and_marked_passage(client):
     assert f'data-cited="{p["id"]}"' in page
     assert 'href="/?q=Where+did+Assad+flee%3F"' in page and "Results for “Where did Assad flee?”" in page
     no_inline_code(page)
+
+
+def test_article_page_marks_the_sentence_the_link_came_for(client):
+    body = client.get("/api/search", query_string={"q": "Who is the HTS leader?"}).get_json()
+    a = body["answer"]
+    page = html(client.get("/", query_string={"q": "Who is the HTS leader?"}))
+    [href] = re.findall(r'<section class="answer" data-answer.*?class="cite" href="([^"]+)"', page, re.S)
+    art = client.get(f"/api/articles/{a['citation']['article_id']}").get_json()
+    page = html(client.get(unescape(href)))
+    said = "".join(unescape(m) for m in re.findall(r'<mark class="seg said"[^>]*>(.*?)</mark>', page, re.S))
+    assert re.sub(r"\s+", "", said) == re.sub(r"\s+", "", a["text"])  # paragraph breaks fall between marks
+    assert "has-said" in page and "The cited sentence is" in page
+    # The rest of the passage is still marked, so the passage's text is whole.
+    passage = next(p for p in art["passages"] if p["id"] == a["passage_id"])
+    marked = "".join(unescape(m) for m in re.findall(r'<mark class="seg(?: said)?"[^>]*>(.*?)</mark>', page, re.S))
+    assert re.sub(r"\s+", "", marked) == re.sub(r"\s+", "", art["text"][passage["start"]:passage["end"]])
+    for bad in ("5-2", "x", "1-999999999", "-1-4", "3-3"):  # not a span of the text: the passage alone
+        page = html(client.get(f"/articles/{art['id']}", query_string={"p": passage["id"], "s": bad}))
+        assert "seg said" not in page and "has-said" not in page and "The cited passage is" in page
 
 
 def test_article_page_without_passage_marks_nothing(client):

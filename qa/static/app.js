@@ -246,7 +246,10 @@
     }
 
     function mark(pid) {
+      // Another passage than the server marked: the sentence marked in the old one goes too.
+      article.classList.remove("has-said");
       Array.prototype.forEach.call(text.querySelectorAll(".seg"), function (seg) {
+        seg.classList.remove("said");
         var inside = (seg.getAttribute("data-p") || "").split(" ").indexOf(pid) >= 0;
         if (inside !== (seg.tagName === "MARK")) swap(seg, inside ? "mark" : "span");
       });
