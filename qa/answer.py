@@ -54,10 +54,17 @@ SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "pas
                      "centrality", "common_held", "names_held")
 SENTENCE_W = np.array([-0.000, 7.108, 0.192, -0.717, 0.161, 4.173, 0.975, 1.050, -1.050, -0.251, 0.257,
                        2.049, 3.923, 0.206, 4.434, 2.376, 1.661, -1.436, 1.051, -0.561])
-GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin")
-GATE_W = np.array([-12.205, 1.390, 7.715, 8.134, 4.764, 3.454, 0.890])
-GATE_AT = 0.295  # keeps 99% of the fitted half's answers whose top passage is right
-CONFIDENCE_W = np.array([-4.306, 3.497, 2.731, 0.711, 0.689, 0.525, 0.573])
+GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin",
+                 # and the chosen sentence's own (SENTENCE_FEATURES): in a big, varied collection a question it
+                 # does not answer often finds a sentence with its names but not its other words
+                 "common_held", "names_held", "asked_held", "asked_missing", "held_beyond_title", "pairs_held",
+                 "held_with_before")
+_GATE_FROM_SENTENCE = [SENTENCE_FEATURES.index(f) for f in GATE_FEATURES[7:]]
+GATE_W = np.array([-12.889, 2.552, 8.086, 7.233, 3.218, 0.420, -0.283,
+                   -0.544, 0.088, -0.153, -0.526, 0.810, 2.002, 3.316])
+GATE_AT = 0.393  # keeps 98% of the fitted half's answers whose top passage is right, among distractors
+CONFIDENCE_W = np.array([-3.996, 3.519, 2.786, 0.725, 0.062, -0.735, 0.431,
+                         0.495, -0.122, 0.086, -0.184, -0.253, 1.351, 0.868])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
 PAIR_AT = 0.05  # a neighbour joins the answer when the sentence model rates it this close to the best
 SHORT_PAIR_WORDS = 45  # or whenever the two together are this short (news sentences often are)
@@ -224,7 +231,8 @@ def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, cove
     """Evidence that the collection answers at all: absolute, never relative to the best candidate."""
     top = np.sort(p)[::-1]
     margin = float(top[0] - top[1]) if len(top) > 1 else float(top[0])
-    return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin])
+    return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin,
+                     *best.features[_GATE_FROM_SENTENCE]])
 
 
 def coverage(question: Question, sentences: list[Sentence]) -> float:

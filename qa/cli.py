@@ -305,8 +305,11 @@ def ask(question, k, index, source, from_, to, sort, as_json):
 @click.option("--split", is_flag=True,
               help="Index only the odd-numbered articles and ask the others' questions too, as questions the "
                    "collection does not answer (the answer models were fitted on the even ones).")
+@click.option("--distractors", type=click.Path(exists=True), default=None,
+              help="Articles (a file or folder, as `qa ingest` reads them) to hide FILE's articles among: a big, "
+                   "varied collection, where questions it does not answer find more that nearly does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def eval_(file, k, index, mode, limit, split, as_json):
+def eval_(file, k, index, mode, limit, split, distractors, as_json):
     """Measure answers on a SQuAD-v1.1-format FILE: passages (top-1/5/20 accuracy, MRR@20) and the answer field."""
     import dataclasses
     import tempfile
@@ -335,6 +338,12 @@ def eval_(file, k, index, mode, limit, split, as_json):
             app, svc = _service(index or tmp)
             if not index or svc.is_empty():  # a given but empty folder is filled too, for reuse
                 t0 = time.perf_counter()
+                if distractors:
+                    from .ingest import discover, read_file
+
+                    found = [a for f in discover([distractors]) if not isinstance(f, Failure)
+                             for a in read_file(f) if not isinstance(a, Failure)]
+                    articles = [*articles, *found]
                 with svc.writer() as w:
                     bar = tqdm(total=len(articles), unit=" articles", desc="Indexing", file=sys.stderr, disable=None)
                     report = add_articles(w, svc.embedder, articles, on_progress=lambda r, a: bar.update(1))

@@ -50,3 +50,15 @@ def test_eval_split_asks_the_other_half_as_out_of_collection(runner):
     assert figures["articles"] == 1
     assert figures["answers"]["inside"] + figures["answers"]["outside"] == 6 and figures["answers"]["outside"] >= 1
     assert "answered null:" in runner.invoke(["eval", str(TINY), "--split"]).output
+
+
+def test_eval_hides_the_articles_among_distractors(runner, tmp_path):
+    news = tmp_path / "news.jsonl"
+    news.write_text("\n".join(json.dumps({"id": f"n{i}", "title": f"Harbour news {i}", "text": f"The ferry timetable "
+                                           f"changed again on day {i}, the harbour council said."}) for i in range(3)))
+    out = runner.invoke(["eval", str(TINY), "--split", "--distractors", str(news), "--json"])
+    assert out.exit_code == 0, out.output
+    figures = json.loads(out.output[out.output.index("{"):])
+    # The distractors are indexed beside the odd article, and no question is asked of them.
+    assert figures["articles"] == 1 + 3
+    assert figures["answers"]["inside"] + figures["answers"]["outside"] == 6
