@@ -10,7 +10,9 @@ other):
   question) and its passage's place in the ranking;
 - GATE says whether the collection answers at all, from absolute evidence only (cosines
   and the share of the question's rare words that the best passage holds, never scores
-  divided by the best candidate): below GATE_AT the answer is null;
+  divided by the best candidate): below GATE_AT the answer is null. It and CONFIDENCE are
+  fitted with the articles hidden among 2,059 news articles, since a big, varied
+  collection nearly answers far more of the questions it does not answer;
 - CONFIDENCE is the probability that the chosen text holds a right answer.
 """
 
