@@ -5,18 +5,21 @@
 The even-numbered articles of ../shared/eval/squad-dev.json make one index: their
 questions are inside the collection, the odd articles' questions outside it. The
 sentence model and the pairing are fitted there (logistic regression, Newton steps,
-a little L2). The gate and the confidence are fitted on the same articles hidden among
-the BBC News articles of ../shared/eval/bbc-news.jsonl (distractors only: no question
-is asked of them), for a collection of squad-dev's size is far easier to say "no" over
-than a newsroom's. The odd articles then make the held-back indexes, alone and among the
-same distractors, with the even articles' questions outside, and every figure printed
-for them comes from weights that never saw them. Prints the weights to paste into
-qa/answer.py.
+a little L2). The gate and the confidence are fitted on the same questions asked of that
+index and of the same articles hidden among distractors (no question is asked of them):
+the BBC News articles of ../shared/eval/bbc-news.jsonl, and about 65,000 passages as
+bench/scale.py builds them; a collection of squad-dev's size is far easier to say "no"
+over than a newsroom's, and the gate reads the collection's size. The odd articles then
+make the held-back indexes, at the same three sizes, with the even articles' questions
+outside, and every figure printed for them comes from weights that never saw them. The
+two big indexes take about 20 minutes each to build, once (kept in --work). Prints the
+weights to paste into qa/answer.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ from qa import answer as A  # noqa: E402
 from qa.embed import DEFAULT_MODEL  # noqa: E402
 from qa.evaluate import calibration, evaluate_answers, holds, load_squad, split_by_article  # noqa: E402
 from qa.indexer import add_articles  # noqa: E402
-from qa.ingest import read_file  # noqa: E402
+from qa.ingest import article_from_json, read_file  # noqa: E402
 from qa.service import Service  # noqa: E402
 
 
@@ -80,11 +83,28 @@ def fit_choice(groups: list[tuple[np.ndarray, np.ndarray]], l2: float = 1.0) -> 
 def collect(work: Path, name: str, articles, inside, outside) -> list[dict]:
     svc = Service(work / name, DEFAULT_MODEL, "openvino-int8")
     if svc.is_empty():
+        print(f"indexing {name}", file=sys.stderr, flush=True)
         with svc.writer() as w:
-            add_articles(w, svc.embedder, articles)
+            add_articles(w, svc.embedder, articles() if callable(articles) else articles)
     keep: list[dict] = []
-    evaluate_answers(svc.searcher(), inside, outside, keep=keep)
+    searcher = svc.searcher()
+    evaluate_answers(searcher, inside, outside, keep=keep)
+    for r in keep:
+        r["passages"] = searcher.index.passage_count
     return keep
+
+
+def big(work: Path, parity: int):
+    """About 65,000 passages as bench/scale.py builds them (squad-dev, the BBC articles, articles of BBC
+    sentences recombined), keeping only the squad-dev articles of one half (their position's parity)."""
+    from scale import corpus
+
+    def articles():
+        parts = sorted((work / "corpus-65000").glob("part-*.jsonl")) or corpus(65000, work / "corpus-65000")
+        rows = [json.loads(line) for part in parts for line in part.open()]
+        return [article_from_json(r, "scale") for r in rows
+                if not r["id"].startswith("squad-") or int(r["id"][6:]) % 2 == parity]
+    return articles
 
 
 def replay(rows: list[dict]) -> list[dict]:
@@ -97,7 +117,7 @@ def replay(rows: list[dict]) -> list[dict]:
             out.append({**r, "best": None})
             continue
         best, p = A.choose(cands)
-        qf = A.question_features(best, p, ev["features"][3], ev["features"][4])
+        qf = A.question_features(best, p, ev["features"][3], ev["features"][4], r["passages"])
         out.append({**r, "best": best, "qf": qf, **answer_text(r, best)})
     return out
 
@@ -152,6 +172,8 @@ def main() -> None:
     test = collect(args.work, "odd", a_test, q_test, q_train)
     train_news = collect(args.work, "even-news", [*a_train, *news], q_train, q_test)
     test_news = collect(args.work, "odd-news", [*a_test, *news], q_test, q_train)
+    train_big = collect(args.work, "even-65k", big(args.work, 0), q_train, q_test)  # ~20 min each, once
+    test_big = collect(args.work, "odd-65k", big(args.work, 1), q_test, q_train)
 
     # 1. The sentence model, on every candidate sentence of inside questions.
     groups = []
@@ -180,8 +202,9 @@ def main() -> None:
                     grid.append((right, words, (at, most, short)))
     top = max(right for right, _, _ in grid)
     A.PAIR_AT, A.MAX_PAIR_WORDS, A.SHORT_PAIR_WORDS = min((w, s) for r, w, s in grid if r >= top - 0.002)[1]
-    # 2. The gate: inside or outside, from the chosen answer's absolute evidence, among the distractors.
-    rows = replay(train_news)
+    # 2. The gate: inside or outside, from the chosen answer's absolute evidence, at three sizes of
+    # collection (alone, among the BBC articles, among 65,000 passages).
+    rows = replay(train) + replay(train_news) + replay(train_big)
     have = [r for r in rows if r["best"] is not None]
     A.GATE_W = fit(np.vstack([r["qf"] for r in have]), np.array([r["inside"] for r in have], dtype=float))
     top = [r for r in have if r["inside"] and r["top_right"]]
@@ -191,9 +214,11 @@ def main() -> None:
     A.CONFIDENCE_W = fit(np.vstack([r["qf"] for r in given]), np.array([r["right"] for r in given], dtype=float))
 
     report(replay(train), "fitted half (even articles)")
-    report(rows, "fitted half among the distractors")
+    report(replay(train_news), "fitted half among the BBC articles")
+    report(replay(train_big), "fitted half among 65,000 passages")
     report(replay(test), "held-back half (odd articles)")
-    report(replay(test_news), "held-back half among the distractors")
+    report(replay(test_news), "held-back half among the BBC articles")
+    report(replay(test_big), "held-back half among 65,000 passages")
     fmt = lambda w: "np.array([" + ", ".join(f"{v:.3f}" for v in w) + "])"  # noqa: E731
     print(f"PAIR_AT = {A.PAIR_AT}\nMAX_PAIR_WORDS = {A.MAX_PAIR_WORDS}\nSHORT_PAIR_WORDS = {A.SHORT_PAIR_WORDS}\nSENTENCE_W = {fmt(A.SENTENCE_W)}\nGATE_W = {fmt(A.GATE_W)}\nGATE_AT = {A.GATE_AT:.3f}\n"
           f"CONFIDENCE_W = {fmt(A.CONFIDENCE_W)}")

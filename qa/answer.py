@@ -10,9 +10,10 @@ other):
   question) and its passage's place in the ranking;
 - GATE says whether the collection answers at all, from absolute evidence only (cosines
   and the share of the question's rare words that the best passage holds, never scores
-  divided by the best candidate): below GATE_AT the answer is null. It and CONFIDENCE are
-  fitted with the articles hidden among 2,059 news articles, since a big, varied
-  collection nearly answers far more of the questions it does not answer;
+  divided by the best candidate), and the collection's size: below GATE_AT the answer is
+  null. It and CONFIDENCE are fitted on the articles alone and hidden among 7,000 and
+  65,000 passages of news, since a big, varied collection nearly answers far more of the
+  questions it does not answer;
 - CONFIDENCE is the probability that the chosen text holds a right answer.
 """
 
@@ -60,13 +61,16 @@ GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held
                  # and the chosen sentence's own (SENTENCE_FEATURES): in a big, varied collection a question it
                  # does not answer often finds a sentence with its names but not its other words
                  "common_held", "names_held", "asked_held", "asked_missing", "held_beyond_title", "pairs_held",
-                 "held_with_before")
-_GATE_FROM_SENTENCE = [SENTENCE_FEATURES.index(f) for f in GATE_FEATURES[7:]]
-GATE_W = np.array([-12.889, 2.552, 8.086, 7.233, 3.218, 0.420, -0.283,
-                   -0.544, 0.088, -0.153, -0.526, 0.810, 2.002, 3.316])
-GATE_AT = 0.393  # keeps 98% of the fitted half's answers whose top passage is right, among distractors
-CONFIDENCE_W = np.array([-3.996, 3.519, 2.786, 0.725, 0.062, -0.735, 0.431,
-                         0.495, -0.122, 0.086, -0.184, -0.253, 1.351, 0.868])
+                 "held_with_before",
+                 # and how big the collection is (log10 of its passages): the more there is to search,
+                 # the more nearly a question it does not answer finds its words
+                 "collection_size")
+_GATE_FROM_SENTENCE = [SENTENCE_FEATURES.index(f) for f in GATE_FEATURES[7:-1]]
+GATE_W = np.array([-11.422, 2.993, 8.943, 9.029, 2.976, 0.372, -0.337,
+                   -0.744, -0.052, -0.105, -0.279, 0.398, 2.213, 4.408, -0.713])
+GATE_AT = 0.391  # keeps 98% of the fitted half's answers whose top passage is right, at three sizes
+CONFIDENCE_W = np.array([-3.975, 4.533, 2.903, 0.550, -0.213, -1.101, -0.253,
+                         0.472, -0.061, 0.098, -0.152, -0.166, 1.376, 1.323, -0.062])
 MAX_PAIR_WORDS = 80  # an answer of two sentences stays this short (more is a paragraph)
 PAIR_AT = 0.05  # a neighbour joins the answer when the sentence model rates it this close to the best
 SHORT_PAIR_WORDS = 45  # or whenever the two together are this short (news sentences often are)
@@ -229,12 +233,14 @@ def span_of(best: Sentence) -> tuple[int, int]:
     return min(best.start, pick.start), max(best.end, pick.end)
 
 
-def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, coverage: float) -> np.ndarray:
-    """Evidence that the collection answers at all: absolute, never relative to the best candidate."""
+def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, coverage: float,
+                      passages: int) -> np.ndarray:
+    """Evidence that the collection (of `passages` passages) answers at all: absolute, never relative
+    to the best candidate."""
     top = np.sort(p)[::-1]
     margin = float(top[0] - top[1]) if len(top) > 1 else float(top[0])
     return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin,
-                     *best.features[_GATE_FROM_SENTENCE]])
+                     *best.features[_GATE_FROM_SENTENCE], math.log10(max(passages, 10))])
 
 
 def coverage(question: Question, sentences: list[Sentence]) -> float:

@@ -359,7 +359,7 @@ class Searcher:
             return None, evidence
         row = next(g[0] for g in groups if g[0].id == best.pid)
         passage_cosine = max((whole.get(g[0].id, 0.0) for g in groups), default=0.0)
-        features = answers.question_features(best, p, passage_cosine, cover)
+        features = answers.question_features(best, p, passage_cosine, cover, self.index.passage_count)
         gives, confidence = answers.judge(features)
         start, end = answers.span_of(best)
         evidence.update(features=features, gives=gives, text=row.text[start - row.start:end - row.start])

@@ -156,6 +156,14 @@ def test_results_are_marked_where_the_answer_is(client):
     assert all(len(r["highlight"]) == 1 for r in body["results"])
 
 
+def test_the_same_evidence_answers_less_readily_in_a_bigger_collection():
+    s = answer.Sentence(1, 1, 0, 10, "Some sentence.", 0.6, np.full(len(answer.SENTENCE_FEATURES), 0.5))
+    p = np.array([0.6, 0.3, 0.1])
+    gate = [float(answer.sigmoid(answer.question_features(s, p, 0.5, 0.7, n) @ answer.GATE_W))
+            for n in (1_000, 65_000, 1_000_000)]
+    assert gate[0] > gate[1] > gate[2]
+
+
 def test_what_the_question_asks_for():
     assert answer.asks("How many people died?") == "number"
     assert answer.asks("When did the war end?") == "date"
