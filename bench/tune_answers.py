@@ -158,8 +158,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-answers"))
     ap.add_argument("--keep-at", type=float, default=0.98,
-                    help="share of inside questions with a right top passage that must keep an answer, among "
-                         "the distractors")
+                    help="share of inside questions with a right top passage that must keep an answer, over the "
+                         "three sizes of collection together")
     args = ap.parse_args()
     for need in (SQUAD, NEWS):
         if not need.exists():
