@@ -19,7 +19,6 @@ weights to paste into qa/answer.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -35,8 +34,8 @@ NEWS = ROOT.parent / "shared" / "eval" / "bbc-news.jsonl"
 from qa import answer as A  # noqa: E402
 from qa.embed import DEFAULT_MODEL  # noqa: E402
 from qa.evaluate import calibration, evaluate_answers, holds, load_squad, split_by_article  # noqa: E402
-from qa.indexer import add_articles  # noqa: E402
-from qa.ingest import article_from_json, read_file  # noqa: E402
+from qa.indexer import add_articles, iter_articles  # noqa: E402
+from qa.ingest import Failure, read_file  # noqa: E402
 from qa.service import Service  # noqa: E402
 
 
@@ -101,9 +100,8 @@ def big(work: Path, parity: int):
 
     def articles():
         parts = sorted((work / "corpus-65000").glob("part-*.jsonl")) or corpus(65000, work / "corpus-65000")
-        rows = [json.loads(line) for part in parts for line in part.open()]
-        return [article_from_json(r, "scale") for r in rows
-                if not r["id"].startswith("squad-") or int(r["id"][6:]) % 2 == parity]
+        return [a for a in iter_articles(parts) if not isinstance(a, Failure)
+                and (not a.id.startswith("squad-") or int(a.id[6:]) % 2 == parity)]
     return articles
 
 

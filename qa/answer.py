@@ -57,15 +57,15 @@ SENTENCE_FEATURES = ("bias", "cosine", "held", "held_before", "held_after", "pas
                      "centrality", "common_held", "names_held")
 SENTENCE_W = np.array([-0.000, 7.108, 0.192, -0.717, 0.161, 4.173, 0.975, 1.050, -1.050, -0.251, 0.257,
                        2.049, 3.923, 0.206, 4.434, 2.376, 1.661, -1.436, 1.051, -0.561])
-GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin",
-                 # and the chosen sentence's own (SENTENCE_FEATURES): in a big, varied collection a question it
-                 # does not answer often finds a sentence with its names but not its other words
-                 "common_held", "names_held", "asked_held", "asked_missing", "held_beyond_title", "pairs_held",
-                 "held_with_before",
+# The gate also reads some of the chosen sentence's own features: in a big, varied collection a
+# question it does not answer often finds a sentence with its names but not its other words.
+_GATE_FROM_SENTENCE = ("common_held", "names_held", "asked_held", "asked_missing", "held_beyond_title", "pairs_held",
+                       "held_with_before")
+GATE_FEATURES = ("bias", "chosen", "cosine", "passage_cosine", "coverage", "held", "margin", *_GATE_FROM_SENTENCE,
                  # and how big the collection is (log10 of its passages): the more there is to search,
                  # the more nearly a question it does not answer finds its words
                  "collection_size")
-_GATE_FROM_SENTENCE = [SENTENCE_FEATURES.index(f) for f in GATE_FEATURES[7:-1]]
+_GATE_COLUMNS = [SENTENCE_FEATURES.index(f) for f in _GATE_FROM_SENTENCE]
 GATE_W = np.array([-11.422, 2.993, 8.943, 9.029, 2.976, 0.372, -0.337,
                    -0.744, -0.052, -0.105, -0.279, 0.398, 2.213, 4.408, -0.713])
 GATE_AT = 0.391  # keeps 98% of the fitted half's answers whose top passage is right, at three sizes
@@ -240,7 +240,7 @@ def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, cove
     top = np.sort(p)[::-1]
     margin = float(top[0] - top[1]) if len(top) > 1 else float(top[0])
     return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin,
-                     *best.features[_GATE_FROM_SENTENCE], math.log10(max(passages, 10))])
+                     *best.features[_GATE_COLUMNS], math.log10(max(passages, 10))])
 
 
 def coverage(question: Question, sentences: list[Sentence]) -> float:

@@ -339,11 +339,9 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
             if not index or svc.is_empty():  # a given but empty folder is filled too, for reuse
                 t0 = time.perf_counter()
                 if distractors:
-                    from .ingest import discover, read_file
+                    from .indexer import iter_articles
 
-                    found = [a for f in discover([distractors]) if not isinstance(f, Failure)
-                             for a in read_file(f) if not isinstance(a, Failure)]
-                    articles = [*articles, *found]
+                    articles = [*articles, *(a for a in iter_articles([distractors]) if not isinstance(a, Failure))]
                 with svc.writer() as w:
                     bar = tqdm(total=len(articles), unit=" articles", desc="Indexing", file=sys.stderr, disable=None)
                     report = add_articles(w, svc.embedder, articles, on_progress=lambda r, a: bar.update(1))
