@@ -115,7 +115,8 @@ def replay(rows: list[dict]) -> list[dict]:
             out.append({**r, "best": None})
             continue
         best, p = A.choose(cands)
-        qf = A.question_features(best, p, ev["features"][3], ev["features"][4], r["passages"])
+        f = dict(zip(A.GATE_FEATURES, ev["features"]))
+        qf = A.question_features(best, p, f["passage_cosine"], f["coverage"], r["passages"])
         out.append({**r, "best": best, "qf": qf, **answer_text(r, best)})
     return out
 

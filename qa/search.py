@@ -246,10 +246,9 @@ class Searcher:
             return seen[pid]
 
         out = Answered([], None, facets)
-        marks: dict[int, tuple[int, int]] = {}
         if with_answer and groups:
             out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of)
-            marks = _marks(out.evidence.get("candidates") or [])
+        marks: dict[int, tuple[int, int]] = out.evidence.get("marks", {})
         def by_words(row: PassageRow) -> list[dict]:
             spans, scores, *_ = sentences_of(row.id)
             return highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores)
@@ -357,14 +356,15 @@ class Searcher:
             cover = max(cover, answers.coverage(question, mine))
             cands += mine
         best, p = answers.choose(cands)
-        evidence = {"candidates": cands, "p": p, "best": best}
+        # Each passage's likeliest sentence is its mark; the best of them is the answer.
+        evidence = {"candidates": cands, "p": p, "best": best, "marks": _marks(cands)}
         if best is None:
             return None, evidence
         row = next(g[0] for g in groups if g[0].id == best.pid)
         passage_cosine = max((whole.get(g[0].id, 0.0) for g in groups), default=0.0)
         features = answers.question_features(best, p, passage_cosine, cover, self.index.passage_count)
         gives, confidence = answers.judge(features)
-        start, end = answers.span_of(best)
+        start, end = evidence["marks"][best.pid]
         evidence.update(features=features, gives=gives, text=row.text[start - row.start:end - row.start])
         if not gives:
             return None, evidence
