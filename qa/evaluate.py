@@ -86,12 +86,14 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
             conf.append(a.confidence)
             right.append(ok)
             words.append(len(a.text.split()))
+        lexical = False  # the top result's mark before answers (the question's words) holds a right answer
         if is_inside:
             holds_n += ok
             top = got.hits[0] if got.hits else None
             if top is not None:
                 marked = lambda spans: any(holds(top.text[h["start"]:h["end"]], q.answers) for h in spans)  # noqa: E731
-                highlight_n += marked(got.evidence.get("lexical_highlight") or [])
+                lexical = marked(got.evidence["lexical_highlight"]())
+                highlight_n += lexical
                 marked_n += marked(top.highlight)
             if top is not None and holds(top.text, q.answers):
                 top_n += 1
@@ -99,8 +101,8 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
         else:
             null_n += a is None
         if keep is not None:
-            keep.append({"question": q, "inside": is_inside, "answered": got, "top_right": bool(
-                got.hits and holds(got.hits[0].text, q.answers))})
+            keep.append({"question": q, "inside": is_inside, "answered": got, "lexical_marked": lexical,
+                         "top_right": bool(got.hits and holds(got.hits[0].text, q.answers))})
         if on_progress:
             on_progress(i + 1)
     ece, table = calibration(conf, right) if conf else (0.0, [])

@@ -7,6 +7,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from . import answer as answers
 from .chunk import sentence_spans
@@ -249,19 +250,20 @@ class Searcher:
         if with_answer and groups:
             out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of)
         marks: dict[int, tuple[int, int]] = out.evidence.get("marks", {})
+
         def by_words(row: PassageRow) -> list[dict]:
             spans, scores, *_ = sentences_of(row.id)
             return highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores)
 
         for r, (row, score, copies) in enumerate(groups[:k], 1):
-            if r == 1:  # the mark before answers, for `qa eval`
-                out.evidence["lexical_highlight"] = by_words(row)
+            if r == 1:  # the mark before answers, made only when `qa eval` asks for it
+                out.evidence["lexical_highlight"] = partial(by_words, row)
             # A passage the answer read is marked where the sentence model puts its answer (the
             # answer itself in the passage that gives it); the rest by the question's words.
             if row.id in marks:
                 mark = [{"start": marks[row.id][0] - row.start, "end": marks[row.id][1] - row.start}]
             else:
-                mark = out.evidence["lexical_highlight"] if r == 1 else by_words(row)
+                mark = by_words(row)
             out.hits.append(Hit(
                 rank=r, score=round(score, 4), passage_id=row.id, text=row.text, highlight=mark,
                 citation=_citation(row),
