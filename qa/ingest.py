@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -72,7 +73,10 @@ def derived_id(readable: str, key: str) -> str:
     """An id made of a slug of `readable` and a hash of `key`, which alone decides which article it is."""
     slug = re.sub(r"[^a-z0-9]+", "-", unicodedata.normalize("NFKD", readable).encode("ascii", "ignore").decode().lower())
     slug = slug.strip("-")[:60].rstrip("-") or "article"
-    return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    # 80 bits: a collision among articles of one slug gets likely only near 10^12 of them (with 32 bits,
+    # near 80,000, and the second article silently replaced the first). Base32 keeps it URL-safe.
+    digest = base64.b32encode(hashlib.sha256(key.encode()).digest()[:10]).decode().lower()
+    return f"{slug}-{digest}"
 
 
 @dataclass

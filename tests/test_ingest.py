@@ -125,3 +125,24 @@ def test_markdown_title_and_text(tmp_path):
     art = read_one(md)
     assert art.title == "The headline"
     assert art.text == "Some bold text with a link."
+
+
+# --- ids (#27) ---------------------------------------------------------------------------------
+
+def ingest_jsonl(tmp_path, fake_embedder, *records, name="lines.jsonl"):
+    """Ingest `records` as one .jsonl file into tmp_path/ix through Service; return the report."""
+    from qa.service import Service
+
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return Service(tmp_path / "ix", "fake", embedder=fake_embedder).ingest([path])
+
+
+def test_two_urls_whose_32_bit_hashes_collide_are_two_articles(tmp_path, fake_embedder):
+    # These two URLs shared a 32-bit id hash: story-php-5d943026.
+    report = ingest_jsonl(tmp_path, fake_embedder,
+                          {"title": "Dam opens", "text": "The dam opened on Monday.",
+                           "url": "https://news.example.com/story.php?id=52526"},
+                          {"title": "Mayor resigns", "text": "The mayor resigned on Tuesday.",
+                           "url": "https://news.example.com/story.php?id=130133"})
+    assert (report.added, report.updated, report.failed) == (2, 0, 0)
