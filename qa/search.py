@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -270,9 +271,9 @@ class Searcher:
                 also_in=[Copy(c.article_id, c.title, c.source, c.published, f"/articles/{c.article_id}#p-{c.id}")
                          for c in copies]))
         if sort == "newest":  # the same k passages, newest first; undated last, by relevance
-            dated = sorted((h for h in out.hits if h.citation.published), key=lambda h: h.citation.published,
-                           reverse=True)
-            out.hits = dated + [h for h in out.hits if not h.citation.published]
+            dated = sorted((h for h in out.hits if published_at(h.citation.published)),
+                           key=lambda h: published_at(h.citation.published), reverse=True)
+            out.hits = dated + [h for h in out.hits if not published_at(h.citation.published)]
             for r, h in enumerate(out.hits, 1):
                 h.rank = r
         return out
@@ -334,7 +335,7 @@ class Searcher:
                     groups.append([score, [row]])
         out = []
         for score, rows in groups:
-            rows.sort(key=lambda r: (r.published is None, r.published or ""))
+            rows.sort(key=lambda r: published_at(r.published) or _NEVER)  # undated last
             out.append((rows[0], score, rows[1:]))
         return out
 
@@ -382,6 +383,22 @@ def _marks(candidates: list[answers.Sentence]) -> dict[int, tuple[int, int]]:
         if c.pid not in best or c.p > best[c.pid].p:
             best[c.pid] = c
     return {pid: answers.span_of(c) for pid, c in best.items()}
+
+
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)  # after every date: the undated sort last
+
+
+def published_at(published: str | None) -> datetime | None:
+    """The moment an ISO 8601 `published` names, in UTC, for ordering; None when absent or unreadable."""
+    if not published:
+        return None
+    try:
+        at = datetime.fromisoformat(published.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    # Text would sort 23:30 at -05:00 on the 8th before 01:00Z on the 9th, though it is 04:30Z. A date
+    # alone (or a time without an offset) names no zone: read as UTC, so a date is its day's start in UTC.
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
 
 
 def _citation(row: PassageRow) -> Citation:

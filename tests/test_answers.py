@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ WIRE = ("The harbour council approved a new ferry timetable on Monday, adding th
 EXTRA = [
     {"id": "ferry-courier", "title": "Ferry timetable adds evening sailings", "text": WIRE, "source": "Daily Courier",
      "published": "2024-12-10"},
+    # 23:30 UTC on the 9th: earlier than the Courier's day, though its text sorts after "2024-12-10"
     {"id": "ferry-post", "title": "Evening ferries to the islands from March", "text": WIRE, "source": "Evening Post",
-     "published": "2024-12-09T18:00:00Z"},
+     "published": "2024-12-10T00:30:00+01:00"},
     {"id": "ferry-undated", "title": "Islanders welcome the ferry plan", "source": "Island Radio",
      "text": "Islanders welcomed the ferry timetable and the evening sailings, and the council promised a review "
              "of fares for the island ferry in the spring."},
@@ -52,7 +54,8 @@ def test_wire_copies_are_one_result_earliest_first(client):
     body = search(client, q="ferry timetable petition residents evening sailings", k=5)
     ferry = [r for r in body["results"] if "petition signed by 4,000" in r["text"]]
     assert len(ferry) == 1
-    # The Evening Post's copy was published first (2024-12-09), so it is shown; the other is listed.
+    # The Evening Post's copy was published first (23:30 UTC on the 9th; the Courier's is dated the 10th, a
+    # date sorting as its start in UTC), so it is shown; the other is listed.
     assert ferry[0]["citation"]["article_id"] == "ferry-post"
     assert [(c["article_id"], c["source"], c["published"]) for c in ferry[0]["also_in"]] == [
         ("ferry-courier", "Daily Courier", "2024-12-10")]
@@ -115,8 +118,37 @@ def test_date_filter_and_newest_first(client):
     assert {r["passage_id"] for r in newest["results"]} == {r["passage_id"] for r in relevance["results"]}
     days = [r["citation"]["published"] for r in newest["results"]]
     dated_days = [d for d in days if d]
-    assert dated_days == sorted(dated_days, reverse=True) and days[:len(dated_days)] == dated_days
+    assert dated_days == sorted(dated_days, key=instant, reverse=True) and days[:len(dated_days)] == dated_days
     assert [r["rank"] for r in newest["results"]] == list(range(1, len(days) + 1))
+
+
+def instant(published: str) -> datetime:
+    """The moment a `published` value names, in UTC (a date alone: its start)."""
+    at = datetime.fromisoformat(published.replace("Z", "+00:00"))
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+
+
+def test_newest_first_and_the_earliest_copy_compare_instants(tmp_path, fake_embedder):
+    """`published` values with other offsets compare as the moments they name, not as text: 23:30 at -05:00 on
+    the 8th is 04:30 UTC on the 9th, later than 01:00 UTC on the 9th; a date alone is that day's start in UTC."""
+    svc = Service(tmp_path / "index", "fake", embedder=fake_embedder)
+    dates = {"quay-new": "2024-12-08T23:30:00-05:00", "quay-mid": "2024-12-09T01:00:00Z", "quay-old": "2024-12-09"}
+    texts = {"quay-new": "The Kelvik quay wall was rebuilt with granite blocks from the old mill.",
+             "quay-mid": "Fishermen returned to the Kelvik quay wall after the storm damaged their nets.",
+             "quay-old": "A crane lifted the last stone onto the Kelvik quay wall before the winter."}
+    for aid, text in texts.items():
+        svc.add(article_from_json({"id": aid, "title": f"Kelvik quay {aid}", "text": text, "published": dates[aid]},
+                                  "test"))
+    # One wire story, printed at those two moments: the one at 01:00 UTC is the earlier copy.
+    svc.add(article_from_json({"id": "wire-late", "title": "Ferry timetable", "text": WIRE, "source": "A",
+                               "published": dates["quay-new"]}, "test"))
+    svc.add(article_from_json({"id": "wire-early", "title": "Ferry timetable", "text": WIRE, "source": "B",
+                               "published": dates["quay-mid"]}, "test"))
+    s = svc.searcher()
+    hits = s.search("Kelvik quay wall", 3, sort="newest")
+    assert [h.citation.article_id for h in hits] == ["quay-new", "quay-mid", "quay-old"]
+    [wire] = [h for h in s.search("ferry timetable petition residents", 5) if "petition" in h.text]
+    assert wire.citation.article_id == "wire-early" and [c.article_id for c in wire.also_in] == ["wire-late"]
 
 
 @pytest.mark.parametrize("params, code", [

@@ -7,7 +7,7 @@ import pytest
 
 from qa import create_app
 from qa.errors import BadRequest
-from qa.search import Citation, Hit, SearchConfig, fuse, highlight, query_terms, validate
+from qa.search import Citation, Hit, SearchConfig, fuse, highlight, published_at, query_terms, validate
 from qa.index import Index
 from qa.index import segment as index_segment
 from qa.index.segment import Segment, SegmentBuilder, write_segment
@@ -18,6 +18,14 @@ from qa.service import get_service
 def test_query_terms_drop_stop_words_but_never_everything():
     assert query_terms("Where did Assad flee to?") == ["assad", "flee"]
     assert query_terms("Who is it?") == ["who", "is", "it"]
+
+
+def test_published_values_order_as_instants():
+    """Offsets are read (text order would put 23:30 at -05:00 on the 8th first); a date alone is its day's start in UTC."""
+    given = ["2024-12-09T01:00Z", "2024-12-08T23:30-05:00", "2024-12-09", "2024-12-09T00:30:00+01:00", "soon", None]
+    dated = sorted((p for p in given if published_at(p)), key=published_at)
+    assert dated == ["2024-12-09T00:30:00+01:00", "2024-12-09", "2024-12-09T01:00Z", "2024-12-08T23:30-05:00"]
+    assert published_at("2024-12-08T23:30-05:00").isoformat() == "2024-12-09T04:30:00+00:00"
 
 
 def test_fuse_weights_and_missing_scores():
