@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import IngestError
 
@@ -62,11 +62,38 @@ class Article:
         """Give the article a stable id when it has none: from its URL, else from its title and text."""
         if not self.id:
             if self.url:
-                path = urlsplit(self.url).path.rstrip("/")
-                self.id = derived_id(path.rsplit("/", 1)[-1] or urlsplit(self.url).hostname or "", self.url)
+                url = canonical_url(self.url)
+                path = urlsplit(url).path.rstrip("/")
+                self.id = derived_id(path.rsplit("/", 1)[-1] or urlsplit(url).hostname or "", url)
             else:
                 self.id = derived_id(self.title, self.text)
         return self.id
+
+
+# Query parameters that say how a reader came to a page, not which page it is.
+_TRACKING = re.compile(r"utm_.*|fbclid|gclid", re.I)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_url(url: str) -> str:
+    """Drop tracking parameters, the fragment and a default port; lower-case the scheme and host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a malformed host or port: leave it as given
+        return url
+    scheme = parts.scheme.lower()
+    netloc = parts.netloc
+    if parts.hostname:
+        userinfo = netloc.rpartition("@")[0]
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # hostname is lower-cased
+        netloc = (userinfo + "@" if userinfo else "") + host
+        if port is not None and port != _DEFAULT_PORTS.get(scheme):
+            netloc += f":{port}"
+    # Split by hand, not parse_qsl: the parameters kept keep their order and encoding byte for byte.
+    query = "&".join(p for p in parts.query.split("&") if p and not _TRACKING.fullmatch(p.split("=", 1)[0]))
+    path = parts.path or ("/" if netloc else "")
+    return urlunsplit((scheme, netloc, path, query, ""))
 
 
 def derived_id(readable: str, key: str) -> str:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from qa.errors import IngestError
-from qa.ingest import Article, Failure, clean_text, decode, discover, read_file
+from qa.ingest import Article, Failure, canonical_url, clean_text, decode, discover, read_file
 
 from .conftest import SEEDS
 
@@ -146,3 +146,25 @@ def test_two_urls_whose_32_bit_hashes_collide_are_two_articles(tmp_path, fake_em
                           {"title": "Mayor resigns", "text": "The mayor resigned on Tuesday.",
                            "url": "https://news.example.com/story.php?id=130133"})
     assert (report.added, report.updated, report.failed) == (2, 0, 0)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://news.example/news/ferry?utm_source=rss&utm_medium=feed&utm_campaign=x#comments",
+     "https://news.example/news/ferry"),
+    ("HTTPS://News.Example:443/News/Ferry?b=2&fbclid=IwAR0&a=1&gclid=Cj0&UTM_Term=y",
+     "https://news.example/News/Ferry?b=2&a=1"),
+    ("http://news.example:80/a?id=5&x", "http://news.example/a?id=5&x"),
+    ("http://news.example:8080/a", "http://news.example:8080/a"),
+    ("https://news.example", "https://news.example/"),
+    ("https://news.example/a?utm_source=rss", "https://news.example/a"),
+    ("https://[2001:DB8::1]:443/a", "https://[2001:db8::1]/a"),
+])
+def test_canonical_url(url, expected):
+    assert canonical_url(url) == expected
+
+
+def test_tracking_parameters_do_not_make_a_second_article(tmp_path, fake_embedder):
+    ferry = {"title": "Ferry returns", "text": "The ferry returned to service on Friday."}
+    report = ingest_jsonl(tmp_path, fake_embedder, {**ferry, "url": "https://News.Example/news/ferry"},
+                          {**ferry, "url": "https://news.example/news/ferry?utm_source=rss&utm_medium=feed#top"})
+    assert report.added == 1 and report.failed == 0
