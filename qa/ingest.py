@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import json
 import os
@@ -122,8 +123,20 @@ _BOMS = [
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def decode(data: bytes) -> str:
-    """Decode bytes to text: BOM first, then UTF-8, then a detected charset; refuse binary."""
+# Code pages of Latin-script text, which detection confuses with each other on short text.
+_LATIN = {"cp1250", "cp1252", "cp1254", "cp1257", "cp437", "cp775", "cp850", "cp852", "cp858", "mac-roman",
+          "mac-latin2", "mac-iceland", "mac-turkish", *(f"iso8859-{n}" for n in (1, 2, 3, 4, 9, 10, 13, 14, 15, 16))}
+# Python codecs that take any name a page declares but are no character set.
+_NOT_CHARSETS = {"unicode-escape", "raw-unicode-escape", "idna", "punycode", "utf-7"}
+_META_CHARSET = re.compile(rb"""<meta\b[^>]*?\bcharset\s*=\s*["']?\s*([\w.:-]+)""", re.I)
+META_BYTES = 8192  # how far into a page to look for <meta charset>
+
+
+def decode(data: bytes, declared: str | None = None) -> str:
+    """Decode bytes to text: BOM, UTF-8, the declared charset, a <meta> charset, then detection; refuse binary.
+
+    `declared` is the charset said outside the bytes (HTTP's Content-Type); an unknown one is ignored.
+    """
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             try:
@@ -132,29 +145,46 @@ def decode(data: bytes) -> str:
                 raise IngestError(f"invalid {encoding} after byte-order mark at byte {e.start}") from None
     if b"\x00" in data:
         raise IngestError("binary file (contains NUL bytes)")
+    # Bytes that are valid UTF-8 are UTF-8 whatever is declared: legacy text almost never is, and a
+    # server's default charset often is not the page's. A declaration that does not fit is ignored.
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    # Declared charsets are often wrong, so trust detection over <meta charset>.
+    meta = _META_CHARSET.search(data[:META_BYTES])
+    text = _decode_as(data, declared) or _decode_as(data, meta and meta.group(1).decode("ascii")) or _detect(data)
+    if len(_CONTROL.findall(text[:10000])) > 10:
+        raise IngestError("binary file (control characters)")
+    return text
+
+
+def _decode_as(data: bytes, charset: str | None) -> str | None:
+    """Decode with a declared charset; None when it is unknown, no charset, or does not fit the bytes."""
+    charset = (charset or "").strip(" \t'\"")
+    try:
+        if not charset or codecs.lookup(charset).name in _NOT_CHARSETS:
+            return None
+        return data.decode(charset)
+    except (LookupError, ValueError):  # LookupError also for bytes-to-bytes codecs (base64)
+        return None
+
+
+def _detect(data: bytes) -> str:
+    """Decode with the charset detected from the bytes."""
     from charset_normalizer import from_bytes
 
     best = from_bytes(data[:1_000_000]).best()
     if best is None:
         raise IngestError("not text: could not detect a character encoding")
-    encoding = best.encoding
-    # Short Western text is easily mistaken for another single-byte code page;
-    # windows-1252 is what the web means by legacy 8-bit text, so prefer it when it fits.
-    if encoding.startswith(("cp125", "iso8859", "latin", "mac_")):
+    # Among Latin-script code pages the detected one is a guess, and windows-1252 is what the web means by
+    # legacy 8-bit text, so prefer it when it fits. Cyrillic, Greek and the rest are told apart well, and
+    # read as cp1252 they become mojibake ("Íîâîñòè").
+    if codecs.lookup(best.encoding).name in _LATIN:
         try:
-            data.decode("cp1252")
-            encoding = "cp1252"
+            return data.decode("cp1252")
         except UnicodeDecodeError:
             pass
-    text = data.decode(encoding, errors="replace")
-    if len(_CONTROL.findall(text[:10000])) > 10:
-        raise IngestError("binary file (control characters)")
-    return text
+    return data.decode(best.encoding, errors="replace")
 
 
 # --- cleaning ---------------------------------------------------------------------

@@ -168,3 +168,44 @@ def test_tracking_parameters_do_not_make_a_second_article(tmp_path, fake_embedde
     report = ingest_jsonl(tmp_path, fake_embedder, {**ferry, "url": "https://News.Example/news/ferry"},
                           {**ferry, "url": "https://news.example/news/ferry?utm_source=rss&utm_medium=feed#top"})
     assert report.added == 1 and report.failed == 0
+
+
+# --- legacy encodings (#27.11) -----------------------------------------------------------------
+
+RUSSIAN = ("Новости\nПравительство России объявило в понедельник о новых мерах поддержки для жителей "
+           "пострадавших районов. Министр заявил, что помощь получат все семьи до конца месяца.")
+GREEK = ("Ειδήσεις\nΗ κυβέρνηση της Ελλάδας ανακοίνωσε τη Δευτέρα νέα μέτρα στήριξης για τους κατοίκους "
+         "των πληγεισών περιοχών. Ο υπουργός δήλωσε ότι όλες οι οικογένειες θα λάβουν βοήθεια.")
+GERMAN = "Brücke über die Straße\nDie Bürger müssen größere Straßen über die Brücke bauen, sagte der Bürgermeister."
+
+
+@pytest.mark.parametrize("text, encoding", [(RUSSIAN, "cp1251"), (GREEK, "cp1253"), (GERMAN, "cp1252")])
+def test_undeclared_legacy_text_is_detected(tmp_path, text, encoding):
+    assert decode(text.encode(encoding)) == text
+    (tmp_path / "story.txt").write_bytes(text.encode(encoding))
+    art = read_one(tmp_path / "story.txt")
+    assert art.title == text.split("\n")[0] and art.text == text.split("\n")[1]
+
+
+@pytest.mark.parametrize("meta, text, encoding", [
+    ('<meta charset="windows-1251">', RUSSIAN, "cp1251"),
+    ("<meta http-equiv='Content-Type' content='text/html; charset=windows-1253'>", GREEK, "cp1253"),
+])
+def test_html_meta_charset_is_read(tmp_path, meta, text, encoding):
+    title, body = text.split("\n")
+    page = tmp_path / "page.html"
+    page.write_bytes(f"<html><head>{meta}<title>{title}</title></head><body><article><h1>{title}</h1>"
+                     f"<p>{body}</p></article></body></html>".encode(encoding))
+    art = read_one(page)
+    assert art.title == title and art.text == body
+
+
+@pytest.mark.parametrize("word, declared", [("Новости", "windows-1251"), ("Ειδήσεις", "WINDOWS-1253"),
+                                            ("Новости", "koi8-r")])
+def test_declared_charset_is_trusted(word, declared):
+    assert decode(word.encode(declared), declared=declared) == word  # too short for detection
+
+
+@pytest.mark.parametrize("declared", ["x-no-such-charset", "base64", "utf-8", "", None])
+def test_a_useless_declared_charset_is_ignored(declared):
+    assert decode(RUSSIAN.encode("cp1251"), declared=declared) == RUSSIAN  # unknown, not text, or wrong
