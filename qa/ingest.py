@@ -60,14 +60,15 @@ class Article:
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     def ensure_id(self) -> str:
-        """Give the article a stable id when it has none: from its URL, else from its title and text."""
+        """Give the article a stable id when it has none: from its URL, else from its source, title and text."""
         if not self.id:
             if self.url:
                 url = canonical_url(self.url)
                 path = urlsplit(url).path.rstrip("/")
                 self.id = derived_id(path.rsplit("/", 1)[-1] or urlsplit(url).hostname or "", url)
             else:
-                self.id = derived_id(self.title, self.text)
+                # One agency story printed by two outlets is two articles, so the source is part of the key.
+                self.id = derived_id(self.title, json.dumps([self.source, self.title, self.text], ensure_ascii=False))
         return self.id
 
 

@@ -209,3 +209,12 @@ def test_declared_charset_is_trusted(word, declared):
 @pytest.mark.parametrize("declared", ["x-no-such-charset", "base64", "utf-8", "", None])
 def test_a_useless_declared_charset_is_ignored(declared):
     assert decode(RUSSIAN.encode("cp1251"), declared=declared) == RUSSIAN  # unknown, not text, or wrong
+
+
+def test_one_wire_story_from_two_sources_is_two_articles(tmp_path, fake_embedder):
+    story = {"title": "Quake hits coast", "text": "A strong earthquake struck the coast on Sunday, officials said."}
+    printed = [{**story, "source": "Daily Post"}, {**story, "source": "Evening Star"}]
+    report = ingest_jsonl(tmp_path, fake_embedder, *printed, printed[0])
+    assert (report.added, report.updated, report.duplicates) == (2, 0, 1)  # the same line again is a duplicate
+    again = ingest_jsonl(tmp_path, fake_embedder, *printed, name="again.jsonl")
+    assert (again.added, again.updated, again.duplicates) == (0, 0, 2)
