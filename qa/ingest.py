@@ -426,13 +426,13 @@ def _strip_markdown(text: str) -> tuple[str | None, str]:
 def read_file(path: Path, root: Path | None = None) -> Iterator[Article | Failure]:
     """Yield the articles in one file, or a Failure for each part that cannot be read.
 
-    `root` is the folder (or file) the run was given: a file's article is its path
-    relative to it, so an edited file replaces its article instead of adding one.
+    `root` is the folder (or file) the run was given, which bounds where a sidecar's symlink may lead.
+    A file's article is its resolved absolute path, so an edited file replaces its article, and the
+    same file named through any folder (or directly) is the same article.
     """
     for item in _read_file(path, root):
         if isinstance(item, Article) and not item.id and not item.url and path.suffix.lower() != ".jsonl":
-            key = path.relative_to(root).as_posix() if root is not None and root.is_dir() else path.name
-            item.id = derived_id(path.stem, "file:" + key)
+            item.id = derived_id(path.stem, "file:" + path.resolve().as_posix())
         yield item
 
 

@@ -218,3 +218,24 @@ def test_one_wire_story_from_two_sources_is_two_articles(tmp_path, fake_embedder
     assert (report.added, report.updated, report.duplicates) == (2, 0, 1)  # the same line again is a duplicate
     again = ingest_jsonl(tmp_path, fake_embedder, *printed, name="again.jsonl")
     assert (again.added, again.updated, again.duplicates) == (0, 0, 2)
+
+
+def test_a_file_is_one_article_whichever_folder_is_named(tmp_path, fake_embedder):
+    from qa.service import Service
+
+    sub = tmp_path / "news" / "sub"
+    sub.mkdir(parents=True)
+    (sub / "fire.txt").write_text("Warehouse fire\nFive people were hurt in a warehouse fire on Monday.\n")
+    svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
+    assert svc.ingest([tmp_path / "news"]).added == 1
+    for named in (sub, sub / "fire.txt", tmp_path / "news" / "sub" / ".." / "sub"):
+        report = svc.ingest([named])
+        assert (report.added, report.updated, report.duplicates) == (0, 0, 1), named
+    (sub / "fire.txt").write_text("Warehouse fire\nTwo people were hurt in a warehouse fire on Monday.\n")
+    report = svc.ingest([sub])  # an edited file replaces its article, whichever folder is named
+    assert (report.added, report.updated, report.duplicates) == (0, 1, 0)
+    from qa.index import Index
+
+    idx = Index.load(tmp_path / "ix", "fake", 64)
+    assert idx.article_count == 1
+    assert idx.article(read_one(sub / "fire.txt").id)["text"].startswith("Two people were hurt")
