@@ -11,8 +11,10 @@ or changed entries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
 from .ingest import Article, Failure, article_from_html, decode
@@ -32,6 +39,7 @@ TYPES = ("text/html", "application/xhtml+xml", "application/xml", "text/xml", "a
          "application/atom+xml", "application/rdf+xml", "application/feed+json")
 MAX_SITEMAP_URLS = 1000  # article links taken from one sitemap
 STATE_NAME = "feeds.json"
+CHUNK = 65536  # bytes read at a time; urllib3 decompresses at most this much per read
 
 
 def is_url(arg: str) -> bool:
@@ -66,18 +74,108 @@ class Page:
         return "page"
 
 
+_current = threading.local()  # .watch: the _Watch of the request this thread is making
+
+
+class _Watch:
+    """One deadline for a whole request (connect, headers, body), whatever the server's pace.
+
+    Socket timeouts bound each read, not their sum: a server sending a byte every half second
+    never trips them. At the deadline the request's sockets are shut, so a blocked read returns."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watch:
+        _current.watch = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _current.watch = None
+
+    def add(self, sock: socket.socket) -> None:
+        """Watch a socket this request uses; shut it at once if the deadline has passed."""
+        with self._lock:
+            self._socks.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixin for urllib3's connections: the sockets they use are watched by their thread's _Watch.
+
+    (The socket, not the connection: a connection that will close lets go of its socket once the
+    headers are read, while the response goes on reading from it.)"""
+
+    def _watch(self) -> None:
+        watch = getattr(_current, "watch", None)
+        if watch is not None and self.sock is not None:
+            watch.add(self.sock)
+
+    def connect(self) -> None:
+        super().connect()
+        self._watch()
+
+    def request(self, *args, **kwargs):
+        self._watch()  # a connection kept alive from an earlier request (a new one is watched as it connects)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, with the connections above."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class Fetcher:
     """HTTP GETs with the limits above, one request a second per host, robots.txt honoured."""
 
     def __init__(self, interval: float | None = None, timeout: float | None = None, max_bytes: int | None = None):
-        import requests
-
         self.interval = float(os.environ.get("QA_FETCH_INTERVAL", 1.0)) if interval is None else interval
         self.timeout = float(os.environ.get("QA_FETCH_TIMEOUT", 15.0)) if timeout is None else timeout
         self.max_bytes = int(os.environ.get("QA_FETCH_MAX_BYTES", 10 * 1024 * 1024)) if max_bytes is None else max_bytes
         self.session = requests.Session()
         self.session.max_redirects = MAX_REDIRECTS
         self.session.headers["User-Agent"] = USER_AGENT
+        self.session.mount("http://", _Adapter())
+        self.session.mount("https://", _Adapter())
         self._last: dict[str, float] = {}
         self._robots: dict[str, RobotFileParser] = {}
         self._lock = threading.Lock()
@@ -114,8 +212,6 @@ class Fetcher:
 
     def get(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Page:
         """Fetch one URL; IngestError with a one-line reason when it cannot be had."""
-        import requests
-
         if not is_url(url):
             raise IngestError("only http and https URLs are fetched")
         if not self.allowed(url):
@@ -127,8 +223,10 @@ class Fetcher:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         self._wait_turn(url)
+        watch, answered = _Watch(self.timeout), False
         try:
-            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
+            with watch, self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
+                answered = not watch.expired  # (headers cut short by the deadline read as complete)
                 if r.status_code == 304:
                     return Page(r.url, 304, "", b"", etag, last_modified)
                 if r.status_code >= 400:
@@ -137,25 +235,30 @@ class Fetcher:
                 if ctype and ctype not in TYPES:
                     raise IngestError(f"not a web page or a feed (content type {ctype})")
                 body = bytearray()
-                deadline = time.monotonic() + self.timeout
-                for chunk in r.iter_content(65536):
+                for chunk in r.iter_content(CHUNK):  # decompressed: the cap is on what the page really is
                     body += chunk
                     if len(body) > self.max_bytes:
                         raise IngestError(f"larger than {self.max_bytes:,} bytes; skipped")
-                    if time.monotonic() > deadline:
-                        raise IngestError(f"took longer than {self.timeout:g} s; skipped")
+                if watch.expired:  # a shut socket reads as a body (or headers) that ended early
+                    raise IngestError(self._reason(None, True, answered))
                 return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"),
                             r.headers.get("Last-Modified"))
-        except requests.TooManyRedirects:
-            raise IngestError(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)") from None
-        except requests.Timeout:
-            raise IngestError(f"no answer within {self.timeout:g} s") from None
-        except requests.exceptions.InvalidSchema:
-            raise IngestError("redirected to something other than http or https") from None
-        except requests.ConnectionError as e:
-            raise IngestError(f"cannot connect ({type(e).__name__})") from None
         except requests.RequestException as e:
-            raise IngestError(f"the request failed ({type(e).__name__})") from None
+            raise IngestError(self._reason(e, watch.expired, answered)) from None
+
+    def _reason(self, e: requests.RequestException | None, expired: bool, answered: bool) -> str:
+        """Why a request failed, in one line (`answered`: its headers came within the deadline)."""
+        if expired and answered:
+            return f"took longer than {self.timeout:g} s; skipped"
+        if expired or isinstance(e, requests.Timeout):
+            return f"no answer within {self.timeout:g} s"
+        if isinstance(e, requests.TooManyRedirects):
+            return f"more than {MAX_REDIRECTS} redirects (a redirect loop?)"
+        if isinstance(e, requests.exceptions.InvalidSchema):
+            return "redirected to something other than http or https"
+        if isinstance(e, requests.ConnectionError):
+            return f"cannot connect ({type(e).__name__})"
+        return f"the request failed ({type(e).__name__})"
 
 
 class FeedState:

@@ -1,5 +1,6 @@
 """Ingest from the web and keep watching (DESIGN.md): a real HTTP server on 127.0.0.1 serves the site."""
 
+import gzip
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from qa.errors import IngestError
 from qa.fetch import Fetcher, FeedState, fetch_articles
 from qa.ingest import Article, Failure, clean_text
 from qa.service import Service
@@ -59,6 +61,8 @@ class Site:
         self.not_modified: Counter = Counter()
         self.version = {"ferry": 1}
         self.lock = threading.Lock()
+        self.custom: dict = {}  # path -> handler(request), for what a test serves its own way
+        self.done = threading.Event()  # set when the test ends: slow handlers stop
 
     def ferry_paras(self):
         return FERRY if self.version["ferry"] == 1 else FERRY[:2] + [
@@ -107,6 +111,12 @@ def site():
             path = self.path.split("?")[0]
             with s.lock:
                 s.hits[path] += 1
+            if path in s.custom:
+                try:
+                    s.custom[path](self)
+                except OSError:
+                    pass  # the fetcher hung up, as it should
+                return
             if path == "/slow":
                 time.sleep(3)
             if path == "/loop":
@@ -142,7 +152,19 @@ def site():
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield s
+    s.done.set()
     server.shutdown()
+
+
+def respond(h, body: bytes, ctype="text/html", status=200, headers=()) -> None:
+    """Send a whole response from a custom handler."""
+    h.send_response(status)
+    h.send_header("Content-Type", ctype)
+    h.send_header("Content-Length", str(len(body)))
+    for name, value in headers:
+        h.send_header(name, value)
+    h.end_headers()
+    h.wfile.write(body)
 
 
 @pytest.fixture
@@ -287,3 +309,39 @@ def test_qa_watch_adds_entries_while_qa_serve_answers_and_stops_on_sigterm(tmp_p
             out, err = watch.communicate(timeout=60)
     assert watch.returncode == 0, err
     assert "Stopped." in err and "2 added" in out
+
+
+def test_the_whole_response_has_one_deadline_whatever_the_servers_pace(site):
+    def drip_body(h):  # a byte every half second: no 64 KB chunk is ever complete
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Content-Length", "100000")
+        h.end_headers()
+        for _ in range(16):
+            if site.done.wait(0.5):
+                return
+            h.wfile.write(b"<")
+            h.wfile.flush()
+
+    def drip_headers(h):  # the headers themselves, a byte every half second
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX-Slow: ")
+        for _ in range(16):
+            if site.done.wait(0.5):
+                return
+            h.wfile.write(b"a")
+            h.wfile.flush()
+
+    site.custom.update({"/drip": drip_body, "/drip-headers": drip_headers})
+    f = Fetcher(interval=0, timeout=1)
+    for path, reason in (("/drip", "took longer than 1 s; skipped"), ("/drip-headers", "no answer within 1 s")):
+        t0 = time.monotonic()
+        with pytest.raises(IngestError) as e:
+            f.get(site.base + path)
+        assert (e.value.message, round(time.monotonic() - t0)) == (reason, 1), path
+
+
+def test_a_compressed_page_is_capped_after_decompression(site):
+    bomb = gzip.compress(b"<p>" + b"a" * 50_000_000)  # 50 MB of page in 49 KB
+    site.custom["/bomb"] = lambda h: respond(h, bomb, headers=[("Content-Encoding", "gzip")])
+    with pytest.raises(IngestError, match="larger than 1,000,000 bytes"):
+        Fetcher(interval=0, timeout=5, max_bytes=1_000_000).get(site.base + "/bomb")
