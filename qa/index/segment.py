@@ -262,11 +262,15 @@ class Segment:
         """Rows and approximate cosines of the n best passages; `bits`: the live rows as a bitmap (None: all live)."""
         if not len(self) or n <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        params = None
+        params = sel = None
         if bits is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits)))
+            # `sel` stays referenced until the search returns: SWIG's parameter objects do not own it,
+            # and a selector freed before FAISS reads it crashes the process (issue #27.1).
+            sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits))
             if self.kind == "ivf":
-                params = faiss.SearchParametersIVF(sel=params.sel, nprobe=faiss.extract_index_ivf(self.vectors).nprobe)
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.extract_index_ivf(self.vectors).nprobe)
+            else:
+                params = faiss.SearchParameters(sel=sel)
         # FAISS scores int8 codes against an int8 query (QT_8bit_direct_signed rounds the query too),
         # so the query goes in scaled like the codes; the caller scores the best ones again exactly.
         scores, rows = self.vectors.search(q.reshape(1, -1) * self.scale, min(n, len(self)), params=params)
