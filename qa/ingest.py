@@ -416,10 +416,12 @@ def _strip_markdown(text: str) -> tuple[str | None, str]:
         title = m.group(1).strip()
         text = text[: m.start()] + text[m.end():]
     text = re.sub(r"^---\n.*?\n---\n", "", text, flags=re.S)  # front matter
-    text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
-    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)
+    # Linear time for any input: no try may scan past the next place another try starts (a "[" for
+    # links, the same mark for emphasis), or a long line of openers without closers takes minutes.
+    text = re.sub(r"!\[[^\[\]]*\]\([^)\[]*\)", "", text)
+    text = re.sub(r"\[([^\[\]]+)\]\([^)\[]*\)", r"\1", text)
     text = re.sub(r"^\s{0,3}(#{1,6}|>|[-*+]|\d+\.)\s+", "", text, flags=re.M)
-    text = re.sub(r"(\*\*|__|\*|_|`)(\S.*?\S|\S)\1", r"\2", text)
+    text = re.sub(r"(\*\*|__|\*|_|`)(\S(?:(?!\1).)*?\S|\S)\1", r"\2", text)
     return title, text
 
 
