@@ -1,9 +1,10 @@
 """Articles from the web: pages, RSS and Atom feeds, sitemaps; politely, and nothing fetched twice.
 
-requests fetches (one session, a timeout on every request, a size cap, at most
-MAX_REDIRECTS redirects, only http and https, only HTML, XML and feed types),
-urllib's robotparser reads robots.txt, feedparser reads feeds, lxml sitemaps, and
-trafilatura the article in a page (ingest.article_from_html). A feed's ETag and
+requests fetches (one session, one deadline for each whole response, a size cap
+after decompression, at most MAX_REDIRECTS redirects, only http and https, only
+HTML, XML and feed types), Robots matches robots.txt as RFC 9309 says, feedparser
+reads feeds, lxml sitemaps, and trafilatura the article in a page
+(ingest.article_from_html). A feed's ETag and
 Last-Modified, and the entries already taken from it, are kept in the index
 folder's `feeds.json`, so the next poll asks "anything new?" and fetches only new
 or changed entries.
@@ -14,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
-from urllib.robotparser import RobotFileParser
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -33,7 +34,8 @@ from .ingest import Article, Failure, article_from_html, decode
 from .index.files import write_atomic
 from .errors import IngestError
 
-USER_AGENT = f"qa-news/{__version__} (news question answering; polite crawler, honours robots.txt)"
+TOKEN = "qa-news"  # our product token, which robots.txt groups name
+USER_AGENT = f"{TOKEN}/{__version__} (news question answering; polite crawler, honours robots.txt)"
 MAX_REDIRECTS = 5
 TYPES = ("text/html", "application/xhtml+xml", "application/xml", "text/xml", "application/rss+xml",
          "application/atom+xml", "application/rdf+xml", "application/feed+json")
@@ -44,6 +46,14 @@ CHUNK = 65536  # bytes read at a time; urllib3 decompresses at most this much pe
 
 def is_url(arg: str) -> bool:
     return str(arg).lower().startswith(("http://", "https://"))
+
+
+class HTTPStatusError(IngestError):
+    """An error status from the server (`http_status`)."""
+
+    def __init__(self, message: str, http_status: int):
+        super().__init__(message)
+        self.http_status = http_status
 
 
 @dataclass
@@ -72,6 +82,63 @@ class Page:
                 t in self.content_type for t in ("rss", "atom", "rdf")):
             return "feed"
         return "page"
+
+
+class Robots:
+    """One robots.txt's rules for our product token, as RFC 9309 says: the groups that name the token
+    (else those for `*`), the longest matching rule, Allow on a tie, `*` and a final `$` in patterns."""
+
+    def __init__(self, text: str = ""):
+        groups: list[tuple[set[str], list[tuple[bool, str]]]] = []  # (agents, rules (allow, pattern))
+        for line in text.splitlines():
+            key, colon, value = line.split("#", 1)[0].partition(":")
+            key, value = key.strip().lower(), value.strip()
+            if not colon:
+                continue
+            if key == "user-agent":
+                if not groups or groups[-1][1]:  # a user-agent line after rules starts the next group
+                    groups.append((set(), []))
+                groups[-1][0].add(value if value == "*" else re.match(r"[a-z_-]*", value.lower())[0])
+            elif key in ("allow", "disallow") and groups and value:  # (an empty Disallow forbids nothing)
+                groups[-1][1].append((key == "allow", _escaped(value)))
+        named = [rules for agents, rules in groups if TOKEN in agents]
+        self.rules = [r for rules in (named or [rules for agents, rules in groups if "*" in agents]) for r in rules]
+
+    def allows(self, url: str) -> bool:
+        """Whether these rules let us fetch `url`."""
+        parts = urlsplit(url)
+        path = _escaped((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        if path == "/robots.txt":
+            return True
+        best = max(((len(pattern), allow) for allow, pattern in self.rules if _matches(pattern, path)),
+                   default=(0, True))
+        return best[1]
+
+
+def _escaped(path: str) -> str:
+    """A path or pattern with its non-ASCII characters percent-encoded, and escapes in capitals."""
+    return re.sub(r"%[0-9a-f]{2}", lambda m: m[0].upper(), quote(path, safe="/?#[]@!$&'()*+,;=:%"))
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """Whether a robots.txt pattern matches the start of `path` (`*`: any characters; a final `$`: the end).
+
+    Each literal part is found leftmost in turn, in linear time where a regex could backtrack for ever."""
+    anchored = pattern.endswith("$")
+    first, *parts = (pattern[:-1] if anchored else pattern).split("*")
+    if not path.startswith(first):
+        return False
+    pos = len(first)
+    if not parts:
+        return not anchored or pos == len(path)
+    for part in parts[:-1]:
+        pos = path.find(part, pos)
+        if pos < 0:
+            return False
+        pos += len(part)
+    if anchored:
+        return path.endswith(parts[-1]) and len(path) - len(parts[-1]) >= pos
+    return path.find(parts[-1], pos) >= 0
 
 
 _current = threading.local()  # .watch: the _Watch of the request this thread is making
@@ -177,7 +244,7 @@ class Fetcher:
         self.session.mount("http://", _Adapter())
         self.session.mount("https://", _Adapter())
         self._last: dict[str, float] = {}
-        self._robots: dict[str, RobotFileParser] = {}
+        self._robots: dict[str, Robots] = {}
         self._lock = threading.Lock()
 
     def _wait_turn(self, url: str) -> None:
@@ -190,25 +257,27 @@ class Fetcher:
             time.sleep(due - now)
 
     def allowed(self, url: str) -> bool:
-        """Whether robots.txt lets us fetch `url` (no robots.txt, or an unreadable one: yes; 401/403: no)."""
+        """Whether robots.txt lets us fetch `url`."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
-        robots = self._robots.get(origin)
-        if robots is None:
-            robots = RobotFileParser(origin + "/robots.txt")
-            try:
-                self._wait_turn(origin)
-                r = self.session.get(origin + "/robots.txt", timeout=self.timeout, allow_redirects=True)
-                if r.status_code in (401, 403):
-                    robots.disallow_all = True
-                elif r.status_code < 400:
-                    robots.parse(r.text.splitlines())
-                else:
-                    robots.allow_all = True
-            except Exception:  # noqa: BLE001 - a site without a readable robots.txt sets no rules
-                robots.allow_all = True
-            self._robots[origin] = robots
-        return robots.can_fetch(USER_AGENT, url)
+        if origin not in self._robots:
+            self._robots[origin] = self._read_robots(origin)
+        return self._robots[origin].allows(url)
+
+    def _read_robots(self, origin: str) -> Robots:
+        """An origin's robots.txt, read as a page is (no robots.txt, or an unreadable one: no rules; 401/403: none
+        allowed); past the size cap it is cut, as RFC 9309 allows."""
+        self._wait_turn(origin)
+        try:
+            page = self._fetch(origin + "/robots.txt", {}, types=None, whole=False)
+        except HTTPStatusError as e:
+            return Robots("User-agent: *\nDisallow: /" if e.http_status in (401, 403) else "")
+        except IngestError:
+            return Robots()
+        text = page.body.decode("utf-8", "replace").removeprefix("\ufeff")
+        if len(page.body) >= self.max_bytes:
+            text = text[:text.rfind("\n") + 1]  # the line cut by the cap is not a rule
+        return Robots(text)
 
     def get(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Page:
         """Fetch one URL; IngestError with a one-line reason when it cannot be had."""
@@ -223,22 +292,29 @@ class Fetcher:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         self._wait_turn(url)
+        return self._fetch(url, headers)
+
+    def _fetch(self, url: str, headers: dict, types: tuple | None = TYPES, whole: bool = True) -> Page:
+        """GET under the deadline and the size cap: a longer body is refused, or with `whole=False` cut at the cap."""
         watch, answered = _Watch(self.timeout), False
         try:
             with watch, self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
                 answered = not watch.expired  # (headers cut short by the deadline read as complete)
                 if r.status_code == 304:
-                    return Page(r.url, 304, "", b"", etag, last_modified)
+                    return Page(r.url, 304, "", b"", headers.get("If-None-Match"), headers.get("If-Modified-Since"))
                 if r.status_code >= 400:
-                    raise IngestError(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
+                    raise HTTPStatusError(f"HTTP {r.status_code} {r.reason or ''}".rstrip(), r.status_code)
                 ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if ctype and ctype not in TYPES:
+                if types and ctype and ctype not in types:
                     raise IngestError(f"not a web page or a feed (content type {ctype})")
                 body = bytearray()
                 for chunk in r.iter_content(CHUNK):  # decompressed: the cap is on what the page really is
                     body += chunk
                     if len(body) > self.max_bytes:
-                        raise IngestError(f"larger than {self.max_bytes:,} bytes; skipped")
+                        if whole:
+                            raise IngestError(f"larger than {self.max_bytes:,} bytes; skipped")
+                        del body[self.max_bytes:]
+                        break
                 if watch.expired:  # a shut socket reads as a body (or headers) that ended early
                     raise IngestError(self._reason(None, True, answered))
                 return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"),

@@ -345,3 +345,65 @@ def test_a_compressed_page_is_capped_after_decompression(site):
     site.custom["/bomb"] = lambda h: respond(h, bomb, headers=[("Content-Encoding", "gzip")])
     with pytest.raises(IngestError, match="larger than 1,000,000 bytes"):
         Fetcher(interval=0, timeout=5, max_bytes=1_000_000).get(site.base + "/bomb")
+
+
+ROBOTS = """# RFC 9309's rules, none of which the first-match robotparser got right
+User-agent: otherbot
+User-agent: *
+Allow: /
+Disallow: /private/
+Disallow: /*/drafts/
+Disallow: /*.pdf$
+Allow: /tie
+Disallow: /tie
+
+User-agent: news
+Disallow: /
+"""
+
+
+def test_robots_txt_is_matched_as_rfc_9309_says(site):
+    site.custom["/robots.txt"] = lambda h: respond(h, ROBOTS.encode(), "text/plain")
+    f = Fetcher(interval=0, timeout=2)
+    got = {p: f.allowed(site.base + p) for p in ("/news/ferry", "/private/memo", "/world/drafts/x", "/report.pdf",
+                                                  "/report.pdf?page=2", "/tie", "/robots.txt")}
+    assert got == {"/news/ferry": True, "/private/memo": False, "/world/drafts/x": False, "/report.pdf": False,
+                   "/report.pdf?page=2": True, "/tie": True, "/robots.txt": True}
+    # The group naming our product token, where there is one, and only it; "news" is not "qa-news".
+    site.custom["/robots.txt"] = lambda h: respond(h, b"User-agent: *\nDisallow: /\n\nuser-agent: QA-News\n"
+                                                      b"Disallow: /news/\n# Allow: /news/ferry\n", "text/plain")
+    f = Fetcher(interval=0, timeout=2)
+    assert (f.allowed(site.base + "/news/ferry"), f.allowed(site.base + "/world")) == (False, True)
+
+
+def test_robots_txt_has_the_caps_of_any_page(site):
+    import tracemalloc
+
+    rules = b"User-agent: *\nDisallow: /private/\n"
+    bomb = gzip.compress(rules + b"# " + b"x" * 50_000_000 + b"\nDisallow: /\n")  # 50 MB of comment in 49 KB
+    site.custom["/robots.txt"] = lambda h: respond(h, bomb, "text/plain", headers=[("Content-Encoding", "gzip")])
+    tracemalloc.start()
+    try:
+        f = Fetcher(interval=0, timeout=5, max_bytes=1_000_000)
+        got = (f.allowed(site.base + "/private/memo"), f.allowed(site.base + "/news/ferry"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == (False, True)  # the rules before the cap count; what is past it is not read
+    assert peak < 10_000_000, f"{peak:,} bytes for a robots.txt capped at 1,000,000"
+
+    def drip(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.end_headers()
+        h.wfile.write(rules)
+        for _ in range(16):
+            if site.done.wait(0.5):
+                return
+            h.wfile.write(b"#")
+            h.wfile.flush()
+
+    site.custom["/robots.txt"] = drip
+    t0 = time.monotonic()
+    page = Fetcher(interval=0, timeout=1).get(site.base + "/news/bridge")  # an unreadable robots.txt sets no rules
+    assert page.status == 200 and time.monotonic() - t0 < 2.5
