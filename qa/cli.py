@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__, create_app
-from .errors import IndexLocked, QAError
+from .errors import IndexCorrupt, IndexLocked, ModelMismatch, QAError
 from .ingest import Article, Failure
 
 
@@ -178,7 +178,13 @@ def watch(urls, index, every, rounds, quiet):
             click.echo(f"{time.strftime('%H:%M:%S')} the index stayed locked by another ingest; trying again "
                        f"in {every:g} s", err=True)
         except QAError as e:
-            _fail(e)
+            if isinstance(e, (ModelMismatch, IndexCorrupt)):  # no later round can go better
+                _fail(e)
+            click.echo(f"{time.strftime('%H:%M:%S')} this round failed: {e.message}; trying again in {every:g} s",
+                       err=True)
+        except Exception as e:  # noqa: BLE001 - a watcher outlives any one round's surprise
+            click.echo(f"{time.strftime('%H:%M:%S')} this round failed ({type(e).__name__}: {e}); trying again "
+                       f"in {every:g} s", err=True)
         if rounds is not None and n >= rounds:
             break
         stopping.wait(every)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from .chunk import ChunkConfig
 from .errors import QAError
-from .indexer import Report, assemble, prepare
+from .indexer import Report, assemble, prepare, store
 from .ingest import Article, Failure
 from .index import Writer
 
@@ -101,6 +101,7 @@ def add_articles_on_ray(writer: Writer, model: str, backend: str, articles: Iter
     capacity = max(2, 2 * int(ray.cluster_resources().get("GPU" if gpus_per_task else "CPU", 1)))
     batch: list[Article] = []
     size = 0
+    status: dict[str, str] = {}  # article id -> "added" or "updated", as counted
 
     def submit() -> None:
         nonlocal batch, size
@@ -119,12 +120,23 @@ def add_articles_on_ray(writer: Writer, model: str, backend: str, articles: Iter
                     raise QAError(f"a batch of {len(arts)} articles failed on the cluster "
                                   f"({type(e).__name__}); what was written before stays, and running the "
                                   f"same command again adds the rest", code="ray_task_failed") from None
-                writer.add(items)
-                for art, news, sents in items:
-                    report.passages += len(news)
-                    report.embedded += len(sents)
+                lost = set()
+
+                def failed(art: Article, _passages: int, failure: Failure) -> None:
+                    lost.add(art.id)
+                    kind = status.pop(art.id, "added")  # counted when it was submitted
+                    setattr(report, kind, getattr(report, kind) - 1)
+                    report.failures.append(failure)
                     if on_progress:
-                        on_progress(report, art)
+                        on_progress(report, failure)
+
+                store(writer, items, failed)
+                for art, news, sents in items:
+                    if art.id not in lost:
+                        report.passages += len(news)
+                        report.embedded += len(sents)
+                        if on_progress:
+                            on_progress(report, art)
 
     for item in articles:
         if isinstance(item, Failure):
@@ -143,10 +155,8 @@ def add_articles_on_ray(writer: Writer, model: str, backend: str, articles: Iter
             submit()
             drain(0)
         seen[art_id] = h
-        if before is None:
-            report.added += 1
-        else:
-            report.updated += 1
+        status[art_id] = "added" if before is None else "updated"
+        setattr(report, status[art_id], getattr(report, status[art_id]) + 1)
         batch.append(item)
         size += len(item.text)
         if size >= BATCH_CHARS:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -12,9 +14,12 @@ import numpy as np
 
 from .chunk import ChunkConfig, split, title_prefix
 from .embed import Embedder
+from .errors import QAError
 from .ingest import Article, Failure, discover_roots, read_file
 from .sentences import NewSentence, passage_vector
 from .index import NewPassage, Writer
+
+log = logging.getLogger(__name__)
 
 BATCH_SENTENCES = 512  # articles are committed in groups of about this many sentences
 
@@ -80,6 +85,26 @@ def assemble(model: str, art: Article, sents: list, units: list, chunks: list, v
     return art, news, new_sents
 
 
+def store(writer: Writer, items: list[tuple], failed: Callable[[Article, int, Failure], None]) -> None:
+    """Write (article, passages, sentences) items in one transaction; if the articles' data makes it
+    fail, each on its own, so one bad article costs only itself (`failed(article, passages, why)`).
+    A damaged index, a full disk or a lock still stop the run."""
+    try:
+        writer.add(items)
+        return
+    except (QAError, OSError, sqlite3.DatabaseError):
+        raise
+    except Exception as e:  # noqa: BLE001 - something in one article's data: find which
+        if len(items) == 1:
+            art, passages, _ = items[0]
+            why = Failure(art.origin or art.id, f"could not be stored ({type(e).__name__}: {e})")
+            log.warning("%s: %s", why.origin, why.reason)
+            failed(art, len(passages), why)
+            return
+    for item in items:
+        store(writer, [item], failed)
+
+
 def add_articles(
     writer: Writer,
     embedder: Embedder,
@@ -89,7 +114,8 @@ def add_articles(
 ) -> Report:
     """Chunk, embed and store articles, committing whole articles in batches."""
     report = Report()
-    batch: list[tuple[Article, list, tuple]] = []  # article, (hash, model input) per sentence, (sentences, passages)
+    # article, (hash, model input) per sentence, (sentences, passages), "added" or "updated"
+    batch: list[tuple[Article, list, tuple, str]] = []
     pending = 0
     seen: dict[str, str] = {}  # article id -> fingerprint, for this run
 
@@ -108,7 +134,18 @@ def add_articles(
         fresh = dict(zip(todo, future.result()))
         vectors.update(fresh)
         report.embedded += len(todo)
-        writer.add([assemble(writer.model, art, sents, units, chunks, vectors) for art, sents, (units, chunks) in done])
+        status = {art.id: st for art, _, _, st in done}
+
+        def failed(art: Article, passages: int, failure: Failure) -> None:
+            setattr(report, status[art.id], getattr(report, status[art.id]) - 1)
+            report.passages -= passages
+            seen.pop(art.id, None)
+            report.failures.append(failure)
+            if on_progress:
+                on_progress(report, failure)
+
+        store(writer, [assemble(writer.model, art, sents, units, chunks, vectors)
+                       for art, sents, (units, chunks), _ in done], failed)
         return fresh
 
     def flush() -> None:
@@ -116,7 +153,7 @@ def add_articles(
         if not batch:
             return
         # Only sentences go through the model; each is embedded once, ever.
-        inputs = {h: text for _, sents, _ in batch for h, text in sents}
+        inputs = {h: text for _, sents, _, _ in batch for h, text in sents}
         vectors = writer.cached_vectors(inputs)
         embedding = set(inflight[2]) if inflight else set()  # not stored yet, but on their way
         todo = [h for h in inputs if h not in vectors and h not in embedding]
@@ -142,7 +179,7 @@ def add_articles(
                     else:
                         report.updated += 1
                     sents, (units, chunks) = prepare(embedder, writer.model, item, chunking)
-                    batch.append((item, sents, (units, chunks)))
+                    batch.append((item, sents, (units, chunks), "added" if before is None else "updated"))
                     pending += len(units)
                     report.passages += len(chunks)
                     if pending >= BATCH_SENTENCES:

@@ -103,9 +103,7 @@ def test_an_edited_file_replaces_its_article(tmp_path, fake_embedder):
     assert svc.ingest([fire]).duplicates == 1  # the file itself, given directly, is the same article
     idx = Index.load(tmp_path / "ix", "fake", 64)
     assert idx.article_count == 1
-    from qa.ingest import derived_id
-
-    assert idx.article(derived_id("fire", "file:fire.txt"))["text"].startswith("Two people were hurt")
+    assert idx.article(next(read_file(fire)).id)["text"].startswith("Two people were hurt")
 
 
 # --- 4. a given id names the article written; metadata corrections are changes ------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .files import FileRows, fsync_dir, read_arrays, write_arrays
+from .files import FileRows, fsync_dir, read_arrays, removed_on_failure, write_arrays
 from .terms import NO_DAY, day_of, hashes, quantize, sentence_keys, source_hash, stems
 
 IVF_ABOVE = 50_000  # passages; exact search below, IVF above
@@ -108,7 +108,8 @@ class SegmentBuilder:
             vocab = list(title_tf.keys() | text_tf.keys())
             self.post_hash.append(hashes(vocab))
             self.post_row.append(np.full(len(vocab), row, dtype=np.int32))
-            self.post_title.append(np.fromiter((title_tf.get(w, 0) for w in vocab), dtype=np.uint8, count=len(vocab)))
+            self.post_title.append(np.fromiter((min(title_tf.get(w, 0), 255) for w in vocab), dtype=np.uint8,
+                                               count=len(vocab)))
             self.post_text.append(np.fromiter((min(text_tf.get(w, 0), 65535) for w in vocab), dtype=np.uint16,
                                               count=len(vocab)))
 
@@ -178,14 +179,15 @@ def write_segment(folder: Path, name: str, arrays: dict[str, np.ndarray], meta: 
             index.add(piece)
     if kind == "ivf":  # where each row's code sits, so a reader need not gather the ids from every list
         arrays["p_place"] = ivf_places(index)
-    size = write_arrays(folder / f"{name}.arrays", arrays, meta)
-    arrays.clear()  # the caller's dict too (it hands them over): a merge's arrays are gigabytes
     path = folder / f"{name}.faiss"
     tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with removed_on_failure(folder / f"{name}.arrays", tmp):
+        size = write_arrays(folder / f"{name}.arrays", arrays, meta)
+        arrays.clear()  # the caller's dict too (it hands them over): a merge's arrays are gigabytes
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
     fsync_dir(folder)
     return {"name": name, "kind": kind, "passages": n, "sentences": meta["sentences"], "tokens": meta["tokens"],
             "bytes": size + path.stat().st_size}
