@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexCorrupt
+from ..errors import IndexBusy, IndexCorrupt
 from .db import DB_NAME, VISIBLE, connect, db_state
 from .manifest import MANIFEST_NAME, check_model, read_manifest, read_tombstones
 from .segment import BM25, Segment, Terms, live_bits
@@ -45,6 +45,7 @@ class PassageRow:
     url: str | None
     source: str | None
     published: str | None
+    signature: bytes | None = None  # the article's whole-text MinHash (qa/copies.py); None before it was kept
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Index:
         self._doc_freq_chars = 0
         self._masks: dict[Where, list[tuple[np.ndarray | None, np.ndarray | None]]] = {}
         self._narrow: bool | None = None  # whether the database has the articles_source index
+        self._signed: bool | None = None  # whether the articles table has its signature column
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: str | None = None, dim: int | None = None,
@@ -109,10 +111,16 @@ class Index:
             try:
                 parts = [cls._part(path, entry, held.get(entry["name"])) for entry in manifest["segments"]]
                 break
-            except FileNotFoundError:  # a writer retired a segment after we read the manifest: read it again
-                if attempt == 4:
+            except (OSError, ValueError, RuntimeError, KeyError) as e:  # faiss raises RuntimeError for a bad file
+                # A file gone while we opened it (a writer retired its segment after we read the manifest,
+                # whatever error the library reading it raised) means: read the manifest again.
+                gone = isinstance(e, FileNotFoundError) or _files_gone(path, manifest)
+                if gone and attempt < 4:
+                    continue
+                if gone:
+                    raise IndexBusy(f"{path} changed five times while it was being opened; try again") from None
+                if isinstance(e, OSError):
                     raise
-            except (ValueError, RuntimeError, KeyError) as e:  # faiss raises RuntimeError for a bad file
                 raise IndexCorrupt(f"a segment of {path} is damaged ({e}); restore the folder from a backup, "
                                    "or delete it and ingest again") from None
         conn = connect(path / DB_NAME, readonly=True)
@@ -181,14 +189,17 @@ class Index:
         # Each article's text is read once, however many of its passages are asked for.
         versions = list({r[1] for r in spans})
         marks = ",".join("?" * len(versions))
+        if self._signed is None:  # a database from before signatures has the column after its next write
+            self._signed = any(r[1] == "signature" for r in self.db.execute("PRAGMA table_info(articles)"))
+        signature = "signature" if self._signed else "NULL"
         arts = {r[0]: r for r in self.db.execute(
-            f"SELECT version, id, title, url, source, published, text FROM articles WHERE version IN ({marks})",
-            versions)} if versions else {}
+            f"SELECT version, id, title, url, source, published, text, {signature} FROM articles "
+            f"WHERE version IN ({marks})", versions)} if versions else {}
         out = {}
         for pid, version, start, end in spans:
             a = arts.get(version)
             if a is not None:
-                out[pid] = PassageRow(pid, a[1], start, end, a[6][start:end], a[2], a[3], a[4], a[5])
+                out[pid] = PassageRow(pid, a[1], start, end, a[6][start:end], a[2], a[3], a[4], a[5], a[7])
         return out
 
     def sources_of(self, ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
@@ -373,6 +384,18 @@ class Index:
                     out.best_dense.update(zip(found[has].tolist(), np.maximum.reduceat(dense, at)[has].tolist()))
             out.where.update(zip(found.tolist(), zip([seg] * len(found), rows.tolist())))
         return out
+
+
+def _files_gone(path: Path, manifest: dict) -> bool:
+    """Whether a file the manifest names is missing, or the manifest has been replaced since."""
+    for entry in manifest["segments"]:
+        names = [f"{entry['name']}.arrays", f"{entry['name']}.faiss", entry.get("tombstones")]
+        if any(n and not (path / n).exists() for n in names):
+            return True
+    try:
+        return read_manifest(path) != manifest
+    except IndexCorrupt:
+        return True
 
 
 class SentenceScores:
