@@ -12,6 +12,8 @@ import json
 import mmap
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,27 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+@contextmanager
+def removed_on_failure(*paths: Path) -> Iterator[None]:
+    """Remove the given files if the block fails: a half-written file would hold its space (a full
+    disk stays full) until the next writer opens the folder."""
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a file so that it is either the old or the new one, even after a crash."""
     tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with removed_on_failure(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
@@ -59,17 +74,18 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> int:
     header = json.dumps({"meta": meta, "arrays": layout}).encode()
     start = -(-(len(MAGIC) + 8 + len(header)) // ALIGN) * ALIGN
     tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + len(header).to_bytes(8, "little") + header)
-        for name, a in arrays.items():
-            f.seek(start + layout[name]["offset"])
-            f.write(a.tobytes())
-        f.truncate(start + offset)
-        f.flush()
-        os.fsync(f.fileno())
-        if start + offset > UNCACHE_ABOVE and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    os.replace(tmp, path)
+    with removed_on_failure(tmp):
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+            for name, a in arrays.items():
+                f.seek(start + layout[name]["offset"])
+                f.write(a.tobytes())
+            f.truncate(start + offset)
+            f.flush()
+            os.fsync(f.fileno())
+            if start + offset > UNCACHE_ABOVE and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        os.replace(tmp, path)
     return start + offset
 
 
