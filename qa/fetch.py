@@ -13,6 +13,7 @@ or changed entries.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -26,8 +27,11 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import create_connection
 
 from . import __version__
 from .ingest import Article, Failure, article_from_html, decode
@@ -48,6 +52,26 @@ def is_url(arg: str) -> bool:
     return str(arg).lower().startswith(("http://", "https://"))
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public(ip: str, port: int) -> bool:
+    """Whether an address is on the public internet: not loopback, private, link-local, reserved, shared or
+    multicast. (`port` plays no part; the tests tell their servers on 127.0.0.1 apart by it.)"""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if addr.version == 6:  # an IPv4 address carried in an IPv6 one is judged as itself
+        addr = (addr.ipv4_mapped or addr.sixtofour
+                or (ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF) if addr in NAT64 else addr))
+    return addr.is_global and not addr.is_multicast
+
+
+class NotPublic(IngestError):
+    """A link found at a public address leads to one that is not: never connected to."""
+
+    def __init__(self):
+        super().__init__("leads to an address that is not public, from a public one")
+
+
 class HTTPStatusError(IngestError):
     """An error status from the server (`http_status`)."""
 
@@ -64,6 +88,7 @@ class Page:
     body: bytes
     etag: str | None = None
     last_modified: str | None = None
+    public: bool = True  # whether it came from a public address (then its links must lead to public ones)
 
     @property
     def not_modified(self) -> bool:
@@ -141,30 +166,33 @@ def _matches(pattern: str, path: str) -> bool:
     return path.find(parts[-1], pos) >= 0
 
 
-_current = threading.local()  # .watch: the _Watch of the request this thread is making
+_current = threading.local()  # .guard: the _Guard of the request this thread is making
 
 
-class _Watch:
-    """One deadline for a whole request (connect, headers, body), whatever the server's pace.
+class _Guard:
+    """A request's limits, which the connections carrying it read: one deadline for the whole response,
+    whatever the server's pace, and whether the current hop may reach only public addresses.
 
     Socket timeouts bound each read, not their sum: a server sending a byte every half second
     never trips them. At the deadline the request's sockets are shut, so a blocked read returns."""
 
     def __init__(self, seconds: float):
         self.expired = False
+        self.public_only = False  # the rule for the hop being made
+        self.peer_public = True  # whether the last hop's address was public (set by its connection)
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
-    def __enter__(self) -> _Watch:
-        _current.watch = self
+    def __enter__(self) -> _Guard:
+        _current.guard = self
         self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
-        _current.watch = None
+        _current.guard = None
 
     def add(self, sock: socket.socket) -> None:
         """Watch a socket this request uses; shut it at once if the deadline has passed."""
@@ -187,31 +215,60 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Watched:
-    """Mixin for urllib3's connections: the sockets they use are watched by their thread's _Watch.
+class _Guarded:
+    """Mixin for urllib3's connections: connect only to an address checked against the request's rule,
+    and let the request's _Guard shut the socket (not the connection: one that will close lets go of
+    its socket once the headers are read, while the response goes on reading from it)."""
 
-    (The socket, not the connection: a connection that will close lets go of its socket once the
-    headers are read, while the response goes on reading from it.)"""
+    peer_public = True
+
+    def _new_conn(self) -> socket.socket:
+        # Resolve once, check every address, connect to a checked one: a second lookup could answer otherwise.
+        guard = getattr(_current, "guard", None)
+        try:
+            infos = socket.getaddrinfo(self._dns_host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise NameResolutionError(self.host, self, e) from e
+        public = [is_public(info[4][0], self.port) for info in infos]
+        if guard is not None and guard.public_only and not all(public):
+            raise NotPublic()
+        err: OSError | None = None
+        for info, is_pub in zip(infos, public):
+            try:
+                sock = create_connection(info[4][:2], self.timeout, self.source_address, self.socket_options)
+            except OSError as e:
+                err = e
+                continue
+            self.peer_public = is_pub
+            return sock
+        if isinstance(err, socket.timeout):
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})")
+        raise NewConnectionError(self, f"Failed to establish a new connection: {err}")
 
     def _watch(self) -> None:
-        watch = getattr(_current, "watch", None)
-        if watch is not None and self.sock is not None:
-            watch.add(self.sock)
+        guard = getattr(_current, "guard", None)
+        if guard is not None and self.sock is not None:
+            guard.add(self.sock)
 
     def connect(self) -> None:
         super().connect()
         self._watch()
 
     def request(self, *args, **kwargs):
-        self._watch()  # a connection kept alive from an earlier request (a new one is watched as it connects)
-        return super().request(*args, **kwargs)
+        guard = getattr(_current, "guard", None)
+        if guard is not None and guard.public_only and self.sock is not None and not self.peer_public:
+            raise NotPublic()  # a connection kept alive from a request that could go anywhere
+        self._watch()  # a kept-alive connection (a new one is watched as it connects, inside request())
+        super().request(*args, **kwargs)
+        if guard is not None:
+            guard.peer_public = self.peer_public
 
 
-class _HTTPConnection(_Watched, HTTPConnection):
+class _HTTPConnection(_Guarded, HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_Watched, HTTPSConnection):
+class _HTTPSConnection(_Guarded, HTTPSConnection):
     pass
 
 
@@ -239,12 +296,12 @@ class Fetcher:
         self.timeout = float(os.environ.get("QA_FETCH_TIMEOUT", 15.0)) if timeout is None else timeout
         self.max_bytes = int(os.environ.get("QA_FETCH_MAX_BYTES", 10 * 1024 * 1024)) if max_bytes is None else max_bytes
         self.session = requests.Session()
-        self.session.max_redirects = MAX_REDIRECTS
         self.session.headers["User-Agent"] = USER_AGENT
+        self.session.trust_env = False  # a proxy from the environment would connect to addresses we cannot check
         self.session.mount("http://", _Adapter())
         self.session.mount("https://", _Adapter())
         self._last: dict[str, float] = {}
-        self._robots: dict[str, Robots] = {}
+        self._robots: dict[tuple[str, bool], Robots] = {}  # by origin, and whether only public addresses may be reached
         self._lock = threading.Lock()
 
     def _wait_turn(self, url: str) -> None:
@@ -256,20 +313,20 @@ class Fetcher:
         if due > now:
             time.sleep(due - now)
 
-    def allowed(self, url: str) -> bool:
-        """Whether robots.txt lets us fetch `url`."""
+    def allowed(self, url: str, public_only: bool = False) -> bool:
+        """Whether robots.txt lets us fetch `url` (read under the same address rule as `url`)."""
         parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in self._robots:
-            self._robots[origin] = self._read_robots(origin)
-        return self._robots[origin].allows(url)
+        key = (f"{parts.scheme}://{parts.netloc}", public_only)
+        if key not in self._robots:
+            self._robots[key] = self._read_robots(*key)
+        return self._robots[key].allows(url)
 
-    def _read_robots(self, origin: str) -> Robots:
+    def _read_robots(self, origin: str, public_only: bool) -> Robots:
         """An origin's robots.txt, read as a page is (no robots.txt, or an unreadable one: no rules; 401/403: none
         allowed); past the size cap it is cut, as RFC 9309 allows."""
         self._wait_turn(origin)
         try:
-            page = self._fetch(origin + "/robots.txt", {}, types=None, whole=False)
+            page = self._fetch(origin + "/robots.txt", {}, types=None, whole=False, public_only=public_only)
         except HTTPStatusError as e:
             return Robots("User-agent: *\nDisallow: /" if e.http_status in (401, 403) else "")
         except IngestError:
@@ -279,11 +336,15 @@ class Fetcher:
             text = text[:text.rfind("\n") + 1]  # the line cut by the cap is not a rule
         return Robots(text)
 
-    def get(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Page:
-        """Fetch one URL; IngestError with a one-line reason when it cannot be had."""
+    def get(self, url: str, etag: str | None = None, last_modified: str | None = None,
+            public_only: bool = False) -> Page:
+        """Fetch one URL; IngestError with a one-line reason when it cannot be had.
+
+        `public_only`: the URL was found in content from a public address, so it (and every redirect)
+        may lead only to public addresses; the operator's own URLs may lead anywhere."""
         if not is_url(url):
             raise IngestError("only http and https URLs are fetched")
-        if not self.allowed(url):
+        if not self.allowed(url, public_only):
             raise IngestError("refused by the site's robots.txt")
         headers = {"Accept": "text/html,application/xhtml+xml,application/rss+xml,application/atom+xml,"
                              "application/xml;q=0.9,*/*;q=0.1"}
@@ -292,35 +353,58 @@ class Fetcher:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         self._wait_turn(url)
-        return self._fetch(url, headers)
+        return self._fetch(url, headers, public_only=public_only)
 
-    def _fetch(self, url: str, headers: dict, types: tuple | None = TYPES, whole: bool = True) -> Page:
+    def _fetch(self, url: str, headers: dict, types: tuple | None = TYPES, whole: bool = True,
+               public_only: bool = False) -> Page:
         """GET under the deadline and the size cap: a longer body is refused, or with `whole=False` cut at the cap."""
-        watch, answered = _Watch(self.timeout), False
+        guard, answered = _Guard(self.timeout), False
         try:
-            with watch, self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as r:
-                answered = not watch.expired  # (headers cut short by the deadline read as complete)
-                if r.status_code == 304:
-                    return Page(r.url, 304, "", b"", headers.get("If-None-Match"), headers.get("If-Modified-Since"))
-                if r.status_code >= 400:
-                    raise HTTPStatusError(f"HTTP {r.status_code} {r.reason or ''}".rstrip(), r.status_code)
-                ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if types and ctype and ctype not in types:
-                    raise IngestError(f"not a web page or a feed (content type {ctype})")
-                body = bytearray()
-                for chunk in r.iter_content(CHUNK):  # decompressed: the cap is on what the page really is
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        if whole:
-                            raise IngestError(f"larger than {self.max_bytes:,} bytes; skipped")
-                        del body[self.max_bytes:]
-                        break
-                if watch.expired:  # a shut socket reads as a body (or headers) that ended early
-                    raise IngestError(self._reason(None, True, answered))
-                return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"),
-                            r.headers.get("Last-Modified"))
+            with guard, self._follow(url, headers, guard, public_only) as r:
+                answered = not guard.expired  # (headers cut short by the deadline read as complete)
+                return self._read(r, headers, guard, answered, types, whole)
         except requests.RequestException as e:
-            raise IngestError(self._reason(e, watch.expired, answered)) from None
+            raise IngestError(self._reason(e, guard.expired, answered)) from None
+
+    def _follow(self, url: str, headers: dict, guard: _Guard, public_only: bool) -> requests.Response:
+        """The response at the end of a URL's redirects, followed one hop at a time: what a public address
+        answers may lead only to public addresses."""
+        for _ in range(MAX_REDIRECTS + 1):
+            guard.public_only = public_only
+            r = self.session.get(url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False)
+            public_only = guard.peer_public
+            target = self.session.get_redirect_target(r)
+            if target is None:
+                return r
+            r.close()
+            url = requote_uri(urljoin(r.url, target))
+            if not is_url(url):
+                raise IngestError("redirected to something other than http or https")
+        raise IngestError(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
+
+    def _read(self, r: requests.Response, headers: dict, guard: _Guard, answered: bool, types: tuple | None,
+              whole: bool) -> Page:
+        """The page in a response, read under the guard's deadline and the size cap."""
+        if r.status_code == 304:
+            return Page(r.url, 304, "", b"", headers.get("If-None-Match"), headers.get("If-Modified-Since"),
+                        guard.peer_public)
+        if r.status_code >= 400:
+            raise HTTPStatusError(f"HTTP {r.status_code} {r.reason or ''}".rstrip(), r.status_code)
+        ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if types and ctype and ctype not in types:
+            raise IngestError(f"not a web page or a feed (content type {ctype})")
+        body = bytearray()
+        for chunk in r.iter_content(CHUNK):  # decompressed: the cap is on what the page really is
+            body += chunk
+            if len(body) > self.max_bytes:
+                if whole:
+                    raise IngestError(f"larger than {self.max_bytes:,} bytes; skipped")
+                del body[self.max_bytes:]
+                break
+        if guard.expired:  # a shut socket reads as a body (or headers) that ended early
+            raise IngestError(self._reason(None, True, answered))
+        return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"), r.headers.get("Last-Modified"),
+                    guard.peer_public)
 
     def _reason(self, e: requests.RequestException | None, expired: bool, answered: bool) -> str:
         """Why a request failed, in one line (`answered`: its headers came within the deadline)."""
@@ -328,10 +412,6 @@ class Fetcher:
             return f"took longer than {self.timeout:g} s; skipped"
         if expired or isinstance(e, requests.Timeout):
             return f"no answer within {self.timeout:g} s"
-        if isinstance(e, requests.TooManyRedirects):
-            return f"more than {MAX_REDIRECTS} redirects (a redirect loop?)"
-        if isinstance(e, requests.exceptions.InvalidSchema):
-            return "redirected to something other than http or https"
         if isinstance(e, requests.ConnectionError):
             return f"cannot connect ({type(e).__name__})"
         return f"the request failed ({type(e).__name__})"
@@ -419,7 +499,7 @@ def _feed(page: Page, url: str, state: FeedState, known, fetcher: Fetcher, stop)
         if seen and seen.get("stamp") == stamp and known(seen["id"]):
             continue  # taken before, unchanged since: not fetched again
         try:
-            got = fetcher.get(link)
+            got = fetcher.get(link, public_only=page.public)
         except IngestError as e:
             yield Failure(link, e.message)
             continue
@@ -445,7 +525,7 @@ def _sitemap(page: Page, url: str, known, fetcher: Fetcher, stop, depth: int = 0
         if stop():
             return
         try:
-            got = fetcher.get(loc)
+            got = fetcher.get(loc, public_only=page.public)
         except IngestError as e:
             yield Failure(loc, e.message)
             continue

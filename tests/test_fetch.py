@@ -1,5 +1,6 @@
 """Ingest from the web and keep watching (DESIGN.md): a real HTTP server on 127.0.0.1 serves the site."""
 
+import contextlib
 import gzip
 import json
 import os
@@ -99,9 +100,9 @@ class Site:
         }
 
 
-@pytest.fixture
-def site():
-    s = Site()
+@contextlib.contextmanager
+def serving(s: Site):
+    """Serve a Site on 127.0.0.1 while the block runs."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a):
@@ -151,9 +152,17 @@ def site():
     s.base = f"http://127.0.0.1:{server.server_address[1]}"
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
-    yield s
-    s.done.set()
-    server.shutdown()
+    try:
+        yield s
+    finally:
+        s.done.set()
+        server.shutdown()
+
+
+@pytest.fixture
+def site():
+    with serving(Site()) as s:
+        yield s
 
 
 def respond(h, body: bytes, ctype="text/html", status=200, headers=()) -> None:
@@ -407,3 +416,56 @@ def test_robots_txt_has_the_caps_of_any_page(site):
     t0 = time.monotonic()
     page = Fetcher(interval=0, timeout=1).get(site.base + "/news/bridge")  # an unreadable robots.txt sets no rules
     assert page.status == 200 and time.monotonic() - t0 < 2.5
+
+
+def rss(*links: str) -> bytes:
+    items = "".join(f"<item><title>Item {i}</title><link>{link}</link></item>" for i, link in enumerate(links))
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>Links</title>{items}</channel></rss>'.encode()
+
+
+def sitemap(*locs: str) -> bytes:
+    urls = "".join(f"<url><loc>{loc}</loc></url>" for loc in locs)
+    return f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'.encode()
+
+
+def redirect(to: str):
+    return lambda h: respond(h, b"", status=302, headers=[("Location", to)])
+
+
+def test_only_global_addresses_are_public():
+    from qa.fetch import is_public
+
+    for ip in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+               "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "2002:7f00:1::1", "64:ff9b::a9fe:a9fe"):
+        assert not is_public(ip, 80), ip
+    for ip in ("93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34"):
+        assert is_public(ip, 80), ip
+
+
+def test_links_found_at_a_public_address_never_lead_to_a_non_public_one(site, monkeypatch):
+    """The site counts as public (by its port), a second server on 127.0.0.1 as an internal one."""
+    import qa.fetch
+
+    with serving(Site()) as internal:
+        port = int(site.base.rsplit(":", 1)[1])
+        monkeypatch.setattr(qa.fetch, "is_public", lambda ip, p: p == port, raising=False)
+        secret = internal.base + "/news/bridge"
+        site.custom.update({"/links.rss": lambda h: respond(h, rss(secret, site.base + "/news/library"),
+                                                             "application/rss+xml"),
+                            "/sitemap-links.xml": lambda h: respond(h, sitemap(secret), "application/xml"),
+                            "/go": redirect(secret)})
+        refused = "leads to an address that is not public, from a public one"
+        got = list(fetch_articles([site.base + p for p in ("/links.rss", "/sitemap-links.xml", "/go")],
+                                  FeedState(None), fetcher=Fetcher(interval=0, timeout=2)))
+        assert [(f.origin, f.reason) for f in got if isinstance(f, Failure)] == [
+            (secret, refused), (secret, refused), (site.base + "/go", refused)]
+        assert [a.title for a in got if isinstance(a, Article)] == ["Library opens on Sundays"]
+        # A robots.txt that redirects inward is not followed: no robots.txt, no rules.
+        site.custom["/robots.txt"] = redirect(internal.base + "/robots.txt")
+        assert Fetcher(interval=0, timeout=2).get(site.base + "/news/bridge").status == 200
+        assert not internal.hits, internal.hits  # not one request reached the internal server
+
+        # The operator may name an internal address, and what it links to on internal addresses is taken.
+        internal.custom["/links.rss"] = lambda h: respond(h, rss(internal.base + "/news/bridge"), "application/rss+xml")
+        got = list(fetch_articles([internal.base + "/links.rss"], FeedState(None), fetcher=Fetcher(interval=0)))
+        assert [a.title for a in got] == ["Swing bridge closed"]
