@@ -144,3 +144,79 @@ def test_a_failed_merge_leaves_no_temporary_files(tmp_path, fake_embedder, monke
         with pytest.raises(OSError):
             w.compact()
         assert not list(index.glob(".*tmp")) and not list(index.glob(".*.tmp"))
+
+
+# --- 5. an article being updated never disappears for a reader -------------------------------
+
+def test_reads_and_searches_during_updates_always_see_the_article(tmp_path, fake_embedder):
+    """One thread replaces an article again and again (each a publish, with merges); readers in other
+    services (as other server processes would) read it and search for it all the while."""
+    import threading
+
+    index = tmp_path / "ix"
+    writer = Service(index, "fake", embedder=fake_embedder)
+    writer.ingest([SEEDS])
+    text = "The ferry to Lowmoor sails at {} o'clock. Tickets cost {} pounds at the harbour office."
+    writer.add(Article(id="ferry", title="Ferry timetable", text=text.format(0, 0)))
+    stop, seen, missed, errors = threading.Event(), [0], [], []
+
+    def read():
+        svc = Service(index, "fake", embedder=fake_embedder)
+        while not stop.is_set():
+            try:
+                searcher = svc.searcher()
+                art = searcher.index.article("ferry")
+                hits = searcher.search("ferry to Lowmoor tickets harbour office", 3)
+            except Exception as e:  # noqa: BLE001 - any error is a finding
+                errors.append(repr(e))
+                continue
+            seen[0] += 1
+            if art is None or "ferry" not in {h.citation.article_id for h in hits}:
+                missed.append((searcher.index.generation, art is None))
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(1, 40):
+            writer.add(Article(id="ferry", title="Ferry timetable", text=text.format(i % 12, i)))
+            if i % 8 == 0:
+                writer.add(Article(id=f"other-{i}", title="Other news", text=f"Story {i} is about something else."))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert not errors, errors[:3]
+    assert seen[0] > 20 and not missed, (seen[0], missed[:5])
+
+
+# --- also seen: merges keep up with any ingest rate --------------------------------------------
+
+def test_segments_do_not_pile_up_when_batches_outrun_publishes(tmp_path, fake_embedder, monkeypatch):
+    from qa.index import writer as index_writer
+
+    monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 1e9)  # a long ingest between two publishes
+    from qa.chunk import ChunkConfig
+    from qa.indexer import assemble, prepare
+
+    with Writer(tmp_path / "ix", "fake", 64, background_merges=False) as w:
+        for i in range(40):  # one small segment a batch
+            art = Article(id=f"a{i}", title=f"Story {i}", text=f"Story {i} is about the harbour.")
+            sents, (units, chunks) = prepare(fake_embedder, "fake", art, ChunkConfig())
+            vectors = dict(zip([h for h, _ in sents], fake_embedder.encode([t for _, t in sents])))
+            w.add([assemble("fake", art, sents, units, chunks, vectors)])
+        assert len(w.segments) <= 8, len(w.segments)
+
+
+def test_a_writer_with_nothing_to_publish_still_merges(tmp_path, fake_embedder, monkeypatch):
+    from qa.index import writer as index_writer
+
+    index = tmp_path / "ix"
+    svc = Service(index, "fake", embedder=fake_embedder)
+    with monkeypatch.context() as mp:
+        mp.setattr(index_writer, "plan", lambda entries: None)  # as a run that crashed before merging leaves it
+        for i in range(10):
+            svc.add(Article(id=f"a{i}", title=f"Story {i}", text=f"Story {i} is about the harbour."))
+    assert len(Index.load(index, "fake", 64).parts) == 10
+    Writer(index, "fake", 64).close()  # opens, finds nothing new, stops
+    assert len(Index.load(index, "fake", 64).parts) < 10

@@ -94,6 +94,7 @@ class Index:
         self._doc_freqs: dict[str, int] = {}
         self._doc_freq_chars = 0
         self._masks: dict[Where, list[tuple[np.ndarray | None, np.ndarray | None]]] = {}
+        self._masks_lock = threading.Lock()
         self._narrow: bool | None = None  # whether the database has the articles_source index
         self._signed: bool | None = None  # whether the articles table has its signature column
 
@@ -240,9 +241,10 @@ class Index:
             for p in self.parts:
                 keep = where.mask(p.seg) & (p.live if p.live is not None else True)
                 got.append((keep, live_bits(keep)))
-            if len(self._masks) >= 16:  # a few filters recur (one source, this week); keep those
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[where] = got
+            with self._masks_lock:  # threads share the cache: two must not evict the same key
+                if len(self._masks) >= 16:  # a few filters recur (one source, this week); keep those
+                    self._masks.pop(next(iter(self._masks)), None)
+                self._masks[where] = got
         return got
 
     # --- where passages live -----------------------------------------------------------

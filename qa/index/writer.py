@@ -315,6 +315,10 @@ class Writer:
             self._take(entry)
         self._tombstone(np.asarray(removed, dtype=np.int64))
         self.dirty = True
+        # Merge as segments arrive, not only at a publish: batches can outrun publishes (a fast
+        # embedder, a GPU, a Ray cluster), and unmerged segments slow every search.
+        self._install_merge()
+        self._maybe_merge()
         # Publish now and then so a long ingest shows up while it runs, spending at most ~10% on it.
         if time.monotonic() - self._saved_at >= max(PUBLISH_EVERY, 10 * self._save_took):
             self.save()
@@ -418,7 +422,8 @@ class Writer:
         """Publish what is unpublished and finish, in the foreground, every merge the policy calls for."""
         self.background_merges = False
         self._install_merge(wait=True)
-        if self.dirty:
+        self._maybe_merge()  # also when nothing is new: a killed run may have left segments unmerged
+        if self.dirty or self._merged is not None:
             self.save()  # merges synchronously now, until the policy is satisfied
         while self._merged is not None:
             self._install_merge()
