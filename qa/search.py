@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
+
 from . import answer as answers
+from . import copies as wire
 from .chunk import sentence_spans
 from .embed import Embedder
 from .errors import BadRequest
@@ -171,8 +174,19 @@ def _copies(a: PassageRow, b: PassageRow, words: Callable[[PassageRow], set[str]
     if a.article_id == b.article_id or min(len(a.text), len(b.text)) < 0.6 * max(len(a.text), len(b.text)):
         return False
     wa, wb = words(a), words(b)
-    return bool(wa) and bool(wb) and len(wa & wb) / min(len(wa), len(wb)) >= 0.9 and \
-        len(wa & wb) / len(wa | wb) >= 0.7
+    if not wa or not wb:
+        return False
+    shared = len(wa & wb)
+    return shared / min(len(wa), len(wb)) >= 0.9 and shared / (len(wa) + len(wb) - shared) >= 0.7
+
+
+# Passages of two copies of one article (by their whole texts' signatures) hold the same words when their
+# windows line up, and overlap when they do not: a copy with a dateline above shifts every window. Their
+# shares of shared word 5-shingles, measured on such copies: 0.86-1.0 for the window that lines up,
+# 0.05-0.72 for one that overlaps it, at most 0.01 (a repeated name) for one that does not.
+ALIGNED = 0.5  # the copy's window that holds the passage: shown in its place when published earlier
+TOUCHES = 0.03  # a window that overlaps it: left out, as an overlapping window of one article is
+TOUCHES_MIN = 3  # shingles, so that a short passage's one repeated phrase is no overlap
 
 
 def highlight(text: str, terms: list[str], idf: dict[str, float],
@@ -308,36 +322,18 @@ class Searcher:
     def _collapse(self, ranked: list[tuple[int, float]], n: int) -> list[tuple[PassageRow, float, list[PassageRow]]]:
         """The n best passages, one per overlapping run of an article; a wire story's copies join one
         group, shown as its earliest published copy."""
-        index = self.index
-        groups: list[list] = []  # [best score, rows]
-        cache: dict[int, set[str]] = {}
-
-        def words(row: PassageRow) -> set[str]:
-            if row.id not in cache:
-                cache[row.id] = set(row.text.lower().split())  # str.split: 5x faster than a regex, as telling
-            return cache[row.id]
-
+        groups = _Groups()
         pos, extra = 0, 0
         while pos < len(ranked) and (len(groups) < n or extra < 2 * n):
             page = ranked[pos: pos + 2 * n]
             pos += len(page)
             if len(groups) >= n:  # full: one more page only for copies of what is shown
                 extra += len(page)
-            rows = index.passages([i for i, _ in page])
+            rows = self.index.passages([i for i, _ in page])
             for pid, score in page:
-                row = rows.get(pid)
-                if row is None or any(_overlaps(row, other) for g in groups for other in g[1]):
-                    continue
-                same = next((g for g in groups if _copies(row, g[1][0], words)), None)
-                if same is not None:
-                    same[1].append(row)
-                elif len(groups) < n:
-                    groups.append([score, [row]])
-        out = []
-        for score, rows in groups:
-            rows.sort(key=lambda r: published_at(r.published) or _NEVER)  # undated last
-            out.append((rows[0], score, rows[1:]))
-        return out
+                if pid in rows:
+                    groups.add(rows[pid], score, room=len(groups) < n)
+        return groups.shown()
 
     def _facets(self, pids: list[int]) -> list[dict]:
         """Per source, how many articles the given passages come from, most first."""
@@ -374,6 +370,109 @@ class Searcher:
         cite = _citation(row)
         cite.start, cite.end = start, end
         return Answer(evidence["text"], confidence, row.id, cite), evidence
+
+
+class _Groups:
+    """Passages gathered into results: each one run of an article's text, with its copies in other articles."""
+
+    def __init__(self):
+        self.groups: list[tuple[float, list[PassageRow], list[float]]] = []  # score, rows, how close each is
+        self.hidden: list[PassageRow] = []  # left out for overlapping a result of their own article
+        self._words: dict[int, set[str]] = {}
+        self._phrases: dict[int, set[tuple[str, ...]]] = {}
+        self._signatures: dict[str, np.ndarray | None] = {}
+        self._stories: dict[tuple[str, str], bool] = {}  # whether two articles are copies, by their signatures
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def add(self, row: PassageRow, score: float, room: bool) -> None:
+        """Put a passage (best first) into the group it copies, or a new one if there is room."""
+        if any(_overlaps(row, other) for _, rows, close in self.groups for other, c in zip(rows, close)
+               if c >= ALIGNED):
+            self.hidden.append(row)
+            return
+        group, c = self._closest(row)
+        if c > 0:
+            group[1].append(row)
+            group[2].append(c)
+        elif room:
+            self.groups.append((score, [row], [1.0]))
+
+    def shown(self) -> list[tuple[PassageRow, float, list[PassageRow]]]:
+        """Each group's passage to show (its earliest published copy) with its score and the other articles'."""
+        for row in self.hidden:  # it may hold the words of its article's copy in another result: list it there
+            group, c = self._closest(row, copies_only=True)
+            if c >= ALIGNED:
+                group[1].append(row)
+                group[2].append(0.0)  # listed, never shown: its article shows an overlapping passage already
+        return [_shown(score, rows, close) for score, rows, close in self.groups]
+
+    def _closest(self, row: PassageRow, copies_only: bool = False) -> tuple[tuple | None, float]:
+        """The group `row` copies most closely, and how closely: against each group's first passage, and
+        for a copy of their article against the passages lined up with it; `copies_only`: only the latter."""
+        best, most = None, 0.0
+        for group in self.groups:
+            if copies_only and any(r.article_id == row.article_id for r in group[1]):
+                continue  # its article is there already
+            for i, (other, c) in enumerate(zip(group[1], group[2])):
+                if c >= ALIGNED and ((i == 0 and not copies_only) or self._one_story(row, other)):
+                    mine = self._closeness(row, other)
+                    if mine > most:
+                        best, most = group, mine
+                        if most == 1.0:
+                            return best, most
+        return best, most
+
+    def _closeness(self, row: PassageRow, other: PassageRow) -> float:
+        """How closely `row` copies `other`, a passage of another article: for copies of one article, the
+        share of word shingles they hold in common; else 1 for a near-identical passage; 0 when not a copy."""
+        if row.article_id == other.article_id:
+            return 0.0
+        if not self._one_story(row, other):
+            return 1.0 if _copies(row, other, self._words_of) else 0.0
+        a, b = self._phrases_of(row), self._phrases_of(other)
+        shared = len(a & b)
+        share = shared / max(min(len(a), len(b)), 1)
+        return share if share >= TOUCHES and shared >= TOUCHES_MIN else 0.0
+
+    def _one_story(self, row: PassageRow, other: PassageRow) -> bool:
+        """Whether two passages' articles are copies of one story, by their whole texts' signatures."""
+        pair = (row.article_id, other.article_id)
+        if pair not in self._stories:
+            self._stories[pair] = wire.similarity(self._signature(row), self._signature(other)) >= wire.COPY_AT
+        return self._stories[pair]
+
+    def _words_of(self, row: PassageRow) -> set[str]:
+        if row.id not in self._words:
+            self._words[row.id] = set(row.text.lower().split())  # str.split: 5x faster than a regex, as telling
+        return self._words[row.id]
+
+    def _phrases_of(self, row: PassageRow) -> set[tuple[str, ...]]:
+        if row.id not in self._phrases:
+            self._phrases[row.id] = wire.phrases(row.text)
+        return self._phrases[row.id]
+
+    def _signature(self, row: PassageRow) -> np.ndarray | None:
+        if row.article_id not in self._signatures:
+            self._signatures[row.article_id] = wire.values(row.signature)
+        return self._signatures[row.article_id]
+
+
+def _shown(score: float, rows: list[PassageRow], close: list[float]) -> tuple[PassageRow, float, list[PassageRow]]:
+    """A group as shown: the earliest published copy of its first passage, and each other article once."""
+    closest: dict[str, tuple[float, PassageRow]] = {}  # per article, its passage most like the first
+    for row, c in zip(rows, close):
+        if row.article_id not in closest or c > closest[row.article_id][0]:
+            closest[row.article_id] = (c, row)
+    # A passage that only overlaps the first is never shown in its place: the words shown would change.
+    copies = sorted(closest.values(), key=lambda cr: (cr[0] < ALIGNED, _when(cr[1])))
+    return copies[0][1], score, sorted((r for _, r in copies[1:]), key=_when)
+
+
+def _when(row: PassageRow) -> datetime:
+    """Sort key: earliest published first, undated last."""
+    return published_at(row.published) or _NEVER
 
 
 def _marks(candidates: list[answers.Sentence]) -> dict[int, tuple[int, int]]:

@@ -224,3 +224,146 @@ def test_an_ivf_segment_finds_its_codes_with_and_without_the_stored_places(app, 
     fseg = Index.load(tmp_path / "flat").parts[0].seg
     assert np.array_equal(fseg.pids, seg.pids)
     assert np.array_equal(fseg.codes_of(np.arange(len(fseg))), seg.codes_of(np.arange(len(seg))))
+
+
+# A story of our own, and another that quotes one paragraph of it (two articles, not copies).
+HARBOUR = """The harbour council of Kelvik voted on Monday to rebuild the north quay, which the November storm left cracked along half its length. The work will cost 14 million crowns and is due to finish before the herring season opens in late spring.
+
+Fishermen had warned for years that the quay wall was failing. Boats have moored two abreast at the south pier since the storm, and the fish market has opened an hour later each morning while crews wait for a berth to unload.
+
+"We cannot ask the fleet to work from a quay that moves under their feet. The state will pay half of the cost, and the rest will come from the harbour's own reserves and a loan that the council expects to repay within twelve years," said Fisheries Minister Ola Brandt.
+
+The council also agreed to raise mooring fees by four percent from January. Councillor Ines Varga, who voted against the increase, said small boat owners had already lost a month of income and should not pay for a wall they did not break.
+
+Engineers from the coastal authority will survey the seabed in December. If the foundations are sound, the contractor will reuse the old granite blocks; if not, the quay will be rebuilt on steel piles, which would add about three million crowns to the bill."""
+
+QUOTER = """Fish prices at the Oskby auction rose for the third week running as the winter fleet stayed in port, with cod fetching the highest price since the spring of 2019. Buyers from the capital said restaurants had begun to take farmed salmon instead.
+
+The minister visited the auction hall on Thursday and repeated the promise he had made in Kelvik the week before:
+
+"We cannot ask the fleet to work from a quay that moves under their feet. The state will pay half of the cost, and the rest will come from the harbour's own reserves and a loan that the council expects to repay within twelve years," said Fisheries Minister Ola Brandt.
+
+Oskby's own harbour master, Petra Lund, said the town would apply for the same support to dredge its silted inner basin, where trawlers can now enter only at high tide. The auction's board meets in January to decide whether to open on Sundays through the winter."""
+
+QUESTIONS = ["Where did Assad flee to?", "Who is the leader of HTS?", "What did Trump post on Truth Social?",
+             "Who captured Suwayda?", "When did the rebels reach Homs?", "What did Biden say about Syria?",
+             "Who told Reuters that Assad left?", "What happened at Sednaya prison?",
+             "Which groups attacked southwards?", "What did Russia's foreign ministry say?",
+             "How much will the north quay cost?", "Who voted against the mooring fee increase?",
+             "What will the engineers survey in December?", "When is the quay work due to finish?"]
+
+
+@pytest.fixture
+def wire_index(tmp_path, seeded_index, fake_embedder):
+    """The seeds and a story of our own, each with a wire copy that adds a dateline above and a credit below;
+    and an unrelated story quoting one paragraph of ours. Returns the service and {copy id: original id}."""
+    import shutil
+
+    from qa.ingest import article_from_json
+    from qa.service import Service
+
+    path = tmp_path / "index"
+    shutil.copytree(seeded_index, path)
+    svc = Service(path, "fake", embedder=fake_embedder)
+    svc.add(article_from_json({"id": "kelvik-quay", "title": "Kelvik will rebuild its storm-cracked north quay",
+                               "text": HARBOUR, "source": "Kelvik Tidende", "published": "2024-12-08T01:30:00+01:00"},
+                              "test"))
+    svc.add(article_from_json({"id": "oskby-auction", "title": "Cod prices climb at Oskby auction", "text": QUOTER,
+                               "source": "Oskby Posten", "published": "2024-12-16T09:00:00+01:00"}, "test"))
+    index = svc.searcher().index
+    twins = {}
+    for original in ("assad-boards-plane-out-of-damascus", "assad-lands-in-russia", "kelvik-quay"):
+        art = index.article(original)
+        # 02:00 UTC on the 8th: later than each original (the seeds' date alone is its start in UTC, ours
+        # is 00:30 UTC), though earlier as text.
+        svc.add(article_from_json({
+            "id": f"{original}-wire", "title": art["title"], "source": "Nordic Wire", "published": "2024-12-07T21:00:00-05:00",
+            "text": f"DAMASCUS, Dec 9 (Nordic Wire) -\n\n{art['text']}\n\nReporting by Jane Roe; editing by John Doe."},
+            "test"))
+        twins[f"{original}-wire"] = original
+    return svc, twins
+
+
+def test_a_wire_copy_with_other_first_and_last_lines_is_one_result(wire_index):
+    """A copy that adds a dateline above and a credit below shifts every window, so no passage is nearly the
+    same as another though the articles are: the copy is found as a copy of the whole article, never shown
+    beside its original, and listed in `also_in` of every result from the story."""
+    svc, twins = wire_index
+    s = svc.searcher()
+    shift = len("DAMASCUS, Dec 9 (Nordic Wire) -\n\n")
+    windows = {a: [(p["start"], p["end"]) for p in s.index.article(a)["passages"]] for a in twins.values()}
+    overlap = lambda x, y: min(x[1], y[1]) - max(x[0], y[0])  # noqa: E731
+    copies_shown = 0
+    for q in QUESTIONS:
+        shown = []  # (original, the span of the original's text shown, hit)
+        for h in s.search(q, 5):
+            c = h.citation
+            original = twins.get(c.article_id, c.article_id)
+            span = (c.start - shift, c.end - shift) if c.article_id in twins else (c.start, c.end)
+            for other, seen, _ in shown:
+                assert other != original or overlap(seen, span) <= 0, f"{q!r}: the same words shown twice ({original})"
+            shown.append((original, span, h))
+        for original, span, h in shown:
+            if original not in twins.values():
+                continue
+            assert {h.citation.article_id, *(o.article_id for o in h.also_in)} == {original, f"{original}-wire"}, q
+            assert len(h.also_in) == 1, q
+            if h.citation.article_id != original:
+                # The original was published first, so it is shown, unless its own window there overlaps
+                # another result (left out, as overlapping windows of one article are).
+                copies_shown += 1
+                mine = [w for w in windows[original] if overlap(w, span) > 0.5 * (span[1] - span[0])]
+                assert mine and all(any(overlap(w, seen) > 0 for other, seen, h2 in shown if other == original
+                                        and h2 is not h) for w in mine), q
+    assert copies_shown <= 3
+
+
+def test_articles_sharing_one_quoted_paragraph_are_not_copies(wire_index):
+    svc, _ = wire_index
+    hits = svc.searcher().search("Who said the fleet cannot work from a quay that moves under their feet?", 10)
+    shown = {h.citation.article_id: h for h in hits}
+    assert {"kelvik-quay", "oskby-auction"} <= set(shown)
+    assert [o.article_id for o in shown["oskby-auction"].also_in] == []
+    assert "oskby-auction" not in [o.article_id for o in shown["kelvik-quay"].also_in]
+
+
+def test_signatures_tell_a_copy_from_an_article_quoting_it():
+    from qa.copies import COPY_AT, signature, similarity, values
+
+    # Stored signatures compare only with ones made the same way: the hashing must never change.
+    assert signature("The harbour council of Kelvik voted on Monday to rebuild the north quay.")[:8].hex() == \
+        "63e80b027ed3fd05"
+    assert signature("") is None and len(signature("Two words")) == 256
+    copy = f"KELVIK, Dec 9 (Nordic Wire) -\n\n{HARBOUR}\n\nReporting by Jane Roe; editing by John Doe."
+    assert similarity(values(signature(HARBOUR)), values(signature(copy))) >= 0.85
+    assert similarity(values(signature(HARBOUR)), values(signature(QUOTER))) < COPY_AT / 2
+
+
+def test_a_folder_from_before_signatures_still_finds_copies_passage_by_passage(tmp_path, seeded_index, fake_embedder):
+    """A database without the signature column is read as before (copies only by near-identical passages);
+    its next writer adds the column, and articles written from then on carry a signature."""
+    import shutil
+    import sqlite3
+
+    from qa.copies import COPY_AT, similarity, values
+    from qa.ingest import article_from_json
+    from qa.service import Service
+
+    path = tmp_path / "index"
+    shutil.copytree(seeded_index, path)
+    db = sqlite3.connect(path / "qa.sqlite3")
+    db.execute("ALTER TABLE articles DROP COLUMN signature")
+    db.commit()
+    db.close()
+    svc = Service(path, "fake", embedder=fake_embedder)
+    hits = svc.searcher().search("Where did Assad flee to?", 3)
+    assert hits and all(svc.searcher().index.passages([h.passage_id])[h.passage_id].signature is None for h in hits)
+    svc.add(article_from_json({"id": "kelvik-quay", "title": "Kelvik quay", "text": HARBOUR}, "test"))
+    svc.add(article_from_json({"id": "kelvik-quay-wire", "title": "Kelvik quay",
+                               "text": f"KELVIK (Nordic Wire) -\n\n{HARBOUR}\n\nReporting by Jane Roe."}, "test"))
+    index = svc.searcher().index
+    rows = index.passages([p["id"] for a in ("kelvik-quay", "kelvik-quay-wire", "assad-lands-in-russia")
+                           for p in index.article(a)["passages"]])
+    sigs = {r.article_id: values(r.signature) for r in rows.values()}
+    assert sigs["assad-lands-in-russia"] is None  # written before: left NULL, compared passage by passage
+    assert similarity(sigs["kelvik-quay"], sigs["kelvik-quay-wire"]) >= COPY_AT

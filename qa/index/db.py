@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS articles (
     text TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     origin TEXT,
+    signature BLOB,  -- the whole text's MinHash (qa/copies.py), to find wire copies; see add_columns
     added_at TEXT NOT NULL,
     gen INTEGER NOT NULL,
     deleted_gen INTEGER,
@@ -73,6 +74,12 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     except sqlite3.DatabaseError as e:
         raise corrupt_db(path, e) from None
     return conn
+
+
+def add_columns(conn: sqlite3.Connection) -> None:
+    """Add to a database written before them the columns added since (their old rows stay NULL)."""
+    if "signature" not in {r[1] for r in conn.execute("PRAGMA table_info(articles)")}:
+        conn.execute("ALTER TABLE articles ADD COLUMN signature BLOB")
 
 
 def db_state(conn: sqlite3.Connection, path: Path) -> int:

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..copies import signature
 from ..errors import IndexCorrupt, IndexLocked
-from .db import DB_NAME, SCHEMA, SCHEMA_VERSION, connect, corrupt_db
+from .db import DB_NAME, SCHEMA, SCHEMA_VERSION, add_columns, connect, corrupt_db
 from .manifest import GRACE_SECONDS, check_model, read_manifest, read_tombstones, write_manifest, \
     write_tombstones
 from .merge import merge, plan
@@ -123,6 +124,7 @@ class Writer:
                                    f"{old[0]}; this one writes {SCHEMA_VERSION}): move the folder aside and run "
                                    "`qa ingest` on your articles again")
             self.conn.executescript(SCHEMA)
+            add_columns(self.conn)
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
             meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
@@ -287,9 +289,9 @@ class Writer:
                     c.execute("UPDATE articles SET deleted_gen = ?, deleted_at = ? WHERE version = ?", (gen, t, old[0]))
                 version = c.execute(
                     "INSERT INTO articles (id, title, url, source, author, published, text, content_hash, origin, "
-                    "added_at, gen) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "added_at, gen, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (art.id, art.title, art.url, art.source, art.author, art.published, art.text,
-                     art.content_hash, art.origin, now, gen)).lastrowid
+                     art.content_hash, art.origin, now, gen, signature(art.text))).lastrowid
                 rows = []
                 for p in passages:
                     pid = c.execute("INSERT INTO passages (version, start_char, end_char) VALUES (?,?,?)",
