@@ -20,7 +20,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
@@ -45,6 +45,8 @@ TYPES = ("text/html", "application/xhtml+xml", "application/xml", "text/xml", "a
          "application/atom+xml", "application/rdf+xml", "application/feed+json")
 MAX_SITEMAP_URLS = 1000  # article links taken from one sitemap
 STATE_NAME = "feeds.json"
+RETRY_AFTER = 300.0  # seconds before a failed entry is tried again, doubled after each failure
+MAX_ATTEMPTS = 8  # then (about 21 hours on) its failure is taken as permanent
 CHUNK = 65536  # bytes read at a time; urllib3 decompresses at most this much per read
 
 
@@ -65,19 +67,20 @@ def is_public(ip: str, port: int) -> bool:
     return addr.is_global and not addr.is_multicast
 
 
-class NotPublic(IngestError):
+class FetchError(IngestError):
+    """A URL that could not be had: `permanent` when trying again would not change that (404, 410,
+    robots.txt, a refused address or type); `http_status` when the server answered with an error."""
+
+    def __init__(self, message: str, permanent: bool = False, http_status: int | None = None):
+        super().__init__(message)
+        self.permanent, self.http_status = permanent, http_status
+
+
+class NotPublic(FetchError):
     """A link found at a public address leads to one that is not: never connected to."""
 
     def __init__(self):
-        super().__init__("leads to an address that is not public, from a public one")
-
-
-class HTTPStatusError(IngestError):
-    """An error status from the server (`http_status`)."""
-
-    def __init__(self, message: str, http_status: int):
-        super().__init__(message)
-        self.http_status = http_status
+        super().__init__("leads to an address that is not public, from a public one", permanent=True)
 
 
 @dataclass
@@ -327,7 +330,7 @@ class Fetcher:
         self._wait_turn(origin)
         try:
             page = self._fetch(origin + "/robots.txt", {}, types=None, whole=False, public_only=public_only)
-        except HTTPStatusError as e:
+        except FetchError as e:
             return Robots("User-agent: *\nDisallow: /" if e.http_status in (401, 403) else "")
         except IngestError:
             return Robots()
@@ -343,9 +346,9 @@ class Fetcher:
         `public_only`: the URL was found in content from a public address, so it (and every redirect)
         may lead only to public addresses; the operator's own URLs may lead anywhere."""
         if not is_url(url):
-            raise IngestError("only http and https URLs are fetched")
+            raise FetchError("only http and https URLs are fetched", permanent=True)
         if not self.allowed(url, public_only):
-            raise IngestError("refused by the site's robots.txt")
+            raise FetchError("refused by the site's robots.txt", permanent=True)
         headers = {"Accept": "text/html,application/xhtml+xml,application/rss+xml,application/atom+xml,"
                              "application/xml;q=0.9,*/*;q=0.1"}
         if etag:
@@ -389,10 +392,11 @@ class Fetcher:
             return Page(r.url, 304, "", b"", headers.get("If-None-Match"), headers.get("If-Modified-Since"),
                         guard.peer_public)
         if r.status_code >= 400:
-            raise HTTPStatusError(f"HTTP {r.status_code} {r.reason or ''}".rstrip(), r.status_code)
+            raise FetchError(f"HTTP {r.status_code} {r.reason or ''}".rstrip(), permanent=r.status_code in (404, 410),
+                             http_status=r.status_code)
         ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if types and ctype and ctype not in types:
-            raise IngestError(f"not a web page or a feed (content type {ctype})")
+            raise FetchError(f"not a web page or a feed (content type {ctype})", permanent=True)
         body = bytearray()
         for chunk in r.iter_content(CHUNK):  # decompressed: the cap is on what the page really is
             body += chunk
@@ -418,7 +422,9 @@ class Fetcher:
 
 
 class FeedState:
-    """What earlier runs learned of each feed (ETag, Last-Modified, the entries taken), in feeds.json."""
+    """What earlier runs learned of each feed and sitemap, in feeds.json: the last response's ETag and
+    Last-Modified, and a record of each entry by link, with the entry's stamp (`updated`, `lastmod`):
+    {"id"} taken, {"gone"} failed for good, {"failed", "attempts", "next_try"} waiting for a retry."""
 
     def __init__(self, folder: Path | None):
         self.path = folder / STATE_NAME if folder is not None else None
@@ -448,7 +454,7 @@ def fetch_articles(urls: Iterable[str], state: FeedState, known: Callable[[str],
         if stop():
             return
         try:
-            page = fetcher.get(url, *(_conditional(state, url)))
+            page = fetcher.get(url, *_conditional(state.feeds.get(url), known))
         except IngestError as e:
             yield Failure(url, e.message)
             continue
@@ -464,9 +470,17 @@ def fetch_articles(urls: Iterable[str], state: FeedState, known: Callable[[str],
         state.save()
 
 
-def _conditional(state: FeedState, url: str) -> tuple[str | None, str | None]:
-    got = state.feeds.get(url)
-    return (got["etag"], got["last_modified"]) if got else (None, None)
+def _conditional(mine: dict | None, known) -> tuple[str | None, str | None]:
+    """The validator of a feed's last response, if every entry it listed is settled: else the feed is asked
+    for in full, so that what is missing (a run that died before its last commit) is fetched again."""
+    if not mine or not all(_settled(rec, known) for rec in mine["entries"].values()):
+        return None, None
+    return mine["etag"], mine["last_modified"]
+
+
+def _settled(rec: dict, known) -> bool:
+    """Whether an entry needs nothing more: in the index, or failed for good."""
+    return "gone" in rec or ("id" in rec and known(rec["id"]))
 
 
 def _article(page: Page, where: str, fallback: dict | None = None) -> Article | Failure:
@@ -483,32 +497,59 @@ def _feed(page: Page, url: str, state: FeedState, known, fetcher: Fetcher, stop)
     if parsed.bozo and not parsed.entries:
         yield Failure(url, f"not a readable feed ({type(parsed.bozo_exception).__name__})")
         return
-    mine = state.of(url)
-    mine["etag"], mine["last_modified"] = page.etag, page.last_modified
     site = (parsed.feed.get("title") or "").strip() or None
+    listed = []
     for entry in parsed.entries:
+        if entry.get("link"):
+            # (asking feedparser for a missing "updated" warns; keys() does not)
+            stamp = entry["updated"] if "updated" in entry.keys() else entry.get("published")
+            fallback = {"title": entry.get("title"), "author": entry.get("author"), "source": site,
+                        "published": _iso(entry.get("published_parsed") or entry.get("updated_parsed"))}
+            listed.append((urljoin(page.url, entry["link"]), stamp, fallback))
+    mine = state.of(url)
+    settled = yield from _take(page, mine, listed, known, fetcher, stop)
+    # The validator only when nothing listed waits: a 304 must not hide an entry still to fetch.
+    mine["etag"], mine["last_modified"] = (page.etag, page.last_modified) if settled else (None, None)
+
+
+def _take(page: Page, mine: dict, listed: list[tuple[str, str | None, dict | None]], known, fetcher: Fetcher,
+          stop) -> Generator[Article | Failure, None, bool]:
+    """Fetch the entries (link, stamp, fallback) that are new, changed, or due for a retry, recording each in
+    `mine`; whether all of them are settled (taken, or failed for good)."""
+    entries, now = mine["entries"], time.time()
+    settled = True
+    for link, stamp, fallback in listed:
         if stop():
-            return
-        link = entry.get("link")
-        if not link:
-            continue
-        link = urljoin(page.url, link)
-        # (asking feedparser for a missing "updated" warns; keys() does not)
-        stamp = entry["updated"] if "updated" in entry.keys() else entry.get("published")
-        seen = mine["entries"].get(link)
-        if seen and seen.get("stamp") == stamp and known(seen["id"]):
-            continue  # taken before, unchanged since: not fetched again
+            return False
+        rec = entries.get(link)
+        if rec and rec.get("stamp") == stamp:
+            if _settled(rec, known):
+                continue  # taken before, unchanged since: not fetched again
+            if rec.get("next_try", 0) > now:
+                settled = False
+                continue  # waits for its retry
         try:
             got = fetcher.get(link, public_only=page.public)
         except IngestError as e:
+            entries[link] = _failed(rec if rec and rec.get("stamp") == stamp else None, stamp, e, now)
+            settled = settled and "gone" in entries[link]
             yield Failure(link, e.message)
             continue
-        fallback = {"title": entry.get("title"), "author": entry.get("author"), "source": site,
-                    "published": _iso(entry.get("published_parsed") or entry.get("updated_parsed"))}
         art = _article(got, link, fallback)
-        if isinstance(art, Article):
-            mine["entries"][link] = {"id": art.ensure_id(), "stamp": stamp}
+        entries[link] = ({"stamp": stamp, "id": art.ensure_id()} if isinstance(art, Article)
+                         else {"stamp": stamp, "gone": art.reason})  # no article in it: the same until it changes
         yield art
+    return settled
+
+
+def _failed(rec: dict | None, stamp: str | None, e: IngestError, now: float) -> dict:
+    """The record of an entry that failed: for good (404, 410, robots.txt, ...), or to be tried again later,
+    each wait twice the last, until MAX_ATTEMPTS."""
+    attempts = (rec or {}).get("attempts", 0) + 1
+    if getattr(e, "permanent", False) or attempts >= MAX_ATTEMPTS:
+        return {"stamp": stamp, "gone": e.message}
+    return {"stamp": stamp, "failed": e.message, "attempts": attempts,
+            "next_try": now + RETRY_AFTER * 2 ** (attempts - 1)}
 
 
 def _sitemap(page: Page, url: str, known, fetcher: Fetcher, stop, depth: int = 0) -> Iterator[Article | Failure]:

@@ -469,3 +469,60 @@ def test_links_found_at_a_public_address_never_lead_to_a_non_public_one(site, mo
         internal.custom["/links.rss"] = lambda h: respond(h, rss(internal.base + "/news/bridge"), "application/rss+xml")
         got = list(fetch_articles([internal.base + "/links.rss"], FeedState(None), fetcher=Fetcher(interval=0)))
         assert [a.title for a in got] == ["Swing bridge closed"]
+
+
+def poll(site, urls, state_dir, taken: dict, fetcher=None) -> list:
+    """One poll, as `qa watch` makes it; `taken` stands for the index (id -> title)."""
+    got = list(fetch_articles([site.base + u for u in urls], FeedState(state_dir), lambda i: i in taken,
+                              fetcher or Fetcher(interval=0, timeout=2)))
+    taken.update((a.ensure_id(), a.title) for a in got if isinstance(a, Article))
+    return got
+
+
+def test_a_failed_feed_entry_is_tried_again_with_backoff(site, tmp_path):
+    down = {"bridge": True}
+
+    def bridge(h):  # down for the first poll only
+        if down["bridge"]:
+            respond(h, b"<h1>Busy</h1>", status=503)
+        else:
+            respond(h, page("Swing bridge closed", BRIDGE, canonical=site.base + "/news/bridge").encode())
+
+    site.custom["/news/bridge"] = bridge
+    taken: dict = {}
+    got = poll(site, ["/feed.rss"], tmp_path, taken)
+    assert [(f.origin, f.reason) for f in got if isinstance(f, Failure)] == [
+        (site.base + "/news/bridge", "HTTP 503 Service Unavailable")]
+    # Back at once: the feed is asked for in full (no 304 hides the entry), the entry waits for its retry.
+    down["bridge"] = False
+    assert poll(site, ["/feed.rss"], tmp_path, taken) == []
+    assert site.not_modified["/feed.rss"] == 0 and site.hits["/news/bridge"] == 1
+    state = json.loads((tmp_path / "feeds.json").read_text())["feeds"][site.base + "/feed.rss"]
+    waiting = state["entries"][site.base + "/news/bridge"]
+    assert waiting["attempts"] == 1 and waiting["next_try"] > time.time() + 60
+    # Its time comes: it is fetched and taken; then, and only then, the feed's ETag is kept.
+    state = json.loads((tmp_path / "feeds.json").read_text())
+    state["feeds"][site.base + "/feed.rss"]["entries"][site.base + "/news/bridge"]["next_try"] -= 3600 * 24
+    (tmp_path / "feeds.json").write_text(json.dumps(state))
+    assert [a.title for a in poll(site, ["/feed.rss"], tmp_path, taken)] == ["Swing bridge closed"]
+    assert poll(site, ["/feed.rss"], tmp_path, taken) == [] and site.not_modified["/feed.rss"] == 1
+    assert sorted(taken.values()) == ["Evening ferries approved", "Swing bridge closed"]
+
+
+def test_an_entry_gone_for_good_does_not_keep_the_feed_from_304(site, tmp_path):
+    site.custom["/gone.rss"] = lambda h: respond(h, rss(site.base + "/missing", site.base + "/news/library"),
+                                                 "application/rss+xml", headers=[("ETag", '"gone-1"')]) \
+        if h.headers.get("If-None-Match") != '"gone-1"' else respond(h, b"", status=304)
+    taken: dict = {}
+    failure, article = poll(site, ["/gone.rss"], tmp_path, taken)
+    assert (failure.reason, article.title) == ("HTTP 404 Not Found", "Library opens on Sundays")
+    assert poll(site, ["/gone.rss"], tmp_path, taken) == [] and site.hits["/missing"] == 1
+    assert site.hits["/gone.rss"] == 2  # the second answered 304
+
+
+def test_entries_the_index_never_got_are_fetched_again(site, tmp_path):
+    """The run died after feeds.json was saved, before its last commit: the index lacks what the state says."""
+    assert len(poll(site, ["/feed.rss"], tmp_path, {})) == 2
+    again = poll(site, ["/feed.rss"], tmp_path, {})  # an index that holds none of them
+    assert sorted(a.title for a in again) == ["Evening ferries approved", "Swing bridge closed"]
+    assert site.not_modified["/feed.rss"] == 0
