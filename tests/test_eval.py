@@ -6,6 +6,9 @@ import pytest
 from qa.evaluate import load_squad
 
 TINY = Path(__file__).parent / "data" / "tiny-squad.json"
+# Three one-passage articles; question 3 shares more words with the harbour than with the ferry that
+# answers it, and nothing answers question 4 (see test_eval_figures_are_exact).
+RANKS = Path(__file__).parent / "data" / "tiny-ranks.json"
 
 
 def test_load_squad_joins_paragraphs():
@@ -15,16 +18,32 @@ def test_load_squad_joins_paragraphs():
     assert len(questions) == 6 and questions[0].answers == ["Pharos"]
 
 
+def eval_figures(runner, path: Path, mode: str) -> dict:
+    result = runner.invoke(["eval", str(path), "--json", "--mode", mode])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output[result.output.index("{"):])
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "lexical", "dense"])
 def test_eval_scores_known_answers(runner, mode):
-    result = runner.invoke(["eval", str(TINY), "--json", "--mode", mode])
-    assert result.exit_code == 0, result.output
-    figures = json.loads(result.output[result.output.index("{"):])
-    assert figures["questions"] == 6 and figures["articles"] == 2
-    # One question has no answer anywhere: the best possible score is 5/6.
-    assert figures["accuracy"]["20"] == pytest.approx(5 / 6)
-    assert figures["accuracy"]["1"] >= 3 / 6
-    assert 0 < figures["mrr"] <= 5 / 6
+    figures = eval_figures(runner, TINY, mode)
+    assert figures["questions"] == 6 and figures["articles"] == 2 and figures["passages"] == 2
+    # Each article is one passage and every question names its own article's subject, so each of the five
+    # answerable questions finds its answer first; the sixth has no answer anywhere.
+    assert figures["accuracy"] == {"1": pytest.approx(5 / 6), "5": pytest.approx(5 / 6), "20": pytest.approx(5 / 6)}
+    assert figures["mrr"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "lexical", "dense"])
+def test_eval_figures_are_exact(runner, mode):
+    """Ranks 1, 1, 2 and none (worked out by hand below): acc@1 2/4, acc@5 and acc@20 3/4, MRR (1 + 1 + 1/2) / 4."""
+    figures = eval_figures(runner, RANKS, mode)
+    assert (figures["questions"], figures["articles"], figures["passages"]) == (4, 3, 3)
+    # 1. granite: the harbour, rank 1; 2. herring: the market, rank 1; 3. Bergen: "island ferry ... Kelvik quay"
+    # holds the harbour's kelvik, quay and leave(s) against the ferry's island and ferry, so the ferry that
+    # answers is second; 4. Leonardo: in no article.
+    assert figures["accuracy"] == {"1": pytest.approx(2 / 4), "5": pytest.approx(3 / 4), "20": pytest.approx(3 / 4)}
+    assert figures["mrr"] == pytest.approx((1 + 1 + 1 / 2) / 4)
 
 
 def test_eval_rejects_a_non_squad_file(runner, tmp_path):
