@@ -4,10 +4,10 @@ requests fetches (one session, one deadline for each whole response, a size cap
 after decompression, at most MAX_REDIRECTS redirects, only http and https, only
 HTML, XML and feed types), Robots matches robots.txt as RFC 9309 says, feedparser
 reads feeds, lxml sitemaps, and trafilatura the article in a page
-(ingest.article_from_html). A feed's ETag and
-Last-Modified, and the entries already taken from it, are kept in the index
-folder's `feeds.json`, so the next poll asks "anything new?" and fetches only new
-or changed entries.
+(ingest.article_from_html). Each feed's and sitemap's ETag and Last-Modified, and
+a record of each of its entries, are kept in the index folder's `feeds.json`, so
+the next poll asks "anything new?" and fetches only new or changed entries, and
+those whose retry is due.
 """
 
 from __future__ import annotations
@@ -424,7 +424,8 @@ class Fetcher:
 class FeedState:
     """What earlier runs learned of each feed and sitemap, in feeds.json: the last response's ETag and
     Last-Modified, and a record of each entry by link, with the entry's stamp (`updated`, `lastmod`):
-    {"id"} taken, {"gone"} failed for good, {"failed", "attempts", "next_try"} waiting for a retry."""
+    {"id"} taken, {"gone"} failed for good, {"failed", "attempts", "next_try"} waiting for a retry,
+    {"sitemap"} a nested sitemap's own record."""
 
     def __init__(self, folder: Path | None):
         self.path = folder / STATE_NAME if folder is not None else None
@@ -461,13 +462,21 @@ def fetch_articles(urls: Iterable[str], state: FeedState, known: Callable[[str],
         if page.not_modified:
             continue
         kind = page.kind()
-        if kind == "feed":
-            yield from _feed(page, url, state, known, fetcher, stop)
-        elif kind == "sitemap":
-            yield from _sitemap(page, url, known, fetcher, stop)
-        else:
+        if kind == "page":
             yield _article(page, url)
-        state.save()
+            continue
+        try:
+            listed, levels = _feed_entries(page) if kind == "feed" else _sitemap_entries(page, 2)
+        except IngestError as e:
+            yield Failure(url, e.message)
+            continue
+        mine = state.of(url)
+        before = json.dumps(mine, sort_keys=True)
+        settled = yield from _take(page, mine, listed, known, fetcher, stop, levels)
+        # The validator only when nothing listed waits: a 304 must not hide an entry still to fetch.
+        mine["etag"], mine["last_modified"] = (page.etag, page.last_modified) if settled else (None, None)
+        if json.dumps(mine, sort_keys=True) != before:
+            state.save()
 
 
 def _conditional(mine: dict | None, known) -> tuple[str | None, str | None]:
@@ -479,7 +488,10 @@ def _conditional(mine: dict | None, known) -> tuple[str | None, str | None]:
 
 
 def _settled(rec: dict, known) -> bool:
-    """Whether an entry needs nothing more: in the index, or failed for good."""
+    """Whether an entry needs nothing more: in the index, or failed for good (a nested sitemap: all its
+    entries, as long as its lastmod says it is unchanged)."""
+    if "sitemap" in rec:
+        return rec["stamp"] is not None and all(_settled(r, known) for r in rec["sitemap"]["entries"].values())
     return "gone" in rec or ("id" in rec and known(rec["id"]))
 
 
@@ -490,13 +502,16 @@ def _article(page: Page, where: str, fallback: dict | None = None) -> Article | 
         return Failure(where, e.message.removeprefix(f"{where}: "))
 
 
-def _feed(page: Page, url: str, state: FeedState, known, fetcher: Fetcher, stop) -> Iterator[Article | Failure]:
+Listed = list[tuple[str, str | None, dict | None]]  # a response's entries: link, stamp, fallback metadata
+
+
+def _feed_entries(page: Page) -> tuple[Listed, None]:
+    """A feed's entries, with `updated` (else `published`) as their stamp; IngestError when unreadable."""
     import feedparser
 
     parsed = feedparser.parse(page.body)
     if parsed.bozo and not parsed.entries:
-        yield Failure(url, f"not a readable feed ({type(parsed.bozo_exception).__name__})")
-        return
+        raise IngestError(f"not a readable feed ({type(parsed.bozo_exception).__name__})")
     site = (parsed.feed.get("title") or "").strip() or None
     listed = []
     for entry in parsed.entries:
@@ -506,74 +521,91 @@ def _feed(page: Page, url: str, state: FeedState, known, fetcher: Fetcher, stop)
             fallback = {"title": entry.get("title"), "author": entry.get("author"), "source": site,
                         "published": _iso(entry.get("published_parsed") or entry.get("updated_parsed"))}
             listed.append((urljoin(page.url, entry["link"]), stamp, fallback))
-    mine = state.of(url)
-    settled = yield from _take(page, mine, listed, known, fetcher, stop)
-    # The validator only when nothing listed waits: a 304 must not hide an entry still to fetch.
-    mine["etag"], mine["last_modified"] = (page.etag, page.last_modified) if settled else (None, None)
+    return listed, None  # (no sitemap levels: every entry is an article page)
 
 
-def _take(page: Page, mine: dict, listed: list[tuple[str, str | None, dict | None]], known, fetcher: Fetcher,
-          stop) -> Generator[Article | Failure, None, bool]:
-    """Fetch the entries (link, stamp, fallback) that are new, changed, or due for a retry, recording each in
-    `mine`; whether all of them are settled (taken, or failed for good)."""
-    entries, now = mine["entries"], time.time()
+def _sitemap_entries(page: Page, levels: int) -> tuple[Listed, int]:
+    """A sitemap's entries, with `lastmod` as their stamp, and how many levels of sitemaps its entries may
+    still lead to (`levels` for an index, none for a list of pages); IngestError when unreadable."""
+    from lxml import etree
+
+    try:
+        root = etree.fromstring(page.body, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False))
+    except etree.XMLSyntaxError as e:
+        raise IngestError(f"not a readable sitemap ({e.msg})") from None
+    listed = []
+    for el in root:  # <url> or <sitemap>: its own <loc>, not an image's
+        loc = (el.findtext("{*}loc") or "").strip()
+        if loc:
+            listed.append((loc, (el.findtext("{*}lastmod") or "").strip() or None, None))
+    return listed[:MAX_SITEMAP_URLS], levels if etree.QName(root).localname == "sitemapindex" else 0
+
+
+def _take(page: Page, mine: dict, listed: Listed, known, fetcher: Fetcher, stop,
+          levels: int | None) -> Generator[Article | Failure, None, bool]:
+    """Fetch the entries that are new, changed, or due for a retry; whether all are settled (taken, or failed
+    for good). `mine["entries"]` then holds what the response lists, plus the failures waiting for a retry,
+    which are tried again even once the response no longer lists them. `levels`: None for a feed, else how
+    many levels of nested sitemaps may still be followed."""
+    old, now = mine["entries"], time.time()
+    links = {link for link, _, _ in listed}
+    todo = listed + [(link, rec["stamp"], rec.get("fallback")) for link, rec in old.items()
+                     if link not in links and "next_try" in rec]
+    mine["entries"] = entries = {}
     settled = True
-    for link, stamp, fallback in listed:
+    for i, (link, stamp, fallback) in enumerate(todo):
         if stop():
+            entries.update((k, old[k]) for k, _, _ in todo[i:] if k in old and k not in entries)  # for the next run
             return False
-        rec = entries.get(link)
+        if link in entries:
+            continue  # listed twice
+        rec = old.get(link)
         if rec and rec.get("stamp") == stamp:
             if _settled(rec, known):
+                entries[link] = rec
                 continue  # taken before, unchanged since: not fetched again
             if rec.get("next_try", 0) > now:
+                entries[link] = rec
                 settled = False
                 continue  # waits for its retry
         try:
             got = fetcher.get(link, public_only=page.public)
         except IngestError as e:
-            entries[link] = _failed(rec if rec and rec.get("stamp") == stamp else None, stamp, e, now)
-            settled = settled and "gone" in entries[link]
+            new = _failed(rec if rec and rec.get("stamp") == stamp else None, stamp, fallback, e, now)
+            settled = settled and "gone" in new
             yield Failure(link, e.message)
-            continue
-        art = _article(got, link, fallback)
-        entries[link] = ({"stamp": stamp, "id": art.ensure_id()} if isinstance(art, Article)
-                         else {"stamp": stamp, "gone": art.reason})  # no article in it: the same until it changes
-        yield art
+        else:
+            kind = got.kind()
+            if levels is None or kind == "page":
+                art = _article(got, link, fallback)
+                new = ({"stamp": stamp, "id": art.ensure_id()} if isinstance(art, Article)
+                       else {"stamp": stamp, "gone": art.reason})  # no article in it: the same until it changes
+                yield art
+            elif kind == "sitemap" and levels > 0:
+                new = {"stamp": stamp, "sitemap": rec["sitemap"] if rec and "sitemap" in rec else {"entries": {}}}
+                try:
+                    sub, sub_levels = _sitemap_entries(got, levels - 1)
+                except IngestError as e:
+                    new = {"stamp": stamp, "gone": e.message}
+                    yield Failure(link, e.message)
+                else:
+                    done = yield from _take(got, new["sitemap"], sub, known, fetcher, stop, sub_levels)
+                    settled = settled and done
+            else:
+                new = {"stamp": stamp, "gone": "not an article page"}  # (a feed, or sitemaps nested too deep)
+        if link in links or "next_try" in new:
+            entries[link] = new
     return settled
 
 
-def _failed(rec: dict | None, stamp: str | None, e: IngestError, now: float) -> dict:
+def _failed(rec: dict | None, stamp: str | None, fallback: dict | None, e: IngestError, now: float) -> dict:
     """The record of an entry that failed: for good (404, 410, robots.txt, ...), or to be tried again later,
     each wait twice the last, until MAX_ATTEMPTS."""
     attempts = (rec or {}).get("attempts", 0) + 1
     if getattr(e, "permanent", False) or attempts >= MAX_ATTEMPTS:
         return {"stamp": stamp, "gone": e.message}
     return {"stamp": stamp, "failed": e.message, "attempts": attempts,
-            "next_try": now + RETRY_AFTER * 2 ** (attempts - 1)}
-
-
-def _sitemap(page: Page, url: str, known, fetcher: Fetcher, stop, depth: int = 0) -> Iterator[Article | Failure]:
-    from lxml import etree
-
-    try:
-        root = etree.fromstring(page.body, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False))
-    except etree.XMLSyntaxError as e:
-        yield Failure(url, f"not a readable sitemap ({e.msg})")
-        return
-    locs = [el.text.strip() for el in root.iter("{*}loc") if el.text and el.text.strip()][:MAX_SITEMAP_URLS]
-    nested = etree.QName(root).localname == "sitemapindex"
-    for loc in locs:
-        if stop():
-            return
-        try:
-            got = fetcher.get(loc, public_only=page.public)
-        except IngestError as e:
-            yield Failure(loc, e.message)
-            continue
-        if nested and depth < 2 and got.kind() == "sitemap":
-            yield from _sitemap(got, loc, known, fetcher, stop, depth + 1)
-        elif got.kind() == "page":
-            yield _article(got, loc)
+            "next_try": now + RETRY_AFTER * 2 ** (attempts - 1), **({"fallback": fallback} if fallback else {})}
 
 
 def _iso(parsed) -> str | None:

@@ -526,3 +526,61 @@ def test_entries_the_index_never_got_are_fetched_again(site, tmp_path):
     again = poll(site, ["/feed.rss"], tmp_path, {})  # an index that holds none of them
     assert sorted(a.title for a in again) == ["Evening ferries approved", "Swing bridge closed"]
     assert site.not_modified["/feed.rss"] == 0
+
+
+def test_known_unchanged_sitemap_entries_are_not_fetched_again(site, tmp_path):
+    b = site.base
+    stamps = {"bridge": "2024-12-10"}
+
+    def urlset(h):
+        body = (f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+                f'<url><loc>{b}/news/library</loc><lastmod>2024-12-11</lastmod></url>'
+                f'<url><loc>{b}/news/bridge</loc><lastmod>{stamps["bridge"]}</lastmod></url>'
+                f'<url><loc>{b}/news/ferry</loc></url></urlset>')  # no lastmod: taken once
+        respond(h, body.encode(), "application/xml")
+
+    site.custom.update({"/pages.xml": urlset, "/index.xml": lambda h: respond(h, (
+        f'<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        f'<sitemap><loc>{b}/pages.xml</loc></sitemap></sitemapindex>').encode(), "application/xml")})
+    taken: dict = {}
+    assert len(poll(site, ["/index.xml"], tmp_path, taken)) == 3
+    assert poll(site, ["/index.xml"], tmp_path, taken) == []
+    assert (site.hits["/news/library"], site.hits["/news/bridge"], site.hits["/news/ferry"]) == (1, 1, 1)
+    stamps["bridge"] = "2024-12-12"  # changed: fetched again, and only it
+    assert [a.title for a in poll(site, ["/index.xml"], tmp_path, taken)] == ["Swing bridge closed"]
+    assert (site.hits["/news/library"], site.hits["/news/bridge"], site.hits["/news/ferry"]) == (1, 2, 1)
+
+
+def test_feeds_json_holds_what_the_feed_lists_and_what_waits_and_is_written_only_on_change(site, tmp_path):
+    rolls = {"n": 0}  # a busy feed: three new stories on each poll
+    for k in range(15):
+        site.custom[f"/news/s{k}"] = lambda h, k=k: respond(h, page(
+            f"Story {k}", [f"Story number {k} of the rolling feed says something new: {p}" for p in LIBRARY],
+            canonical=f"{site.base}/news/s{k}").encode()) if k != 1 or rolls["n"] > 2 else respond(h, b"", status=503)
+    site.custom["/rolling.rss"] = lambda h: respond(
+        h, rss(*(f"{site.base}/news/s{k}" for k in range(3 * rolls["n"], 3 * rolls["n"] + 3))), "application/rss+xml")
+    state = tmp_path / "feeds.json"
+    taken: dict = {}
+    for rolls["n"] in range(5):
+        poll(site, ["/rolling.rss"], tmp_path, taken)
+        if rolls["n"] == 2:  # s1 failed on the first poll, and its time for a retry comes
+            raw = json.loads(state.read_text())
+            raw["feeds"][site.base + "/rolling.rss"]["entries"][site.base + "/news/s1"]["next_try"] = 0
+            state.write_text(json.dumps(raw))
+        entries = json.loads(state.read_text())["feeds"][site.base + "/rolling.rss"]["entries"]
+        # What the feed lists now, plus s1 while it waits for its retry (it is off the feed after the first poll).
+        listed = [f"{site.base}/news/s{k}" for k in range(3 * rolls["n"], 3 * rolls["n"] + 3)]
+        assert sorted(entries) == sorted(listed + ([site.base + "/news/s1"] if rolls["n"] in (1, 2) else [])), rolls
+    assert len(taken) == 15 and site.hits["/news/s1"] == 2
+
+    # A plain page has no state to write; a feed that answers 304 leaves the file as it was.
+    other = tmp_path / "other"
+    other.mkdir()
+    poll(site, ["/news/bridge"], other, {})
+    assert not (other / "feeds.json").exists()
+    seen: dict = {}
+    poll(site, ["/feed.rss"], other, seen)
+    written = (other / "feeds.json").stat()
+    assert poll(site, ["/feed.rss"], other, seen) == [] and site.not_modified["/feed.rss"] == 1
+    after = (other / "feeds.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
