@@ -92,6 +92,7 @@ class Page:
     etag: str | None = None
     last_modified: str | None = None
     public: bool = True  # whether it came from a public address (then its links must lead to public ones)
+    charset: str | None = None  # the Content-Type's charset parameter
 
     @property
     def not_modified(self) -> bool:
@@ -394,7 +395,8 @@ class Fetcher:
         if r.status_code >= 400:
             raise FetchError(f"HTTP {r.status_code} {r.reason or ''}".rstrip(), permanent=r.status_code in (404, 410),
                              http_status=r.status_code)
-        ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        ctype, *params = r.headers.get("Content-Type", "").split(";")
+        ctype = ctype.strip().lower()
         if types and ctype and ctype not in types:
             raise FetchError(f"not a web page or a feed (content type {ctype})", permanent=True)
         body = bytearray()
@@ -407,8 +409,10 @@ class Fetcher:
                 break
         if guard.expired:  # a shut socket reads as a body (or headers) that ended early
             raise IngestError(self._reason(None, True, answered))
+        charset = next((v.strip().strip("\"'") for k, _, v in (p.partition("=") for p in params)
+                        if k.strip().lower() == "charset"), None)
         return Page(r.url, r.status_code, ctype, bytes(body), r.headers.get("ETag"), r.headers.get("Last-Modified"),
-                    guard.peer_public)
+                    guard.peer_public, charset or None)
 
     def _reason(self, e: requests.RequestException | None, expired: bool, answered: bool) -> str:
         """Why a request failed, in one line (`answered`: its headers came within the deadline)."""
@@ -497,7 +501,7 @@ def _settled(rec: dict, known) -> bool:
 
 def _article(page: Page, where: str, fallback: dict | None = None) -> Article | Failure:
     try:
-        return article_from_html(decode(page.body), where, page.url, fallback or {})
+        return article_from_html(decode(page.body, page.charset), where, page.url, fallback or {})
     except IngestError as e:
         return Failure(where, e.message.removeprefix(f"{where}: "))
 

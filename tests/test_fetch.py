@@ -584,3 +584,15 @@ def test_feeds_json_holds_what_the_feed_lists_and_what_waits_and_is_written_only
     assert poll(site, ["/feed.rss"], other, seen) == [] and site.not_modified["/feed.rss"] == 1
     after = (other / "feeds.json").stat()
     assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+
+
+def test_the_http_charset_decodes_the_page(site):
+    news = ["Rada miasta zatwierdziła nowy rozkład promów w poniedziałek, dodając trzy wieczorne rejsy na wyspy.",
+            "Radna powiedziała, że zmiana nastąpiła po petycji podpisanej przez cztery tysiące mieszkańców.",
+            "Przewoźnik doda drugi statek na tej trasie, gdy zimą będzie naprawiany mur portu."]
+    html = page("Wieczorne promy zatwierdzone", news, canonical=site.base + "/news/cp1250")
+    site.custom["/news/cp1250"] = lambda h: respond(h, html.encode("cp1250"), "text/html; charset=windows-1250")
+    got = Fetcher(interval=0, timeout=2).get(site.base + "/news/cp1250")
+    assert got.charset == "windows-1250"
+    (art,) = fetch_articles([site.base + "/news/cp1250"], FeedState(None), fetcher=Fetcher(interval=0, timeout=2))
+    assert "cztery tysiące mieszkańców" in art.text  # (detection alone reads these bytes as another charset)
