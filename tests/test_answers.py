@@ -110,6 +110,11 @@ def test_date_filter_and_newest_first(client):
     # Inclusive on both ends, by the article's own calendar date; undated articles are left out.
     assert {r["citation"]["article_id"] for r in dated["results"]} == {"ferry-post"}
     assert dated["results"][0]["also_in"][0]["article_id"] == "ferry-courier"
+    # The Post's 00:30 at +01:00 on the 10th is the 9th in UTC, but its own date, the 10th, is what counts.
+    tenth = search(client, q=q, k=10, **{"from": "2024-12-10", "to": "2024-12-10"})["results"]
+    assert [(r["citation"]["article_id"], [c["article_id"] for c in r["also_in"]]) for r in tenth] == [
+        ("ferry-post", ["ferry-courier"])]
+    assert "ferry-post" not in {r["citation"]["article_id"] for r in search(client, q=q, k=10, to="2024-12-09")["results"]}
     old = search(client, q=q, k=10, to="2023-12-31")
     assert {r["citation"]["article_id"] for r in old["results"]} == {"ferry-old"}
     assert search(client, q=q, **{"from": "2030-01-01"})["results"] == []
