@@ -170,9 +170,9 @@ def right(results: list[dict], art_id: str, answers: list[str], k: int) -> bool:
 
 def in_process_quality(index: Path, questions, exact: bool) -> tuple[float, float, float]:
     """acc@1, acc@5 and ms a question, in this process, approximate (default) or exact."""
-    from qa.embed import DEFAULT_MODEL
+    from qa.embed.model import DEFAULT_MODEL
     from qa.index import reader, segment
-    from qa.service import Service
+    from qa.web.service import Service
 
     svc = Service(index, DEFAULT_MODEL, "openvino-int8")
     s = svc.searcher()

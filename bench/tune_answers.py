@@ -1,4 +1,4 @@
-"""Fit the answer models of qa/answer.py on squad-dev, split by article, and report on the held-back half.
+"""Fit the answer models of qa/search/answer.py on squad-dev, split by article, and report on the held-back half.
 
     python bench/tune_answers.py [--work DIR]
 
@@ -13,7 +13,7 @@ over than a newsroom's, and the gate reads the collection's size. The odd articl
 make the held-back indexes, at the same three sizes, with the even articles' questions
 outside, and every figure printed for them comes from weights that never saw them. The
 two big indexes take about 20 minutes each to build, once (kept in --work). Prints the
-weights to paste into qa/answer.py.
+weights to paste into qa/search/answer.py.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SQUAD = ROOT.parent / "shared" / "eval" / "squad-dev.json"
 NEWS = ROOT.parent / "shared" / "eval" / "bbc-news.jsonl"
 
-from qa import answer as A  # noqa: E402
-from qa.embed import DEFAULT_MODEL  # noqa: E402
-from qa.evaluate import calibration, evaluate_answers, holds, load_squad, split_by_article  # noqa: E402
-from qa.indexer import add_articles, iter_articles  # noqa: E402
-from qa.ingest import Failure, read_file  # noqa: E402
-from qa.service import Service  # noqa: E402
+from qa.search import answer as A  # noqa: E402
+from qa.embed.model import DEFAULT_MODEL  # noqa: E402
+from qa.ingest.squad import load_squad, split_by_article  # noqa: E402
+from qa.search.evaluate import calibration, evaluate_answers, holds  # noqa: E402
+from qa.ingest.pipeline import add_articles, iter_articles  # noqa: E402
+from qa.ingest.articles import Failure, read_file  # noqa: E402
+from qa.web.service import Service  # noqa: E402
 
 
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50) -> np.ndarray:
@@ -108,7 +109,7 @@ def big(work: Path, half: list):
 
 
 def replay(rows: list[dict]) -> list[dict]:
-    """Each question's choice, features and answer text under the current weights of qa/answer.py."""
+    """Each question's choice, features and answer text under the current weights of qa/search/answer.py."""
     out = []
     for r in rows:
         ev = r["answered"].evidence

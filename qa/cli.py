@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from . import __version__, create_app
+from . import __version__
+from .web import create_app
 from .errors import IndexCorrupt, IndexLocked, ModelMismatch, QAError
-from .ingest import Article, Failure
+from .ingest.articles import Article, Failure
 
 
 def _service(index: str | None):
@@ -22,7 +23,7 @@ def _service(index: str | None):
     if ctx.obj and "app" in ctx.obj:  # tests hand in an app with a fake embedder
         app = ctx.obj["app"]
         if index:
-            from .service import service_from_config
+            from .web.service import service_from_config
 
             app.config["INDEX_DIR"] = index
             app.extensions["qa"] = service_from_config(app.config)
@@ -150,7 +151,7 @@ def watch(urls, index, every, rounds, quiet):
     import signal
     import threading
 
-    from .fetch import is_url
+    from .ingest.fetch import is_url
 
     bad = [u for u in urls if not is_url(u)]
     if bad:
@@ -201,7 +202,7 @@ def watch(urls, index, every, rounds, quiet):
               help="Threads per process (keep-alive and slow clients each hold one).")
 def serve(index, host, port, workers, threads):
     """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
-    from . import server
+    from .web import server
 
     app, svc = _service(index)  # here only to check the settings and say where the index is
     workers = workers or server.default_workers()
@@ -253,9 +254,9 @@ def serve(index, host, port, workers, threads):
 def ask(question, k, index, source, from_, to, sort, as_json):
     """Print the answer to QUESTION (or say none is in the collection), then the passages, with citations."""
     app, svc = _service(index)
-    from . import filters
-    from .search import validate
-    from .snippets import snippet
+    from .search import filters
+    from .search.searcher import validate
+    from .search.snippets import snippet
 
     try:
         q, k = validate(question, k, svc.cfg)
@@ -322,9 +323,10 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
 
     from tqdm import tqdm
 
-    from .evaluate import KS, evaluate, evaluate_answers, load_squad, split_by_article
-    from .indexer import add_articles
-    from .search import Searcher
+    from .ingest.squad import load_squad, split_by_article
+    from .search.evaluate import KS, evaluate, evaluate_answers
+    from .ingest.pipeline import add_articles
+    from .search.searcher import Searcher
 
     try:
         owners: list[int] = []
@@ -345,7 +347,7 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
             if not index or svc.is_empty():  # a given but empty folder is filled too, for reuse
                 t0 = time.perf_counter()
                 if distractors:
-                    from .indexer import iter_articles
+                    from .ingest.pipeline import iter_articles
 
                     articles = [*articles, *(a for a in iter_articles([distractors]) if not isinstance(a, Failure))]
                 with svc.writer() as w:

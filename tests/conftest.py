@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qa import create_app
+from qa.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
@@ -44,7 +44,7 @@ def fake_embedder():
 @pytest.fixture(scope="session")
 def seeded_index(tmp_path_factory, fake_embedder):
     """An index folder built from the real seeds with the fake embedder."""
-    from qa.service import Service
+    from qa.web.service import Service
 
     path = tmp_path_factory.mktemp("index")
     svc = Service(path, "fake", embedder=fake_embedder)

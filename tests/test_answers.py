@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from qa import answer, create_app
-from qa.ingest import article_from_json
-from qa.service import Service
+from qa.search import answer
+from qa.web import create_app
+from qa.ingest.articles import article_from_json
+from qa.web.service import Service
 
 from .conftest import ROOT, SEEDS
 
@@ -313,7 +314,7 @@ def test_short_sentences_answer_with_their_likelier_neighbour():
 
 @pytest.fixture(scope="module")
 def real_index(tmp_path_factory):
-    from qa.embed import DEFAULT_MODEL
+    from qa.embed.model import DEFAULT_MODEL
 
     path = tmp_path_factory.mktemp("real")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

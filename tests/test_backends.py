@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qa.embed import get_embedder
-from qa.service import Service
+from qa.embed.model import get_embedder
+from qa.web.service import Service
 
 from .conftest import SEEDS
 from .test_e2e import QUESTIONS
@@ -43,7 +43,7 @@ def test_backend_gives_the_same_top_results_as_torch_fp32(tmp_path, reference, b
 
 
 def test_openvino_failure_falls_back_to_onnx_int8(monkeypatch, caplog):
-    from qa import embed, openvino_backend
+    from qa.embed import model as embed, openvino_backend
 
     def broken(*a, **k):
         raise RuntimeError("no conversion today")
@@ -58,7 +58,7 @@ def test_openvino_failure_falls_back_to_onnx_int8(monkeypatch, caplog):
 
 def test_counted_texts_are_embedded_from_their_remembered_ids_exactly():
     """encode() reuses the ids count_tokens saw, truncated as the tokenizer would, with the same vectors."""
-    from qa.indexer import _model_input_counter
+    from qa.ingest.pipeline import _model_input_counter
 
     e = get_embedder(backend="onnx-int8")
     texts = ["Assad fled to Moscow.", "Rebels entered Damascus " * 80, "Ünïcödé wörds, punctuation!"]

@@ -1,8 +1,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qa.chunk import ChunkConfig, chunk, paragraph_spans, sentence_spans, title_prefix
-from qa.ingest import read_file
+from qa.ingest.chunk import ChunkConfig, chunk, paragraph_spans, sentence_spans, title_prefix
+from qa.ingest.articles import read_file
 
 from .conftest import SEEDS, FakeEmbedder
 
@@ -54,8 +54,8 @@ def test_seed_passages_fit_and_keep_paragraphs():
 
 def test_real_tokenizer_counts_match_the_summed_sentence_counts(monkeypatch):
     """The chunker adds up per-sentence counts instead of re-tokenizing each window; check it against the real tokenizer."""
-    from qa import chunk as chunk_mod
-    from qa.embed import get_embedder
+    from qa.ingest import chunk as chunk_mod
+    from qa.embed.model import get_embedder
 
     real = get_embedder(backend="onnx-int8").count_tokens
     seen = []

@@ -203,7 +203,7 @@ def test_qa_ingest_killed_mid_run_leaves_whole_articles_and_the_same_command_com
 
 
 def test_ray_missing_says_how_to_install_it(monkeypatch):
-    from qa import cluster
+    from qa.ingest import cluster
     from qa.errors import QAError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError

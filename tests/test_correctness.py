@@ -15,9 +15,9 @@ import pytest
 from qa.index import reader as index_reader
 from qa.index import segment as index_segment
 from qa.errors import IndexCorrupt, QAError
-from qa.indexer import add_articles
-from qa.ingest import Article, Failure, clean_text, discover, read_file
-from qa.service import Service
+from qa.ingest.pipeline import add_articles
+from qa.ingest.articles import Article, Failure, clean_text, discover, read_file
+from qa.web.service import Service
 from qa.index import MANIFEST_NAME, Index, Writer
 
 from .conftest import SEEDS
@@ -278,7 +278,7 @@ def test_a_reader_loading_mid_publish_sees_a_whole_snapshot(svc, index, monkeypa
 # --- 10. the article page costs what the article holds -------------------------------------------
 
 def test_article_layout_is_linear_in_its_passages():
-    from qa.pages import paragraphs
+    from qa.web.pages import paragraphs
 
     def layout(n):
         text = "\n\n".join(f"Paragraph {i} says something. It has two sentences." for i in range(n))

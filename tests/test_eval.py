@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from qa.evaluate import load_squad
+from qa.ingest.squad import load_squad
 
 TINY = Path(__file__).parent / "data" / "tiny-squad.json"
 # Three one-passage articles; question 3 shares more words with the harbour than with the ferry that

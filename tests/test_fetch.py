@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from qa.errors import IngestError
-from qa.fetch import Fetcher, FeedState, fetch_articles
-from qa.ingest import Article, Failure, clean_text
-from qa.service import Service
+from qa.ingest.fetch import Fetcher, FeedState, fetch_articles
+from qa.ingest.articles import Article, Failure, clean_text
+from qa.web.service import Service
 
 from .conftest import ROOT, SEEDS
 
@@ -433,7 +433,7 @@ def redirect(to: str):
 
 
 def test_only_global_addresses_are_public():
-    from qa.fetch import is_public
+    from qa.ingest.fetch import is_public
 
     for ip in ("127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
                "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "2002:7f00:1::1", "64:ff9b::a9fe:a9fe"):
@@ -444,11 +444,11 @@ def test_only_global_addresses_are_public():
 
 def test_links_found_at_a_public_address_never_lead_to_a_non_public_one(site, monkeypatch):
     """The site counts as public (by its port), a second server on 127.0.0.1 as an internal one."""
-    import qa.fetch
+    import qa.ingest.fetch
 
     with serving(Site()) as internal:
         port = int(site.base.rsplit(":", 1)[1])
-        monkeypatch.setattr(qa.fetch, "is_public", lambda ip, p: p == port, raising=False)
+        monkeypatch.setattr(qa.ingest.fetch, "is_public", lambda ip, p: p == port, raising=False)
         secret = internal.base + "/news/bridge"
         site.custom.update({"/links.rss": lambda h: respond(h, rss(secret, site.base + "/news/library"),
                                                              "application/rss+xml"),

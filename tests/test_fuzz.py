@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 from schemathesis.generation.modes import GenerationMode
 
-from qa import create_app
-from qa.openapi import spec
+from qa.web import create_app
+from qa.web.openapi import spec
 
 from .conftest import SEEDS
 

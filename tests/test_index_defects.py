@@ -10,8 +10,8 @@ from qa.errors import IndexCorrupt
 from qa.index import Index, Writer
 from qa.index import files as index_files
 from qa.index import segment as index_segment
-from qa.ingest import Article
-from qa.service import Service
+from qa.ingest.articles import Article
+from qa.web.service import Service
 
 from .conftest import SEEDS
 
@@ -62,7 +62,7 @@ def test_qa_watch_survives_a_round_that_fails_and_says_why(runner, monkeypatch):
         rounds.append(urls)
         if len(rounds) == 1:
             raise RuntimeError("something odd in one article")
-        from qa.indexer import Report
+        from qa.ingest.pipeline import Report
 
         return Report(added=1, passages=2), 0.1
 
@@ -196,8 +196,8 @@ def test_segments_do_not_pile_up_when_batches_outrun_publishes(tmp_path, fake_em
     from qa.index import writer as index_writer
 
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 1e9)  # a long ingest between two publishes
-    from qa.chunk import ChunkConfig
-    from qa.indexer import assemble, prepare
+    from qa.ingest.chunk import ChunkConfig
+    from qa.ingest.pipeline import assemble, prepare
 
     with Writer(tmp_path / "ix", "fake", 64, background_merges=False) as w:
         for i in range(40):  # one small segment a batch

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from qa.errors import IngestError
-from qa.ingest import Article, Failure, _strip_markdown, canonical_url, clean_text, decode, discover, read_file
+from qa.ingest.articles import Article, Failure, _strip_markdown, canonical_url, clean_text, decode, discover, read_file
 
 from .conftest import SEEDS
 
@@ -131,7 +131,7 @@ def test_markdown_title_and_text(tmp_path):
 
 def ingest_jsonl(tmp_path, fake_embedder, *records, name="lines.jsonl"):
     """Ingest `records` as one .jsonl file into tmp_path/ix through Service; return the report."""
-    from qa.service import Service
+    from qa.web.service import Service
 
     path = tmp_path / name
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -221,7 +221,7 @@ def test_one_wire_story_from_two_sources_is_two_articles(tmp_path, fake_embedder
 
 
 def test_a_file_is_one_article_whichever_folder_is_named(tmp_path, fake_embedder):
-    from qa.service import Service
+    from qa.web.service import Service
 
     sub = tmp_path / "news" / "sub"
     sub.mkdir(parents=True)
@@ -258,7 +258,7 @@ def test_markdown_cleanup_is_not_quadratic():
     import subprocess
     import sys
 
-    code = ("from qa.ingest import _strip_markdown\n"
+    code = ("from qa.ingest.articles import _strip_markdown\n"
             "for unit in ['`a ', '**a ', '_a ', '[a', '![', '[a](', '[']:\n"
             "    _strip_markdown(unit * (200_000 // len(unit)))\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=20)

@@ -17,7 +17,7 @@ import pytest
 
 from qa.index import Index
 from qa.index import segment as index_segment
-from qa.service import Service
+from qa.web.service import Service
 
 from .conftest import ROOT, FakeEmbedder
 
@@ -58,7 +58,7 @@ def run_child(index, code: str) -> subprocess.CompletedProcess:
         import json, sys
         sys.path.insert(0, {str(ROOT)!r})
         from tests.conftest import FakeEmbedder
-        from qa.service import Service
+        from qa.web.service import Service
         from qa.index.reader import Where
         svc = Service({str(index)!r}, "fake", embedder=FakeEmbedder())
     """) + textwrap.dedent(code)
@@ -118,11 +118,11 @@ def test_qa_serve_over_an_ivf_segment_past_the_real_threshold_survives_filters_a
     meaning), written under the real model's name so that the server runs as it does in production."""
     import http.client
 
-    from qa.embed import DEFAULT_MODEL, model_dim
+    from qa.embed.model import DEFAULT_MODEL, model_dim
     from qa.index import Writer
     from qa.index.writer import NewPassage
-    from qa.ingest import Article
-    from qa.sentences import NewSentence
+    from qa.ingest.articles import Article
+    from qa.ingest.sentences import NewSentence
 
     from .conftest import qa_server
 

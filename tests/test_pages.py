@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qa.pages import mark_parts, paragraphs, safe_url
+from qa.web.pages import mark_parts, paragraphs, safe_url
 
 XSS_TITLE = 'Evil <script>window.__xss=1</script> title <img src=x onerror="window.__xss=1">'
 XSS_TEXT = ('First paragraph <script>window.__xss=1</script> about the harbour lighthouse.\n\n'
@@ -126,9 +126,9 @@ def test_search_page_shows_the_servers_error(client):
 
 
 def test_search_page_no_results(client, monkeypatch):
-    import qa.pages
+    import qa.web.pages
 
-    monkeypatch.setattr(qa.pages, "run_search", lambda q, k, **kw: {"query": q, "took_ms": 1.0, "answer": None,
+    monkeypatch.setattr(qa.web.pages, "run_search", lambda q, k, **kw: {"query": q, "took_ms": 1.0, "answer": None,
                                                                      "facets": {"source": []}, "results": []})
     page = html(client.get("/?q=zzzz"))
     assert 'data-state="no-results"' in page and "No passages match “zzzz”" in page

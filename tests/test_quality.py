@@ -2,9 +2,10 @@
 
 import pytest
 
-from qa.evaluate import evaluate, load_squad
-from qa.indexer import add_articles
-from qa.service import Service
+from qa.ingest.squad import load_squad
+from qa.search.evaluate import evaluate
+from qa.ingest.pipeline import add_articles
+from qa.web.service import Service
 
 from .conftest import SQUAD_DEV
 
@@ -24,7 +25,7 @@ MIN_MRR = 0.928
 
 @pytest.fixture(scope="module")
 def searcher(tmp_path_factory):
-    from qa import create_app
+    from qa.web import create_app
 
     app = create_app({"INDEX_DIR": str(tmp_path_factory.mktemp("squad"))})
     svc: Service = app.extensions["qa"]

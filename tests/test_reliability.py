@@ -14,13 +14,13 @@ import time
 import numpy as np
 import pytest
 
-from qa import create_app
+from qa.web import create_app
 from qa.errors import IndexCorrupt, IndexLocked
 from qa.index import DB_NAME, MANIFEST_NAME, Index, Writer, lock_index
 from qa.index import merge as index_merge
 from qa.index import writer as index_writer
-from qa.ingest import Article
-from qa.service import Service
+from qa.ingest.articles import Article
+from qa.web.service import Service
 
 
 
@@ -38,7 +38,7 @@ def articles(n, start=0, word="zanzibar"):
 
 
 def add(svc, arts):
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     with svc.writer() as w:
         return add_articles(w, svc.embedder, arts)
@@ -105,7 +105,7 @@ def test_failed_reload_keeps_serving_the_last_good_snapshot(index, fake_embedder
     good_manifest = (index / MANIFEST_NAME).read_bytes()
 
     (index / MANIFEST_NAME).write_bytes(b"{truncated")
-    with caplog.at_level(logging.ERROR, logger="qa.service"):
+    with caplog.at_level(logging.ERROR, logger="qa.web.service"):
         r = client.get("/api/search?q=Assad&k=2")
     assert r.status_code == 200 and r.get_json()["results"] == first.get_json()["results"]
     assert int(r.headers["X-Index-Generation"]) == gen
@@ -136,7 +136,7 @@ def test_unpublished_rows_are_invisible_to_readers(index, fake_embedder, monkeyp
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 1e9)  # commit without publishing
     before = Index.load(index, "fake", 64)
     svc = Service(index, "fake", embedder=fake_embedder)
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     w = svc.writer()
     try:
@@ -239,7 +239,7 @@ def test_a_publish_adds_a_segment_and_a_reload_opens_only_it(index, fake_embedde
 def test_segments_merge_and_stay_few(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)  # one publish per batch: many small segments
     svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     with svc.writer() as w:
         for i in range(40):
@@ -262,7 +262,7 @@ def test_segments_merge_and_stay_few(tmp_path, fake_embedder, monkeypatch):
 def test_a_reader_keeps_a_snapshot_whose_files_a_stopping_writer_deleted(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
     svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     with svc.writer() as w:
         for i in range(3):
@@ -289,7 +289,7 @@ def test_flat_segments_past_the_ivf_threshold_become_one(tmp_path, fake_embedder
     assert index_merge.plan([*flat, ivf]) == ["f3", "f2", "f1", "f0"]
 
     from qa.index import segment as index_segment
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
     monkeypatch.setattr(index_merge, "MERGE_FACTOR", 100)  # tiers alone would never merge here
@@ -308,7 +308,7 @@ def test_flat_segments_past_the_ivf_threshold_become_one(tmp_path, fake_embedder
 def test_deletes_made_during_a_merge_are_kept(tmp_path, fake_embedder, monkeypatch):
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
     svc = Service(tmp_path / "ix", "fake", embedder=fake_embedder)
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     w = svc.writer()
     w.background_merges = False
@@ -381,7 +381,7 @@ def test_segments_of_the_earlier_layout_read_and_merge_alike(tmp_path, fake_embe
     """Segments written before 2026-12-03 (64-bit sentence stem hashes, passage codes also in .arrays)
     answer as today's do, alone and merged with today's."""
     from qa.index import segment as index_segment
-    from qa.indexer import add_articles
+    from qa.ingest.pipeline import add_articles
 
     monkeypatch.setattr(index_writer, "PUBLISH_EVERY", 0.0)
     monkeypatch.setattr(index_writer, "merge", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not yet")))

@@ -6,8 +6,8 @@ import tracemalloc
 
 import pytest
 
-from qa.ingest import Article, Failure, discover, read_file
-from qa.service import Service
+from qa.ingest.articles import Article, Failure, discover, read_file
+from qa.web.service import Service
 
 BODY = "The harbour of Kelvik reopened on Tuesday after the storm, the mayor said."
 CAFE = "Le café de la gare a fermé ses portes après quarante ans, ont annoncé les propriétaires lundi."

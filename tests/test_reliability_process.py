@@ -25,9 +25,9 @@ import urllib.parse
 
 import pytest
 
-from qa.chunk import title_prefix
-from qa.embed import DEFAULT_MODEL
-from qa.service import Service
+from qa.ingest.chunk import title_prefix
+from qa.embed.model import DEFAULT_MODEL
+from qa.web.service import Service
 from qa.index import DB_NAME, LOCK_NAME, MANIFEST_NAME, Index, Writer, lock_index
 
 from .conftest import ROOT, SEEDS, qa_server

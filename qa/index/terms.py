@@ -16,7 +16,7 @@ from datetime import date
 
 import numpy as np
 
-from ..sentences import stemmer
+from .text import stemmer
 
 # Function words carry no evidence of an answer and would make every passage a candidate.
 STOPWORDS = frozenset(

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..copies import signature
+from .copies import signature
 from ..errors import IndexCorrupt, IndexLocked
 from .db import DB_NAME, SCHEMA, SCHEMA_VERSION, add_columns, connect, corrupt_db
 from .manifest import GRACE_SECONDS, check_model, read_manifest, read_tombstones, write_manifest, \

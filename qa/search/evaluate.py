@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-from .errors import QAError
-from .ingest import Article, _from_fields
-from .search import Searcher
+from ..index.text import title_prefix
+from .searcher import Searcher
 
 KS = (1, 5, 20)
 
 
-@dataclass
-class Question:
+class Question(Protocol):
+    """A question with the answer strings any of which is right (as qa.ingest.squad reads them)."""
+
     text: str
     answers: list[str]
 
@@ -115,40 +113,6 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
         mean_answer_words=sum(words) / max(len(words), 1), reliability=table)
 
 
-def split_by_article(articles: list[Article], questions: list[Question], owners: list[int]):
-    """Two halves by article (even and odd positions): (articles, questions) of each."""
-    halves = []
-    for parity in (0, 1):
-        keep = {i for i in range(len(articles)) if i % 2 == parity}
-        halves.append(([a for i, a in enumerate(articles) if i in keep],
-                       [q for q, o in zip(questions, owners) if o in keep]))
-    return halves
-
-
-def load_squad(path: str | Path, owners: list[int] | None = None) -> tuple[list[Article], list[Question]]:
-    """Read articles (paragraphs joined by blank lines) and questions from a SQuAD v1.1 file
-    (`owners`, if given, gets each question's article position)."""
-    try:
-        data = json.loads(Path(path).read_text("utf-8"))
-        entries = data["data"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise QAError(f"{path} is not a SQuAD v1.1 file ({e})", code="bad_eval_file") from None
-    articles, questions = [], []
-    for n, entry in enumerate(entries):
-        title = str(entry.get("title", f"article {n}")).replace("_", " ")
-        paragraphs = [p["context"] for p in entry["paragraphs"]]
-        slug = re.sub(r"[^A-Za-z0-9._~-]+", "-", title).strip("-")[:100] or f"article-{n}"
-        articles.append(_from_fields({"id": slug, "title": title, "text": "\n\n".join(paragraphs)}, f"{path}:{title}"))
-        for p in entry["paragraphs"]:
-            for qa in p.get("qas", []):
-                answers = [a["text"] if isinstance(a, dict) else a for a in qa.get("answers", [])]
-                if answers:
-                    questions.append(Question(qa["question"], answers))
-                    if owners is not None:
-                        owners.append(n)
-    return articles, questions
-
-
 def evaluate(searcher: Searcher, questions: list[Question], k: int = max(KS),
              on_progress: Callable[[int], None] | None = None) -> EvalResult:
     """Ask every question and score where the first passage holding an answer ranks."""
@@ -175,8 +139,6 @@ def evaluate(searcher: Searcher, questions: list[Question], k: int = max(KS),
         "JOIN articles a ON a.version = p.version WHERE a.deleted_gen IS NULL"
     ).fetchall()
     words = [len(r[1].split()) for r in rows]
-    from .chunk import title_prefix
-
     tokens = searcher.embedder.count_tokens([title_prefix(r[0]) + r[1] for r in rows]) if rows else [0]
     n = max(len(questions), 1)
     return EvalResult(

@@ -5,7 +5,7 @@ in ONNX Runtime's dynamic quantisation) runs the whole network in int8 with
 fused kernels.  On the 2-core AVX-512 VNNI machine it embedded 3,130 sentences
 in about 4 s against 6-7 s for ONNX Runtime int8, and its vectors sit closer to
 fp32 (mean cosine 0.998 against 0.994).  The calibration text is
-qa/data/calibration.txt: sentences of the seed articles, with and without their
+qa/embed/data/calibration.txt: sentences of the seed articles, with and without their
 title prefix, and a few questions, so the measured ranges cover both sides.
 """
 

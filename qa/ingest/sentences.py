@@ -14,25 +14,10 @@ terms spread across it) and the highlight needs no stemming at query time.
 
 from __future__ import annotations
 
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import Stemmer  # PyStemmer: the Snowball stemmers in C
-
-WORD = re.compile(r"\w+", re.UNICODE)
-_local = threading.local()
-
-
-def stemmer() -> Stemmer.Stemmer:
-    """This thread's porter stemmer (the algorithm FTS5's porter tokenizer uses; a Stemmer is not thread-safe)."""
-    st = getattr(_local, "stemmer", None)
-    if st is None:
-        st = _local.stemmer = Stemmer.Stemmer("porter")
-    return st
-
 
 @dataclass
 class NewSentence:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .chunk import sentence_spans
+from ..index.text import sentence_spans
 
 _LINE_BREAK = re.compile(r"(\s*\n\s*)")
 

@@ -20,7 +20,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.errors import HaltServer
 from gunicorn.workers.gthread import ThreadWorker
 
-from .web import CSP
+from .api import CSP
 
 BOOT_ERROR = 3  # a worker exiting with this makes gunicorn's arbiter halt the server (Arbiter.WORKER_BOOT_ERROR)
 

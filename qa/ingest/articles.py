@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import IngestError
+from ..errors import IngestError
 
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".jsonl"}
 MAX_FILE_BYTES = 32 * 1024 * 1024  # per file, and per line of a .jsonl (which is streamed, so has no file limit)

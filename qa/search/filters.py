@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from .errors import BadRequest
-from .index import Where
-from .index.terms import day_of
+from ..errors import BadRequest
+from ..index import Where
+from ..index.terms import day_of
 
 MAX_SOURCES = 20
 MAX_SOURCE_CHARS = 200

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import QAError
+from ..errors import QAError
 
 log = logging.getLogger(__name__)
 

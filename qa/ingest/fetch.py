@@ -33,10 +33,10 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import create_connection
 
-from . import __version__
-from .ingest import Article, Failure, article_from_html, decode
-from .index.files import write_atomic
-from .errors import IngestError
+from .. import __version__
+from .articles import Article, Failure, article_from_html, decode
+from ..index.files import write_atomic
+from ..errors import IngestError
 
 TOKEN = "qa-news"  # our product token, which robots.txt groups name
 USER_AGENT = f"{TOKEN}/{__version__} (news question answering; polite crawler, honours robots.txt)"

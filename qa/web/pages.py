@@ -13,10 +13,10 @@ from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from .errors import QAError
-from .snippets import mark_parts, snippet
+from ..errors import QAError
+from ..search.snippets import mark_parts, snippet
 from .service import get_service
-from .web import run_search
+from .api import run_search
 
 pages = Blueprint("pages", __name__)
 

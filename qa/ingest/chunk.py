@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import blingfire
+from ..index.text import sentence_spans, title_prefix
 
 CountTokens = Callable[[list[str]], list[int]]
 
@@ -18,50 +18,11 @@ class Passage:
     text: str
 
 
-PREFIX_TITLE_CHARS = 160  # a headline; past this a "title" would crowd the passage out of the model's input
-
-
-def title_prefix(title: str) -> str:
-    """Return the text put before a passage for the model, so each passage knows its article."""
-    if len(title) > PREFIX_TITLE_CHARS:
-        title = title[:PREFIX_TITLE_CHARS].rsplit(" ", 1)[0]
-    return f"{title}: " if title else ""
-
-
 def paragraph_spans(text: str) -> list[tuple[int, int]]:
     """Return (start, end) of each paragraph (runs of text between blank lines), trimmed."""
     spans = []
     for m in re.finditer(r"\S(?:.*?\S)?(?=\s*\n\s*\n|\s*$)", text, re.S):
         spans.append((m.start(), m.end()))
-    return spans
-
-
-def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-    """Return (start, end) of each sentence in text[start:end], offsets into `text`."""
-    end = len(text) if end is None else end
-    segment = text[start:end]
-    if not segment.strip():
-        return []
-    # The splitter may normalise whitespace, so find each sentence back in the
-    # original instead of asking for its offsets (which it maps back from UTF-8
-    # in a Python loop over every byte: 3.5x slower than the split itself).
-    sentences = blingfire.text_to_sentences(segment)
-    spans, cursor = [], 0
-    for sent in sentences.split("\n") if sentences else []:
-        sent = sent.strip()
-        if not sent:
-            continue
-        i = segment.find(sent, cursor)
-        if i < 0:  # whitespace changed inside: fall back to the rest of the segment
-            break
-        gap = segment[cursor:i]
-        i = cursor + len(gap) - len(gap.lstrip())  # keep anything the splitter dropped
-        spans.append((start + i, start + segment.find(sent, i) + len(sent)))
-        cursor = spans[-1][1] - start
-    rest = segment[cursor:]
-    if rest.strip():
-        lead = len(rest) - len(rest.lstrip())
-        spans.append((start + cursor + lead, start + len(segment.rstrip())))
     return spans
 
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .chunk import ChunkConfig, split, title_prefix
-from .embed import Embedder
-from .errors import QAError
-from .ingest import Article, Failure, discover_roots, read_file
+from ..index.text import title_prefix
+from .chunk import ChunkConfig, split
+from ..embed.model import Embedder
+from ..errors import QAError
+from .articles import Article, Failure, discover_roots, read_file
 from .sentences import NewSentence, passage_vector
-from .index import NewPassage, Writer
+from ..index import NewPassage, Writer
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import os
 from collections.abc import Callable, Iterable
 
 from .chunk import ChunkConfig
-from .errors import QAError
-from .indexer import Report, assemble, prepare, store
-from .ingest import Article, Failure
-from .index import Writer
+from ..errors import QAError
+from .pipeline import Report, assemble, prepare, store
+from .articles import Article, Failure
+from ..index import Writer
 
 BATCH_CHARS = 40_000  # article text sent per task: a few seconds of one core's embedding
 RETRIES = 5  # a batch whose node died is run again, up to this many times
@@ -71,7 +71,7 @@ def _prepare_batch(model: str, backend: str, articles: list[Article], chunking: 
     """On a cluster node: chunk and embed a batch of articles into the writer's items."""
     import ray
 
-    from .embed import get_embedder
+    from ..embed.model import get_embedder
 
     # One model thread per CPU Ray gave this task, so nodes sharing a machine do not fight.
     cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1

@@ -13,11 +13,12 @@ from urllib.parse import unquote_to_bytes
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import __version__, filters
-from .errors import BadRequest, Forbidden, IndexBusy, IndexLocked, IngestError, NotFound, QAError, Unauthorized
-from .ingest import article_from_json
+from .. import __version__
+from ..search import filters
+from ..errors import BadRequest, Forbidden, IndexBusy, IndexLocked, IngestError, NotFound, QAError, Unauthorized
+from ..ingest.articles import article_from_json
 from .openapi import spec
-from .search import validate
+from ..search.searcher import validate
 from .service import get_service
 
 log = logging.getLogger(__name__)
@@ -231,10 +232,8 @@ def _unexpected(e: Exception):
 
 
 def init_app(app: Flask) -> None:
-    from .pages import pages
-
+    """Register the JSON API, the admin writes (with a token), and the hooks every request passes."""
     app.register_blueprint(api)
-    app.register_blueprint(pages)
     with app.app_context():
         if admin_token() is not None:
             app.register_blueprint(admin)

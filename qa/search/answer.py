@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .index.terms import STOPWORDS, sentence_key, stems as index_stems
+from ..index.terms import STOPWORDS, sentence_key, stems as index_stems
 
 # What the wh-word asks for, and how a sentence shows it has one.
 _ASKS = [

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from .chunk import ChunkConfig
-from .embed import Embedder, get_embedder, model_dim
-from .errors import IndexCorrupt, IndexLocked, NotReady
-from .indexer import Report, add_articles, iter_articles
-from .ingest import Article
-from .search import SearchConfig, Searcher
-from .index import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
+from ..ingest.chunk import ChunkConfig
+from ..embed.model import Embedder, get_embedder, model_dim
+from ..errors import IndexCorrupt, IndexLocked, NotReady
+from ..ingest.pipeline import Report, add_articles, iter_articles
+from ..ingest.articles import Article
+from ..search.searcher import SearchConfig, Searcher
+from ..index import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Service:
         """Add files, folders and web URLs (pages, feeds, sitemaps) to the index; `stop()` ends a run
         between two articles (what is already read is still committed); `ray`: a Ray cluster's address,
         to chunk and embed there."""
-        from .fetch import FeedState, fetch_articles, is_url
+        from ..ingest.fetch import FeedState, fetch_articles, is_url
 
         urls = [str(p) for p in paths if is_url(str(p))]
         files = [p for p in paths if not is_url(str(p))]
@@ -147,7 +147,7 @@ class Service:
                     yield from fetch_articles(urls, FeedState(self.index_dir), lambda i: w.fingerprint(i) is not None,
                                               stop=stop)
             if ray:
-                from .cluster import add_articles_on_ray, connect, disconnect
+                from ..ingest.cluster import add_articles_on_ray, connect, disconnect
 
                 connect(ray)
                 try:

@@ -13,13 +13,12 @@ from functools import partial
 import numpy as np
 
 from . import answer as answers
-from . import copies as wire
-from .chunk import sentence_spans
-from .embed import Embedder
-from .errors import BadRequest
-from .sentences import WORD as _WORD
-from .index import Index, PassageRow, Where
-from .index.terms import STOPWORDS, stems as index_stems
+from ..index import copies as wire
+from ..embed.model import Embedder
+from ..errors import BadRequest
+from ..index import Index, PassageRow, Where
+from ..index.terms import STOPWORDS, stems as index_stems
+from ..index.text import WORD as _WORD, sentence_spans
 
 
 @dataclass(frozen=True)
