@@ -379,15 +379,15 @@ class Segment:
         postings; common stems then add their share to those candidates alone, so the
         cost follows the rare stems' postings, not every passage holding "said".
         """
-        idf, gen = terms.idf, terms.generate
+        idf, generating = terms.idf, terms.generate
         lo, hi = self.spans(terms.hashes)
         size = hi - lo
         if not size.any():
             return np.zeros(0, np.int64), np.zeros(0)
-        if not (gen & (size > 0)).any():  # only common stems matched here: let the rarest of them lead
-            gen = gen.copy()
-            gen[np.argmin(np.where(size > 0, size, np.iinfo(np.int64).max))] = True
-        g = np.flatnonzero(gen & (size > 0))
+        if not (generating & (size > 0)).any():  # only common stems matched here: let the rarest of them lead
+            generating = generating.copy()
+            generating[np.argmin(np.where(size > 0, size, np.iinfo(np.int64).max))] = True
+        g = np.flatnonzero(generating & (size > 0))
         # Every generating stem's postings, end to end, in one pass.
         counts = size[g]
         firsts = np.cumsum(counts) - counts
@@ -410,7 +410,7 @@ class Segment:
             cand, scores = cand[best], scores[best]
         order = np.argsort(cand)
         cand, scores = cand[order], scores[order]
-        rest = np.flatnonzero(~gen & (size > 0))
+        rest = np.flatnonzero(~generating & (size > 0))
         if len(rest) and len(cand):
             sel, prow, which = self.matched(lo[rest], hi[rest], cand)
             scores += np.bincount(np.searchsorted(cand, prow), weights=self.bm25(sel, prow, idf[rest][which], bm),

@@ -59,6 +59,16 @@ class NewPassage:
     vector: np.ndarray
 
 
+@dataclass
+class FinishedMerge:
+    """A merge the background thread has finished, waiting for the writer to install it."""
+
+    names: list[str]  # the segments it merged
+    dead_then: list[set[int]] | None = None  # each input's deleted rows when it started (later ones carry over)
+    entry: dict | None = None  # the merged segment's manifest entry
+    error: BaseException | None = None  # why it failed, if it did (its inputs then stay)
+
+
 def lock_index(path: str | os.PathLike, wait: float = 0.0):
     """Take the index folder's writer lock (an open file; closing it releases the lock)."""
     path = Path(path)
@@ -142,7 +152,7 @@ class Writer:
             raise
         self._saved_at, self._save_took = time.monotonic(), 0.0
         self._merge_thread: threading.Thread | None = None
-        self._merged: tuple | None = None  # (input names, dead rows each input had, entry, error)
+        self._merged: FinishedMerge | None = None
         self._failed_merges: set[tuple[str, ...]] = set()
 
     def _recover(self, manifest: dict | None) -> None:
@@ -437,7 +447,7 @@ class Writer:
         names = [e["name"] for e in self.entries if e["passages"]]
         if len(names) > 1 or any(self.dead[n] for n in names) or not all(self.segments[n].current for n in names):
             self._start_merge(names)
-            error = self._merged[3]
+            error = self._merged.error
             self._install_merge()
             if error is not None:  # the segments stay as they were; say why
                 raise error
@@ -458,9 +468,9 @@ class Writer:
             try:
                 entry = merge(self.path, name, [(s, lv) for s, lv, _ in inputs],
                               {"dim": self.dim, "scale": self.scale, "gen": self.generation})
-                self._merged = (names, [d for _, _, d in inputs], entry, None)
+                self._merged = FinishedMerge(names, [d for _, _, d in inputs], entry)
             except BaseException as e:  # noqa: BLE001 - reported when installed; the inputs stay
-                self._merged = (names, None, None, e)
+                self._merged = FinishedMerge(names, error=e)
 
         if self.background_merges:
             self._merge_thread = threading.Thread(target=run, name="qa-merge", daemon=True)
@@ -474,7 +484,8 @@ class Writer:
             self._merge_thread.join()
         if self._merged is None:
             return
-        names, dead_then, entry, error = self._merged
+        done = self._merged
+        names, dead_then, entry, error = done.names, done.dead_then, done.entry, done.error
         self._merged, self._merge_thread = None, None
         if error is not None:
             log.warning("merging %d segments failed (%s: %s); they stay as they are", len(names),
