@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS articles (
     text TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     origin TEXT,
-    signature BLOB,  -- the whole text's MinHash (qa/copies.py), to find wire copies; see add_columns
+    signature BLOB,  -- the whole text's MinHash (copies.py), to find wire copies; see add_columns
     added_at TEXT NOT NULL,
     gen INTEGER NOT NULL,
     deleted_gen INTEGER,

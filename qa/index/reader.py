@@ -45,7 +45,7 @@ class PassageRow:
     url: str | None
     source: str | None
     published: str | None
-    signature: bytes | None = None  # the article's whole-text MinHash (qa/copies.py); None before it was kept
+    signature: bytes | None = None  # the article's whole-text MinHash (qa/index/copies.py); None before it was kept
 
 
 @dataclass(frozen=True)
