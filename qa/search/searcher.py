@@ -179,12 +179,12 @@ def _copies(a: PassageRow, b: PassageRow, words: Callable[[PassageRow], set[str]
     return shared / min(len(wa), len(wb)) >= 0.9 and shared / (len(wa) + len(wb) - shared) >= 0.7
 
 
-# Passages of two copies of one article (by their whole texts' signatures) hold the same words when their
-# windows line up, and overlap when they do not: a copy with a dateline above shifts every window. Their
-# shares of shared word 5-shingles, measured on such copies: 0.86-1.0 for the window that lines up,
-# 0.05-0.72 for one that overlaps it, at most 0.01 (a repeated name) for one that does not.
-ALIGNED = 0.5  # the copy's window that holds the passage: shown in its place when published earlier
-TOUCHES = 0.03  # a window that overlaps it: left out, as an overlapping window of one article is
+# Passages of two copies of one article (by their whole texts' signatures) share word 5-shingles as far as
+# their windows overlap; a copy with a dateline above shifts every window, so few line up exactly. Shares
+# of the shorter passage's shingles, measured on such copies: 0.77-1.0 for the copy's window closest to a
+# passage, 0.05-0.72 for its others overlapping it, at most 0.01 (a repeated name) for one that does not.
+ALIGNED = 0.5  # holds most of the passage: stands for it, and is shown in its place when published earlier
+TOUCHES = 0.03  # overlaps it: left out, as an overlapping window of one article is
 TOUCHES_MIN = 3  # shingles, so that a short passage's one repeated phrase is no overlap
 
 
