@@ -205,7 +205,7 @@ def test_segments_do_not_pile_up_when_batches_outrun_publishes(tmp_path, fake_em
             sents, (units, chunks) = prepare(fake_embedder, "fake", art, ChunkConfig())
             vectors = dict(zip([h for h, _ in sents], fake_embedder.encode([t for _, t in sents])))
             w.add([assemble("fake", art, sents, units, chunks, vectors)])
-        assert len(w.segments) <= 8, len(w.segments)
+        assert len(w.live) <= 8, len(w.live)
 
 
 def test_a_writer_with_nothing_to_publish_still_merges(tmp_path, fake_embedder, monkeypatch):

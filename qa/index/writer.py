@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,6 +57,16 @@ class NewPassage:
     end: int
     embed_hash: str
     vector: np.ndarray
+
+
+@dataclass
+class LiveSegment:
+    """A segment the writer's next manifest names: its entry there, its files opened, its deleted rows."""
+
+    entry: dict
+    seg: Segment
+    dead: set[int] = field(default_factory=set)  # rows deleted so far
+    published_dead: int = -1  # how many of them the last published manifest recorded (-1: never published)
 
 
 @dataclass
@@ -164,20 +174,20 @@ class Writer:
         else:  # no manifest, or one from another run: rebuild the list from the database and the files
             entries = self._entries_from_files()
             published = -1
-        self.segments = {e["name"]: Segment(self.path, e) for e in entries}
-        self.entries = entries
-        self.dead = {e["name"]: set(read_tombstones(self.path, e.get("tombstones")).tolist()) for e in entries}
-        self._published_dead = {n: len(d) for n, d in self.dead.items()}
+        self.live: dict[str, LiveSegment] = {}  # by name, in the manifest's order
+        for e in entries:
+            dead = set(read_tombstones(self.path, e.get("tombstones")).tolist())
+            self.live[e["name"]] = LiveSegment(e, Segment(self.path, e), dead, published_dead=len(dead))
         later = self.conn.execute("SELECT name FROM segments WHERE gen > ? ORDER BY gen", (published,)).fetchall()
         for (name,) in later:
-            if name not in self.segments:
+            if name not in self.live:
                 self._take(self._entry_of(name))
         if published >= 0:
             self._tombstone(self._deleted_pids(published))
         else:
             self._tombstone(self._dead_pids())
         self.dirty = manifest is None or published != self.generation or any(
-            len(d) != self._published_dead.get(n, -1) for n, d in self.dead.items())
+            len(s.dead) != s.published_dead for s in self.live.values())
         self._remove_orphans()
 
     def _entry_of(self, name: str) -> dict:
@@ -213,32 +223,36 @@ class Writer:
         live = np.asarray([r[0] for r in self.conn.execute(
             "SELECT p.id FROM passages p JOIN articles a ON a.version = p.version WHERE a.deleted_gen IS NULL")],
             dtype=np.int64)
-        every = [s.pids for s in self.segments.values()]
+        every = [s.seg.pids for s in self.live.values()]
         return np.setdiff1d(np.concatenate(every), live) if every else np.zeros(0, np.int64)
 
-    def _take(self, entry: dict) -> None:
-        self.entries.append(entry)
-        self.segments[entry["name"]] = Segment(self.path, entry)
-        self.dead[entry["name"]] = set()
+    def _take(self, entry: dict, seg: Segment | None = None) -> LiveSegment:
+        live = self.live[entry["name"]] = LiveSegment(entry, seg or Segment(self.path, entry))
+        return live
 
     def _tombstone(self, pids: np.ndarray) -> None:
         if not len(pids):
             return
         pids = np.unique(pids)
-        for name, seg in self.segments.items():
-            held, rows = seg.rows_of(pids)
+        for live in self.live.values():
+            held, rows = live.seg.rows_of(pids)
             if len(rows):
-                self.dead[name].update(rows.tolist())
+                live.dead.update(rows.tolist())
 
     def _remove_orphans(self) -> None:
         """Segment and tombstone files no manifest will name: from merges or publishes a killed writer never finished."""
-        keep = set(self.segments) | {r["name"] for r in self.retired}
-        keep_files = {e.get("tombstones") for e in self.entries}
+        keep = set(self.live) | {r["name"] for r in self.retired}
+        keep_files = {s.entry.get("tombstones") for s in self.live.values()}
         for p in self.path.glob("seg-*"):
             base = p.name.split(".", 1)[0]
             if base not in keep or (".del-" in p.name and p.name not in keep_files
                                      and time.time() - p.stat().st_mtime > GRACE_SECONDS):
                 p.unlink(missing_ok=True)
+
+    @property
+    def entries(self) -> list[dict]:
+        """The manifest entries of the live segments, in order."""
+        return [s.entry for s in self.live.values()]
 
     # --- reading what is there -------------------------------------------------------------
 
@@ -257,11 +271,11 @@ class Writer:
         """Vectors already computed for identical model inputs, so nothing is embedded twice."""
         wanted = list(set(embed_hashes))
         out: dict[str, np.ndarray] = {}
-        if not wanted or not self.segments:
+        if not wanted or not self.live:
             return out
         keys = np.asarray([int(h[:16], 16) for h in wanted], dtype=np.uint64)
         todo = np.ones(len(wanted), bool)
-        for seg in self.segments.values():
+        for seg in (s.seg for s in self.live.values()):
             idx = np.flatnonzero(todo)
             if not len(idx):
                 break
@@ -363,18 +377,16 @@ class Writer:
         """Publish a snapshot: tombstone files for new deletes, then the manifest that names them."""
         t0 = time.monotonic()
         self._install_merge()
-        entries = []
-        for e in self.entries:
-            e = dict(e)
-            dead = self.dead[e["name"]]
-            if len(dead) != self._published_dead.get(e["name"], -1) or (dead and not e.get("tombstones")):
+        for live in self.live.values():
+            e, dead = dict(live.entry), live.dead
+            if len(dead) != live.published_dead or (dead and not e.get("tombstones")):
                 e["tombstones"] = None
                 if dead:
                     e["tombstones"] = f"{e['name']}.del-{self.generation:09d}-{uuid.uuid4().hex[:6]}"
                     write_tombstones(self.path, e["tombstones"], np.fromiter(dead, dtype=np.int32, count=len(dead)))
             e["deleted"] = len(dead)
-            entries.append(e)
-        self.entries = entries
+            live.entry = e
+        entries = self.entries
         (articles,) = self.conn.execute("SELECT count(*) FROM articles WHERE deleted_gen IS NULL").fetchone()
         from .. import __version__
 
@@ -395,7 +407,8 @@ class Writer:
             "updated": _now(),
         }
         write_manifest(self.path, manifest)
-        self._published_dead = {n: len(d) for n, d in self.dead.items()}
+        for live in self.live.values():
+            live.published_dead = len(live.dead)
         self._after_publish()
         self.dirty = False
         self._saved_at = time.monotonic()
@@ -415,7 +428,7 @@ class Writer:
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        named = {e.get("tombstones") for e in self.entries}
+        named = {s.entry.get("tombstones") for s in self.live.values()}
         for p in self.path.glob("seg-*.del-*"):
             if p.name not in named and time.time() - p.stat().st_mtime > GRACE_SECONDS:
                 p.unlink(missing_ok=True)
@@ -445,7 +458,7 @@ class Writer:
         """Merge every segment into one (deleted passages left out, older layouts rewritten) and publish it."""
         self._settle()
         names = [e["name"] for e in self.entries if e["passages"]]
-        if len(names) > 1 or any(self.dead[n] for n in names) or not all(self.segments[n].current for n in names):
+        if len(names) > 1 or any(self.live[n].dead for n in names) or not all(self.live[n].seg.current for n in names):
             self._start_merge(names)
             error = self._merged.error
             self._install_merge()
@@ -456,7 +469,7 @@ class Writer:
     def _start_merge(self, names: list[str]) -> None:
         inputs = []
         for n in names:
-            seg, dead = self.segments[n], set(self.dead[n])
+            seg, dead = self.live[n].seg, set(self.live[n].dead)
             live = None
             if dead:
                 live = np.ones(len(seg), bool)
@@ -493,18 +506,15 @@ class Writer:
             self._failed_merges.add(tuple(names))
             return
         merged = Segment(self.path, entry)
-        since = [self.segments[n].pids[sorted(self.dead[n] - then)] for n, then in zip(names, dead_then)]
+        since = [self.live[n].seg.pids[sorted(self.live[n].dead - then)] for n, then in zip(names, dead_then)]
         now = time.time()
-        self.entries = [e for e in self.entries if e["name"] not in names]
         for n in names:
-            del self.segments[n], self.dead[n]
-            self._published_dead.pop(n, None)
+            del self.live[n]
             self.retired.append({"name": n, "at": now})
-        self._take(entry)
-        self.segments[entry["name"]] = merged
+        installed = self._take(entry, merged)
         late = np.concatenate(since) if since else np.zeros(0, np.int64)
         if len(late):
-            self.dead[entry["name"]].update(merged.rows_of(late)[1].tolist())
+            installed.dead.update(merged.rows_of(late)[1].tolist())
         self.dirty = True
 
     def close(self) -> None:
