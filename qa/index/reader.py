@@ -72,6 +72,17 @@ class Where:
         return keep
 
 
+@dataclass(frozen=True)
+class Collection:
+    """BM25's collection-wide statistics, given explicitly when this folder is one shard of many (the
+    sums over every shard, as Elasticsearch's dfs_query_then_fetch gathers them): then a shard scores
+    its passages exactly as one folder holding every shard's passages would."""
+
+    doc_freqs: dict  # stem -> passages holding it, over the collection
+    passages: int
+    avgdl: float
+
+
 @dataclass
 class Part:
     """One segment as this snapshot sees it: which rows are live."""
@@ -287,9 +298,11 @@ class Index:
         out = {t: cache.get(t, found.get(t, 0)) for t in terms}
         return {t: n for t, n in out.items() if n}, self.passage_count
 
-    def _bm25_terms(self, stems: Sequence[str]) -> Terms:
+    def _bm25_terms(self, stems: Sequence[str], stats: Collection | None = None) -> Terms:
         """Each stem's hash, FTS5-style idf and whether it puts passages forward (a question asks for
         them twice, for its best passages and for the dense side's: the thread keeps the last)."""
+        if stats is not None:
+            return self._make_terms(stems, stats)
         key = tuple(stems)
         last = getattr(self._local, "terms", None)
         if last is not None and last[0] == key:
@@ -298,8 +311,8 @@ class Index:
         self._local.terms = (key, terms)
         return terms
 
-    def _make_terms(self, stems: Sequence[str]) -> Terms:
-        df, n = self.doc_freqs(list(stems))
+    def _make_terms(self, stems: Sequence[str], stats: Collection | None = None) -> Terms:
+        df, n = (stats.doc_freqs, stats.passages) if stats is not None else self.doc_freqs(list(stems))
         cutoff = max(GENERATE_MIN, GENERATE_SHARE * n)
         out = []
         for s in stems:
@@ -314,12 +327,12 @@ class Index:
         return Terms.of(out)
 
     def lexical(self, stems: Sequence[str], n: int, title_weight: float = 1.0,
-                where: Where | None = None) -> dict[int, float]:
+                where: Where | None = None, stats: Collection | None = None) -> dict[int, float]:
         """The n best passages by BM25 over title and text (as FTS5's bm25() scores them)."""
-        terms = self._bm25_terms(stems)
+        terms = self._bm25_terms(stems, stats)
         if not terms:
             return {}
-        bm = BM25(self.bm25.avgdl, title_weight)
+        bm = BM25(stats.avgdl if stats is not None else self.bm25.avgdl, title_weight)
         pids, scores = [], []
         for part, (live, _) in zip(self.parts, self.masks(where)):
             rows, s = part.seg.lexical_top(terms, n, live, bm)
@@ -327,13 +340,14 @@ class Index:
             scores.append(s)
         return _top(pids, scores, n)
 
-    def lexical_of(self, stems: Sequence[str], pids: Sequence[int], title_weight: float = 1.0) -> dict[int, float]:
+    def lexical_of(self, stems: Sequence[str], pids: Sequence[int], title_weight: float = 1.0,
+                   stats: Collection | None = None) -> dict[int, float]:
         """BM25 scores of the given passages (those matching nothing left out)."""
-        terms = self._bm25_terms(stems)
+        terms = self._bm25_terms(stems, stats)
         out: dict[int, float] = {}
         if not terms or not pids:
             return out
-        bm = BM25(self.bm25.avgdl, title_weight)
+        bm = BM25(stats.avgdl if stats is not None else self.bm25.avgdl, title_weight)
         for part, found, rows in self._locate(pids):
             s = part.seg.lexical_of(terms, rows, bm)
             hit = s > 0
@@ -345,15 +359,21 @@ class Index:
     def dense(self, q: np.ndarray, n: int, where: Where | None = None) -> dict[int, float]:
         """The n best passages by their own vector's cosine."""
         q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
+        # Every segment's best by FAISS's int8 scores, then the best of all scored again exactly.
+        best = self.dense_coarse(q, n, where)
+        exact = self.dense_of(q, list(best))
+        return dict(sorted(exact.items(), key=lambda kv: -kv[1])[:n])
+
+    def dense_coarse(self, q: np.ndarray, n: int, where: Where | None = None) -> dict[int, float]:
+        """The n + n/4 best passages by FAISS's int8 scores (n from each segment), which dense() scores
+        again exactly; the scores are cosines only as far as 8 bits keep them."""
+        q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
         pids, scores = [], []
         for part, (_, bits) in zip(self.parts, self.masks(where)):
             rows, s = part.seg.dense_top(q, n, bits)
             pids.append(part.seg.pids[rows])
             scores.append(s)
-        # Every segment's best by FAISS's int8 scores, then the best of all scored again exactly.
-        best = _top(pids, scores, n + n // 4)
-        exact = self.dense_of(q, list(best))
-        return dict(sorted(exact.items(), key=lambda kv: -kv[1])[:n])
+        return _top(pids, scores, n + n // 4)
 
     def dense_of(self, q: np.ndarray, pids: Sequence[int]) -> dict[int, float]:
         q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)

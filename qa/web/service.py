@@ -129,6 +129,15 @@ class Service:
         except BaseException:
             lock.close()
             raise
+        from ..index.shards import ShardedWriter, is_root
+
+        shards = getattr(self, "shards", None)  # `qa ingest --shards N`: a sharded root (qa/index/shards.py)
+        if shards or is_root(self.index_dir):
+            try:
+                return _Locked(ShardedWriter(self.index_dir, self.model, dim, wait, shards), lock)
+            except BaseException:
+                lock.close()
+                raise
         return Writer(self.index_dir, self.model, dim, lock=lock)
 
     def ingest(self, paths, chunking: ChunkConfig = ChunkConfig(), on_progress=None, wait: float = 0.0,
@@ -181,6 +190,28 @@ class Service:
             generation = w.save()["generation"]
         self.searcher(wait=True)
         return generation
+
+
+class _Locked:
+    """A sharded root's writer that also holds the root's own lock (one ingest into a root at a time)."""
+
+    def __init__(self, writer, lock):
+        self._writer, self._lock = writer, lock
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def service_from_config(config) -> Service:

@@ -1,0 +1,420 @@
+"""Search over a sharded index root: every shard finds its own candidates, one searcher fuses them.
+
+A question costs three rounds, each asking every shard at once (a shard may be a folder in this
+process or a Ray Serve deployment, qa/web/cluster.py):
+
+1. `stats`: the question stems' document frequencies and the shard's passage and token counts,
+   summed into the collection's BM25 statistics (Elasticsearch's dfs_query_then_fetch);
+2. `candidates`: with those statistics every shard scores exactly as one folder holding all the
+   passages would, and returns its own best passages by BM25 and by int8 vector, and for each of
+   them what fusion reads (exact cosine, BM25, best sentence by cosine and by stems). The best of
+   the collection are among the shards' own best, so fusing the union is fusing as one folder does;
+3. `fetch`: the rows (text, citation), the sentences and the sources of the best fused passages,
+   for collapsing, the answer step and the facets, which then run here as they do on one folder.
+
+Passage ids are global (`local * shards + shard`, qa/index/shards.py) from the shards' answers on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexCorrupt, QAError
+from ..index import MANIFEST_NAME, Index, Where
+from ..index.reader import Collection, SentenceScores
+from ..index.shards import global_id, read_root, shard_of, split_id
+from .searcher import Searcher, fuse
+
+log = logging.getLogger(__name__)
+
+PREFETCH_ROWS = 40  # the best fused passages whose rows come in round 3 (collapsing k=5 reads about 20)
+PREFETCH_SENTENCES = 12  # ... and whose sentences (the answer reads 5, the results k)
+
+
+class ShardUnavailable(QAError):
+    code = "shard_unavailable"
+    status = 503
+
+
+# --- the shard's side ---------------------------------------------------------------------------------
+
+
+class ShardReader:
+    """One shard folder's side of a sharded search, on the newest snapshot its writer published."""
+
+    def __init__(self, folder: str | os.PathLike, shard: int, shards: int, model: str | None = None):
+        self.folder, self.shard, self.shards, self.model = Path(folder), shard, shards, model
+        self._index: Index | None = None
+        self._stamp = None
+        self._lock = threading.Lock()
+
+    def _stamp_now(self):
+        try:
+            st = (self.folder / MANIFEST_NAME).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    @property
+    def index(self) -> Index:
+        """The newest published snapshot (one stat a call; a snapshot that fails to load keeps the last)."""
+        stamp = self._stamp_now()
+        if self._index is not None and stamp == self._stamp:
+            return self._index
+        with self._lock:
+            if self._index is None or stamp != self._stamp:
+                try:
+                    self._index = Index.load(self.folder, self.model, previous=self._index)
+                    self._stamp = stamp
+                except Exception:
+                    if self._index is None:
+                        raise
+                    log.exception("shard %d: cannot load the new snapshot; still serving generation %d",
+                                  self.shard, self._index.generation)
+                    self._stamp = stamp
+        return self._index
+
+    def _g(self, ids) -> list[int]:
+        return [global_id(i, self.shard, self.shards) for i in ids]
+
+    def _local(self, gids: Sequence[int]) -> list[int]:
+        return [split_id(g, self.shards)[1] for g in gids]
+
+    def info(self) -> dict:
+        idx = self.index
+        return {"shard": self.shard, "generation": idx.generation, "articles": idx.article_count,
+                "passages": idx.passage_count, "model": idx.manifest.get("model")}
+
+    def stats(self, stems: list[str]) -> dict:
+        idx = self.index
+        df, n = idx.doc_freqs(stems)
+        return {"df": df, "passages": n, "rows": sum(len(p.seg) for p in idx.parts),
+                "tokens": sum(p.seg.tokens for p in idx.parts), "generation": idx.generation,
+                "articles": idx.article_count}
+
+    def candidates(self, req: dict) -> dict:
+        """This shard's best passages by BM25 (with the collection's statistics) and by int8 vector, with
+        what fusion reads of each: exact cosine, BM25, its best sentence by cosine and by stems."""
+        idx = self.index
+        stats = Collection(req["df"], req["passages"], req["avgdl"])
+        stems, qvec, tw, where = req["stems"], req["qvec"], req["title_weight"], req["where"]
+        lexical = idx.lexical(stems, req["n"], tw, where, stats) if req["lexical"] else {}
+        coarse = idx.dense_coarse(qvec, req["dense_n"], where) if qvec is not None else {}
+        local = list(dict.fromkeys([*coarse, *lexical]))
+        exact = idx.dense_of(qvec, local) if qvec is not None else {}
+        sentences = idx.sentences(qvec, req["idf"], local)
+        bm25 = dict(lexical)
+        if req["lexical"]:
+            bm25.update(idx.lexical_of(stems, [i for i in local if i not in lexical], tw, stats))
+        g = self.shard, self.shards
+
+        def out(d: dict) -> dict:
+            return {global_id(i, *g): v for i, v in d.items()}
+
+        return {"lexical": out(lexical), "coarse": out(coarse), "exact": out(exact), "bm25": out(bm25),
+                "best_dense": out(sentences.best_dense), "best_terms": out(sentences.best_terms),
+                "generation": idx.generation}
+
+    def fetch(self, req: dict) -> dict:
+        """Rows, sentences (as SentenceScores.full gives them) and sources of some passages."""
+        idx = self.index
+        got: dict = {"rows": {}, "full": {}, "sources": {}}
+        with idx.reading():
+            if req.get("rows"):
+                for pid, row in idx.passages(self._local(req["rows"])).items():
+                    row.id = global_id(pid, self.shard, self.shards)
+                    got["rows"][row.id] = row
+            if req.get("full"):
+                local = self._local(req["full"])
+                sc = idx.sentences(req["qvec"], req["idf"], local)
+                got["full"] = {global_id(i, self.shard, self.shards): sc.full(i) for i in local if i in sc.where}
+            if req.get("sources"):
+                got["sources"] = {global_id(i, self.shard, self.shards): v
+                                  for i, v in idx.sources_of(self._local(req["sources"])).items()}
+        return got
+
+    def article(self, article_id: str) -> dict | None:
+        art = self.index.article(article_id)
+        if art is not None:
+            for p in art["passages"]:
+                p["id"] = global_id(p["id"], self.shard, self.shards)
+        return art
+
+
+# --- the fusing side ------------------------------------------------------------------------------------
+
+
+class _Done:
+    def __init__(self, value=None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class LocalShard:
+    """A shard answered in this process (tests, `qa ask` on a root, the benchmark's reference)."""
+
+    def __init__(self, reader: ShardReader):
+        self.reader = reader
+
+    def submit(self, method: str, *args):
+        try:
+            return _Done(getattr(self.reader, method)(*args))
+        except Exception as e:  # noqa: BLE001 - raised where the answer is read, as a remote call's would be
+            return _Done(error=e)
+
+
+def local_shards(root: str | os.PathLike, model: str | None = None) -> list[LocalShard]:
+    meta = read_root(root)
+    if meta is None:
+        raise IndexCorrupt(f"{root} is not a sharded index root", code="index_missing")
+    n = meta["shards"]
+    return [LocalShard(ShardReader(Path(root) / f, i, n, model)) for i, f in enumerate(meta["folders"])]
+
+
+class _Question(threading.local):
+    stats: Collection | None = None
+    qvec = None
+    idf: dict | None = None
+    ranked: list[int] | None = None
+    rows: dict
+    full: dict
+    sources: dict
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.stats, self.qvec, self.idf, self.ranked = None, None, None, None
+        self.rows, self.full, self.sources = {}, {}, {}
+
+
+class ShardedIndex:
+    """What a Searcher reads of an Index, over every shard of a root: each call asks the shards."""
+
+    def __init__(self, shards: list, names: list[str] | None = None, model: str | None = None,
+                 call: Callable | None = None):
+        self.shards, self.n = shards, len(shards)
+        self.names = names or [f"shard-{i:03d}" for i in range(self.n)]
+        self.model = model
+        self._call = call  # (shard number, method, args) -> result; default: submit to every shard, then wait
+        self.q = _Question()
+        self.totals = {"generation": 0, "articles": 0, "passages": 0}
+        self.path = None
+
+    # --- asking the shards ---
+
+    def ask_all(self, method: str, args_of: Callable[[int], tuple] = lambda s: ()) -> list:
+        """Every shard's answer to one call (sent to all at once); ShardUnavailable names a shard that failed."""
+        if self._call is not None:
+            return self._call(method, [args_of(s) for s in range(self.n)])
+        pending = [sh.submit(method, *args_of(s)) for s, sh in enumerate(self.shards)]
+        out = []
+        for s, p in enumerate(pending):
+            try:
+                out.append(p.result())
+            except QAError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise ShardUnavailable(f"shard {s} ({self.names[s]}) did not answer: {type(e).__name__}: {e}") from None
+        return out
+
+    def ask_some(self, method: str, by_shard: dict[int, tuple]) -> dict[int, object]:
+        if not by_shard:
+            return {}
+        if self._call is not None:
+            got = self._call(method, [by_shard.get(s) for s in range(self.n)])
+            return {s: got[s] for s in by_shard}
+        pending = {s: self.shards[s].submit(method, *args) for s, args in by_shard.items()}
+        out = {}
+        for s, p in pending.items():
+            try:
+                out[s] = p.result()
+            except QAError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise ShardUnavailable(f"shard {s} ({self.names[s]}) did not answer: {type(e).__name__}: {e}") from None
+        return out
+
+    def refresh(self) -> dict:
+        """The totals over every shard (generation: their sum)."""
+        infos = self.ask_all("info")
+        self.totals = {"generation": sum(i["generation"] for i in infos),
+                       "articles": sum(i["articles"] for i in infos),
+                       "passages": sum(i["passages"] for i in infos)}
+        if self.model is None:
+            self.model = infos[0]["model"]
+        return self.totals
+
+    # --- what Searcher, the API and the pages read ---
+
+    @property
+    def generation(self) -> int:
+        return self.totals["generation"]
+
+    @property
+    def article_count(self) -> int:
+        return self.totals["articles"]
+
+    @property
+    def passage_count(self) -> int:
+        return self.totals["passages"]
+
+    @property
+    def manifest(self) -> dict:
+        return {"model": self.model, "shards": self.n, **self.totals}
+
+    def reading(self):
+        return nullcontext()
+
+    def article(self, article_id: str) -> dict | None:
+        s = shard_of(article_id, self.n)
+        return self.ask_some("article", {s: (article_id,)})[s]
+
+    def doc_freqs(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
+        """Round 1: the collection's document frequencies, passage count and average length."""
+        got = self.ask_all("stats", lambda s: (list(terms),))
+        df: dict[str, int] = {}
+        for g in got:
+            for t, c in g["df"].items():
+                df[t] = df.get(t, 0) + c
+        n = sum(g["passages"] for g in got)
+        rows, tokens = sum(g["rows"] for g in got), sum(g["tokens"] for g in got)
+        self.q.stats = Collection(df, n, tokens / rows if rows else 1.0)
+        self.totals = {"generation": sum(g["generation"] for g in got), "articles": sum(g["articles"] for g in got),
+                       "passages": n}
+        return df, n
+
+    def lexical(self, *args, **kw) -> dict[int, float]:
+        return {}  # the sharded searcher's _rank gathers both sides in one round
+
+    def _prefetch(self, want_rows: Sequence[int] = (), want_sources: Sequence[int] = ()) -> None:
+        """Round 3: rows, sentences and sources of the best fused passages (and of any asked for), at once."""
+        q = self.q
+        ranked = q.ranked or []
+        rows = [i for i in dict.fromkeys([*want_rows, *ranked[:PREFETCH_ROWS]]) if i not in q.rows]
+        full = [i for i in ranked[:PREFETCH_SENTENCES] if i not in q.full] if q.qvec is not None or q.idf else []
+        sources = [i for i in want_sources if i not in q.sources]
+        by: dict[int, dict] = {}
+        for kind, ids in (("rows", rows), ("full", full), ("sources", sources)):
+            for i in ids:
+                by.setdefault(split_id(i, self.n)[0], {"rows": [], "full": [], "sources": [], "qvec": q.qvec,
+                                                        "idf": q.idf or {}})[kind].append(i)
+        for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
+            q.rows.update(got["rows"])
+            q.full.update(got["full"])
+            q.sources.update(got["sources"])
+        for i in rows:  # asked for and not there (deleted meanwhile): not asked again
+            q.rows.setdefault(i, None)
+
+    def passages(self, ids: Sequence[int]) -> dict:
+        if any(i not in self.q.rows for i in ids):
+            self._prefetch(want_rows=ids)
+        return {i: self.q.rows[i] for i in ids if self.q.rows.get(i) is not None}
+
+    def sources_of(self, ids: Sequence[int]) -> dict:
+        if any(i not in self.q.sources for i in ids):
+            self._prefetch(want_sources=ids)
+        return {i: self.q.sources[i] for i in ids if i in self.q.sources}
+
+    def sentences(self, q: np.ndarray | None, weights: dict[str, float], pids: Sequence[int]) -> _Sentences:
+        return _Sentences(self, q, weights, {}, {}, set(pids))
+
+    def full(self, pid: int, qvec, idf) -> tuple:
+        if pid not in self.q.full:
+            s = split_id(pid, self.n)[0]
+            got = self.ask_some("fetch", {s: ({"full": [pid], "qvec": qvec, "idf": idf},)})[s]
+            self.q.full.update(got["full"])
+        return self.q.full.get(pid) or ([], [], [], [], [], [])
+
+
+class _Sentences(SentenceScores):
+    """The candidates' sentence scores as the shards gave them; a passage's sentences fetched on demand."""
+
+    def __init__(self, index: ShardedIndex, qv, weights, best_dense, best_terms, where):
+        super().__init__()
+        self.index, self.qv, self.weights = index, qv, weights
+        self.best_dense, self.best_terms, self.where = best_dense, best_terms, where
+
+    def full(self, pid: int):
+        return self.index.full(pid, self.qv, self.weights)
+
+
+class ShardedSearcher(Searcher):
+    """Searcher over a ShardedIndex: the candidates come from every shard in one round, then everything
+    after them (fusion, collapsing, the answer, facets) is Searcher's own code."""
+
+    index: ShardedIndex
+
+    def ask(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance", with_answer: bool = True):
+        self.index.q.reset()
+        try:
+            return super().ask(q, k, where, sort, with_answer)
+        finally:
+            self.index.q.reset()
+
+    def _rank(self, qvec, stems: list[str], idf: dict[str, float], lexical: dict[int, float], n: int,
+              where: Where | None):
+        cfg, index, q = self.cfg, self.index, self.index.q
+        if q.stats is None:
+            index.doc_freqs(stems)
+        stats = q.stats
+        dense_n = max(n, cfg.dense_candidates)
+        req = {"stems": stems, "qvec": qvec, "title_weight": cfg.title_weight, "where": where, "n": n,
+               "dense_n": dense_n, "idf": idf, "lexical": cfg.lexical_weight > 0,
+               "df": stats.doc_freqs, "passages": stats.passages, "avgdl": stats.avgdl}
+        got = index.ask_all("candidates", lambda s: (req,))
+        lex_all, coarse, exact, bm25, best_dense, best_terms = {}, {}, {}, {}, {}, {}
+        for g in got:
+            lex_all.update(g["lexical"])
+            coarse.update(g["coarse"])
+            exact.update(g["exact"])
+            bm25.update(g["bm25"])
+            best_dense.update(g["best_dense"])
+            best_terms.update(g["best_terms"])
+        # As one folder: the n best by BM25; the best n + n/4 by int8 score, of which the dense_n best exactly.
+        lexical = _top(lex_all, n)
+        dense: dict[int, float] = {}
+        whole: dict[int, float] = {}
+        if qvec is not None:
+            near = _top(coarse, dense_n + dense_n // 4)
+            whole = dict(sorted(((i, exact[i]) for i in near if i in exact), key=lambda kv: -kv[1])[:dense_n])
+            candidates = list(dict.fromkeys([*whole, *lexical]))
+            whole.update((i, exact[i]) for i in candidates if i not in whole and i in exact)
+            sw = cfg.sentence_weight
+            for i in candidates:
+                best = best_dense.get(i)
+                if i in whole:
+                    dense[i] = whole[i] if best is None else (1 - sw) * whole[i] + sw * best
+            if cfg.lexical_weight > 0:
+                lexical.update((i, bm25[i]) for i in candidates if i not in lexical and i in bm25)
+        else:
+            candidates = list(lexical)
+        sentences = _Sentences(index, qvec, idf, {i: best_dense[i] for i in candidates if i in best_dense},
+                               {i: best_terms[i] for i in candidates if i in best_terms}, set(candidates))
+        best_sentence = None
+        if cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
+            best_sentence = sentences.best_terms
+        ranked = fuse(lexical, dense, cfg, best_sentence)
+        if q.ranked is None:  # the question's own ranking (a second one only counts facets)
+            q.ranked, q.qvec, q.idf = [i for i, _ in ranked], qvec, idf
+        return ranked, whole, sentences
+
+
+def _top(scores: dict[int, float], n: int) -> dict[int, float]:
+    if len(scores) <= n:
+        return dict(scores)
+    ids = np.fromiter(scores, dtype=np.int64, count=len(scores))
+    vals = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    best = np.argpartition(-vals, n - 1)[:n]
+    return dict(zip(ids[best].tolist(), vals[best].tolist()))
