@@ -81,10 +81,14 @@ def run_ingest(svc, paths, quiet: bool = False, wait: float = 0.0, stop=lambda: 
                    "(start one here) [env: QA_RAY_ADDRESS]. Needs pip install -e '.[cluster]'.")
 @click.option("--ray-gpus-per-actor", "ray_gpus", type=click.FloatRange(0), default=0.0, show_default=True,
               help="GPUs each Ray task takes (then it embeds with PyTorch on CUDA).")
-def ingest(paths, index, wait, quiet, ray_address, ray_gpus):
+@click.option("--shards", type=click.IntRange(1, 4096), default=None,
+              help="Make (or use) --index as a root of this many shard folders (see docs/cluster.md); later "
+                   "ingests into the root keep its shards.")
+def ingest(paths, index, wait, quiet, ray_address, ray_gpus, shards):
     """Add files or folders (.txt .md .html .htm .jsonl) and web URLs (article pages, RSS or Atom feeds,
     sitemaps) to the index."""
     app, svc = _service(index)
+    svc.shards = shards
     try:
         report, took = run_ingest(svc, paths, quiet, wait, ray=ray_address, ray_gpus=ray_gpus)
     except QAError as e:
@@ -200,11 +204,24 @@ def watch(urls, index, every, rounds, quiet):
               help="Server processes, each with its own model and index snapshot  [default: one per CPU core, at most 8]")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Threads per process (keep-alive and slow clients each hold one).")
-def serve(index, host, port, workers, threads):
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Serve a sharded --index root on a Ray cluster with Ray Serve (host:port, auto or local); "
+                   "see docs/cluster.md.")
+@click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With --ray: replicas of each shard, spread over the nodes.")
+def serve(index, host, port, workers, threads, ray_address, replicas):
     """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
     from .web import server
 
     app, svc = _service(index)  # here only to check the settings and say where the index is
+    if ray_address:  # a sharded root on a Ray cluster (qa/web/cluster.py)
+        from .web import cluster
+
+        try:
+            cluster.run(str(svc.index_dir), ray_address, replicas, host, port)
+        except QAError as e:
+            _fail(e)
+        return
     workers = workers or server.default_workers()
     if not os.environ.get("QA_MODEL_THREADS"):  # share the cores out instead of every process taking them all
         os.environ["QA_MODEL_THREADS"] = str(max(1, server.cores() // workers))

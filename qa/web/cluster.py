@@ -1,0 +1,332 @@
+"""`qa serve --index ROOT --ray ADDRESS`: a sharded index served by Ray Serve.
+
+    HTTP -> Serve's proxy (head node) -> ingress (the Flask app: same API and pages) -> one replica of every shard
+
+One deployment per shard (`shard-000` ...) with R replicas, spread over the nodes (at most one replica of a
+shard per node while there are enough nodes); each replica opens its shard folder from a path its node
+can read (a shared file system, or the same disk) and picks up every snapshot the shard's writer
+publishes, as a `qa serve` worker does. The ingress embeds the question once and runs ShardedSearcher
+(qa/search/sharded.py): three rounds of calls to one replica of each shard, then fusion, collapsing and
+the answer exactly as over one folder. A call whose replica dies is sent again (Serve routes it to a
+live replica); a shard with no running replica answers 503 `shard_unavailable`, and /readyz says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..errors import QAError
+from ..index import MANIFEST_NAME
+from ..index.shards import read_root
+from ..search.sharded import ShardedIndex, ShardedSearcher, ShardReader, ShardUnavailable
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "qa"
+CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
+CALL_DEADLINE = 30.0  # ... and all tries of one call together
+STATUS_EVERY = 0.5  # seconds between two looks at which replicas are running
+
+
+def test_embedder(model: str):
+    """Tests serve with a fake embedder: QA_TEST_EMBEDDER=module:Class names it (the model name must match)."""
+    spec = os.environ.get("QA_TEST_EMBEDDER")
+    if not spec:
+        return None
+    mod, _, attr = spec.partition(":")
+    import importlib
+
+    emb = getattr(importlib.import_module(mod), attr)()
+    return emb if emb.name == model else None
+
+
+class ShardReplica:
+    """One replica of one shard: a ShardReader over its folder. A folder it cannot read makes it fail to
+    start and fail its health checks, so Serve never routes to a replica that has no shard."""
+
+    def __init__(self, folder: str, shard: int, shards: int, model: str):
+        os.environ.setdefault("QA_MODEL_THREADS", "1")
+        self.reader = ShardReader(folder, shard, shards, model)
+        self.reader.index  # load now: a replica is running only once it can answer
+
+    def check_health(self) -> None:
+        if not (self.reader.folder / MANIFEST_NAME).exists():
+            raise RuntimeError(f"{self.reader.folder} has no index")
+
+    def info(self):
+        return self.reader.info()
+
+    def stats(self, stems):
+        return self.reader.stats(stems)
+
+    def candidates(self, req):
+        return self.reader.candidates(req)
+
+    def fetch(self, req):
+        return self.reader.fetch(req)
+
+    def article(self, article_id):
+        return self.reader.article(article_id)
+
+
+class _Running:
+    """Which shard deployments have a running replica, from Serve's status, refreshed in the background."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.counts: dict[str, int] = {}
+        self.checked = 0.0
+        threading.Thread(target=self._loop, name="qa-serve-status", daemon=True).start()
+
+    def _loop(self) -> None:
+        from ray import serve
+
+        while True:
+            try:
+                app = serve.status().applications.get(APP_NAME)
+                if app is not None:
+                    counts = {}
+                    for name in self.names:
+                        d = app.deployments.get(name)
+                        states = getattr(d, "replica_states", {}) or {}
+                        counts[name] = int(sum(v for k, v in states.items() if str(getattr(k, "value", k)) == "RUNNING"))
+                    self.counts, self.checked = counts, time.monotonic()
+            except Exception as e:  # noqa: BLE001 - the controller restarting, say: keep the last view
+                log.debug("serve.status() failed: %s", e)
+            time.sleep(STATUS_EVERY)
+
+    def missing(self) -> list[int]:
+        """Shards with no running replica (none known before the first look)."""
+        if not self.counts:
+            return []
+        return [s for s, n in enumerate(self.names) if self.counts.get(n, 0) == 0]
+
+
+class _Call:
+    def __init__(self, shard: RemoteShard, method: str, args: tuple):
+        self.shard, self.method, self.args = shard, method, args
+        self.response = shard.send(method, args)
+
+    def result(self):
+        from ray.exceptions import RayTaskError
+
+        deadline = time.monotonic() + CALL_DEADLINE
+        tries = 0
+        while True:
+            try:
+                return self.response.result(timeout_s=max(0.1, min(CALL_TIMEOUT, deadline - time.monotonic())))
+            except RayTaskError as e:  # the shard's own code raised: not worth another replica's time
+                cause = e.as_instanceof_cause()
+                if isinstance(cause, QAError):
+                    raise cause from None
+                raise ShardUnavailable(f"shard {self.shard.number} ({self.shard.name}) failed: {cause}") from None
+            except Exception as e:  # noqa: BLE001 - the replica died, or is unreachable: another one, if any
+                tries += 1
+                if time.monotonic() >= deadline or self.shard.number in self.shard.running.missing():
+                    raise ShardUnavailable(f"shard {self.shard.number} ({self.shard.name}) has no live replica "
+                                           f"({type(e).__name__})") from None
+                log.warning("shard %s: %s; asking again (try %d)", self.shard.name, type(e).__name__, tries + 1)
+                time.sleep(min(0.05 * tries, 0.5))
+                self.response = self.shard.send(self.method, self.args)
+
+
+class RemoteShard:
+    """A shard deployment, through its Serve handle."""
+
+    def __init__(self, handle, number: int, name: str, running: _Running):
+        self.handle, self.number, self.name, self.running = handle, number, name, running
+
+    def send(self, method: str, args: tuple):
+        return getattr(self.handle, method).remote(*args)
+
+    def submit(self, method: str, *args) -> _Call:
+        if self.number in self.running.missing():
+            raise ShardUnavailable(f"shard {self.number} ({self.name}) has no live replica")
+        return _Call(self, method, args)
+
+
+class ClusterService:
+    """What the Flask app reads of its Service (qa/web/service.py), over the shard deployments."""
+
+    def __init__(self, root: str, handles: list, names: list[str], model: str, backend: str, cfg, embedder=None):
+        self.index_dir = Path(root)
+        self.model, self.backend, self.cfg = model, backend, cfg
+        self.running = _Running(names)
+        self.index = ShardedIndex([RemoteShard(h, i, n, self.running) for i, (h, n) in enumerate(zip(handles, names))],
+                                  names, model)
+        self._embedder = embedder
+        self._searcher: ShardedSearcher | None = None
+        self.reload_error: str | None = None
+        self.published_at: float | None = None
+        self.on_reload_error = lambda: None
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from ..embed.model import get_embedder
+
+            self._embedder = test_embedder(self.model) or get_embedder(self.model, self.backend)
+        return self._embedder
+
+    def searcher(self, wait: bool = False) -> ShardedSearcher:
+        if self._searcher is None:
+            self._searcher = ShardedSearcher(self.index, self.embedder, self.cfg)
+        return self._searcher
+
+    @property
+    def ready(self) -> bool:
+        """Every shard has a running replica (else ShardUnavailable names one), and the totals are fresh."""
+        missing = self.running.missing()
+        if missing:
+            names = ", ".join(f"{s} ({self.index.names[s]})" for s in missing)
+            raise ShardUnavailable(f"not ready: no live replica of shard {names}")
+        self.searcher()
+        self.index.refresh()
+        return True
+
+    def _read_only(self, *args, **kw):
+        raise QAError("the cluster serves a sharded root read-only: add articles with `qa ingest ... --index ROOT`",
+                      code="read_only", status=405)
+
+    add = delete = compact = ingest = _read_only
+
+
+def _wsgi_environ(scope: dict, body: bytes) -> dict:
+    """A PEP 3333 environ for an ASGI HTTP request."""
+    path = scope.get("path", "/")
+    raw = scope.get("raw_path") or path.encode("utf-8")
+    query = scope.get("query_string", b"")
+    server = scope.get("server") or ("127.0.0.1", 80)
+    client = scope.get("client") or ("127.0.0.1", 0)
+    env = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path.encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": query.decode("latin-1"),
+        "REQUEST_URI": (raw + (b"?" + query if query else b"")).decode("latin-1"),
+        "SERVER_NAME": str(server[0]), "SERVER_PORT": str(server[1]),
+        "REMOTE_ADDR": str(client[0]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+    for k, v in scope.get("headers", []):
+        name, value = k.decode("latin-1").upper().replace("-", "_"), v.decode("latin-1")
+        if name == "CONTENT_TYPE":
+            env["CONTENT_TYPE"] = value
+        elif name == "CONTENT_LENGTH":
+            env["CONTENT_LENGTH"] = value
+        else:
+            key = f"HTTP_{name}"
+            env[key] = f"{env[key]},{value}" if key in env else value
+    if "CONTENT_LENGTH" not in env and body:
+        env["CONTENT_LENGTH"] = str(len(body))
+    return env
+
+
+def _run_wsgi(app, environ: dict) -> tuple[int, list[tuple[str, str]], bytes]:
+    got: dict = {}
+
+    def start_response(status, headers, exc_info=None):
+        got["status"], got["headers"] = status, headers
+
+    out = app(environ, start_response)
+    try:
+        body = b"".join(out)
+    finally:
+        if hasattr(out, "close"):
+            out.close()
+    return int(got["status"].split()[0]), got["headers"], body
+
+
+class Ingress:
+    """The HTTP side: the Flask app of `qa serve`, its Service replaced by a ClusterService."""
+
+    def __init__(self, root: str, handles: list, names: list[str], config: dict):
+        from ..web import create_app
+
+        os.environ.setdefault("QA_MODEL_THREADS", "1")
+        self.app = create_app({**config, "INDEX_DIR": root})
+        base = self.app.extensions["qa"]
+        self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg)
+        self.app.extensions["qa"] = self.service
+        self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")
+        self.service.searcher()  # the model loads before the replica counts as running
+
+    async def __call__(self, request):
+        from starlette.responses import Response
+
+        body = await request.body()
+        environ = _wsgi_environ(request.scope, body)
+        status, headers, content = await asyncio.get_running_loop().run_in_executor(
+            self.pool, _run_wsgi, self.app, environ)
+        resp = Response(content=content, status_code=status)
+        for k, v in headers:
+            if k.lower() != "content-length":
+                resp.headers.append(k, v)
+        return resp
+
+
+def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
+    """The Serve application for a sharded root: one deployment per shard, and the ingress."""
+    from ray import serve
+
+    meta = read_root(root)
+    if meta is None:
+        raise QAError(f"{root} is not a sharded index root: make one with `qa ingest PATH --index {root} --shards N`",
+                      code="not_sharded")
+    config = dict(config or {})
+    model = config.get("MODEL") or os.environ.get("QA_MODEL") or meta.get("model")
+    names = [f"shard-{i:03d}" for i in range(meta["shards"])]
+    shard = serve.deployment(ShardReplica)
+    handles = []
+    for i, (name, folder) in enumerate(zip(names, meta["folders"])):
+        opts = dict(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 0.5},
+                    max_ongoing_requests=32, health_check_period_s=1, health_check_timeout_s=5,
+                    graceful_shutdown_timeout_s=1)
+        if replicas <= nodes:  # spread: a node lost takes one replica of a shard, not all of them
+            opts["max_replicas_per_node"] = 1
+        handles.append(shard.options(**opts).bind(str(Path(root).resolve() / folder), i, meta["shards"], model))
+    ingress = serve.deployment(Ingress).options(
+        name="ingress", num_replicas=1, max_ongoing_requests=64, ray_actor_options={
+            "num_cpus": 0.5, "resources": {"node:__internal_head__": 0.001}})  # beside Serve's proxy, on the head
+    return ingress.bind(str(Path(root).resolve()), handles, names, {**config, "MODEL": model})
+
+
+def run(root: str, address: str, replicas: int, host: str, port: int, config: dict | None = None) -> None:
+    """Deploy on the cluster at `address` and serve until stopped (Ctrl+C or SIGTERM takes the app down)."""
+    import signal
+
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise QAError("`--ray` needs Ray Serve: pip install -e '.[cluster]'", code="ray_missing") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=None if address == "local" else address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise QAError(f"cannot join the Ray cluster at {address}: {e}", code="ray_unreachable") from None
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+    app = build(root, replicas, config, nodes)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    print(f"Serving {root} on http://{host}:{port} (Ray Serve, {replicas} replica(s) of each shard, "
+          f"{nodes} node(s))", file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        serve.delete(APP_NAME)
+        ray.shutdown()
