@@ -1,0 +1,292 @@
+"""A sharded index root, and `qa serve --ray`: shards and replicas on a real two-node Ray Serve cluster on 127.0.0.1.
+
+The fake embedder stands in for the model (the cluster's processes load it by name: QA_TEST_EMBEDDER).
+"""
+
+import http.client
+import json
+import os
+import random
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, SEEDS, FakeEmbedder, free_port
+from .test_cluster import VERBS, WORDS, corpus
+
+RAY = Path(sys.executable).parent / "ray"
+
+
+def build(path: Path, data: list[Path], shards: int | None):
+    from qa.web.service import Service
+
+    svc = Service(path, "fake", embedder=FakeEmbedder())
+    svc.shards = shards
+    return svc, svc.ingest(data)
+
+
+def questions(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    qs = ["Who promised to keep aiding Assad?", "Where did Assad flee to?", "Who leads HTS?"]
+    while len(qs) < n:
+        a, b = rng.sample(WORDS, 2)
+        qs.append(rng.choice([f"Which plan did the {a} {rng.choice(VERBS)}?",
+                              f"How many residents of the {a} district were told?",
+                              f"What happened to the {a} and the {b}?"]))
+    return qs
+
+
+def shown(out: dict) -> tuple:
+    """What a reader sees of an answer: the top passages by place, their scores and marks, the answer."""
+    res = [(r["citation"]["article_id"], r["citation"]["start"], r["citation"]["end"], r["score"], r["highlight"],
+            [c["article_id"] for c in r["also_in"]]) for r in out["results"]]
+    a = out["answer"]
+    return res, a and (a["text"], a["citation"]["article_id"], a["citation"]["start"], a["confidence"]), out["facets"]
+
+
+def shard_rows(root: Path) -> dict[str, list[tuple]]:
+    """Per shard folder: (article id, version count, visible count)."""
+    out = {}
+    for folder in sorted(root.glob("shard-*")):
+        conn = sqlite3.connect(folder / "qa.sqlite3")
+        out[folder.name] = conn.execute("SELECT id, COUNT(*), SUM(deleted_gen IS NULL) FROM articles GROUP BY id").fetchall()
+        conn.close()
+    return out
+
+
+# --- without Ray ----------------------------------------------------------------------------------------
+
+
+def test_an_article_lives_in_the_shard_its_id_hashes_to_and_updates_replace_it_there(tmp_path):
+    from qa.index.shards import read_root, shard_of
+
+    data = corpus(tmp_path / "news.jsonl", 30, seed=11)
+    svc, report = build(tmp_path / "root", [SEEDS, data], shards=3)
+    assert report.added == 32 and not report.failures
+    root = read_root(tmp_path / "root")
+    assert root["shards"] == 3 and root["scale"]
+    held = shard_rows(tmp_path / "root")
+    assert sum(len(v) for v in held.values()) == 32
+    for name, arts in held.items():
+        assert arts, f"{name} is empty"  # 32 articles over 3 shards: each holds some
+        for article_id, versions, visible in arts:
+            assert name == root["folders"][shard_of(article_id, 3)] and versions == visible == 1
+    assert [shard_of("story-11-4", 3)] * 3 == [shard_of("story-11-4", 3) for _ in range(3)]
+    # A later ingest without --shards keeps the root's shards; an update replaces the article in its shard.
+    changed = tmp_path / "changed.jsonl"
+    line = json.loads(data.read_text().splitlines()[4])
+    line["text"] += " The harbour council later reversed its decision."
+    changed.write_text(json.dumps(line) + "\n")
+    svc2, again = build(tmp_path / "root", [changed], shards=None)
+    assert (again.added, again.updated) == (0, 1)
+    after = shard_rows(tmp_path / "root")
+    home = root["folders"][shard_of(line["id"], 3)]
+    for name, arts in after.items():
+        mine = [a for a in arts if a[0] == line["id"]]
+        assert mine == ([(line["id"], 2, 1)] if name == home else [])
+    # A different count for an existing root is refused; a one-folder index is not turned into a root.
+    from qa.errors import QAError
+
+    with pytest.raises(QAError, match="holds 3 shards"):
+        build(tmp_path / "root", [changed], shards=2)
+    build(tmp_path / "one", [changed], shards=None)
+    with pytest.raises(QAError, match="one-folder index"):
+        build(tmp_path / "one", [changed], shards=2)
+
+
+def test_a_sharded_root_answers_as_one_folder(tmp_path):
+    from qa.search.sharded import ShardedIndex, ShardedSearcher, local_shards
+
+    data = corpus(tmp_path / "news.jsonl", 150, seed=12)
+    one, _ = build(tmp_path / "one", [SEEDS, data], shards=None)
+    build(tmp_path / "root", [SEEDS, data], shards=3)
+    s1 = one.searcher()
+    s3 = ShardedSearcher(ShardedIndex(local_shards(tmp_path / "root", "fake")), s1.embedder, s1.cfg)
+    qs = questions(120)
+    same = sum(shown(s1.ask(q, 5).to_dict()) == shown(s3.ask(q, 5).to_dict()) for q in qs)
+    assert same == len(qs)  # nothing approximate differs at this size: all of them, scores and marks included
+    from qa.index import Where
+
+    w = Where(sources=("Gazette",))
+    assert all(shown(s1.ask(q, 5, w).to_dict()) == shown(s3.ask(q, 5, w).to_dict()) for q in qs[:20])
+    assert s3.index.article("story-12-3")["passages"] and s3.index.article("nope") is None
+
+
+# --- on a Ray Serve cluster -------------------------------------------------------------------------------
+
+
+def _get(port: int, path: str, timeout: float = 30) -> tuple[int, dict | str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        try:
+            return resp.status, json.loads(body)
+        except ValueError:
+            return resp.status, body
+    finally:
+        conn.close()
+
+
+def ask(port: int, q: str, k: int = 5) -> tuple[int, dict]:
+    return _get(port, "/api/search?" + urllib.parse.urlencode({"q": q, "k": k}))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A two-node cluster (4 logical CPUs each), a 2-shard root and a one-folder copy of the same articles,
+    and `qa serve --ray` with 2 replicas of each shard (one per node)."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[cluster]')")
+    tmp = tmp_path_factory.mktemp("serve-cluster")
+    data = corpus(tmp / "news.jsonl", 80, seed=21)
+    one, _ = build(tmp / "one", [SEEDS, data], shards=None)
+    build(tmp / "root", [SEEDS, data], shards=2)
+    port, http_port = free_port(), free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT), "QA_MODEL": "fake",
+           "QA_TEST_EMBEDDER": "tests.conftest:FakeEmbedder",
+           "RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
+           "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "4"}
+    head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=4", "--node-ip-address=127.0.0.1",
+                           "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert head.returncode == 0, head.stdout + head.stderr
+    node = subprocess.Popen([str(RAY), "start", f"--address=127.0.0.1:{port}", "--num-cpus=4",
+                             "--node-ip-address=127.0.0.1", "--block"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(tmp / "serve.log", "w+")
+    serve = None
+    try:
+        for _ in range(120):
+            out = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{port}', "
+                                  "log_to_driver=False); print('alive', sum(n['Alive'] for n in ray.nodes()))"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+            if "alive 2" in out.stdout:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the second node never joined")
+        serve = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(tmp / "root"), "--ray",
+                                  f"127.0.0.1:{port}", "--replicas", "2", "--port", str(http_port)], cwd=ROOT, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if _get(http_port, "/readyz", 5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if serve.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise AssertionError(f"qa serve --ray never became ready:\n{log.read()[-4000:]}")
+            time.sleep(0.5)
+        yield {"port": http_port, "one": one, "root": tmp / "root", "node": node, "env": env, "log": log}
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(serve.pid, signal.SIGKILL)
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        log.close()
+
+
+def test_the_cluster_answers_as_one_folder(served):
+    port, one = served["port"], served["one"].searcher()
+    status, ready = _get(port, "/readyz")
+    assert status == 200 and ready["articles"] == 82 and ready["passages"] == one.index.passage_count
+    qs = questions(40, seed=3)
+    same = 0
+    for q in qs:
+        status, out = ask(port, q)
+        assert status == 200, out
+        same += shown(out) == shown(one.ask(q, 5).to_dict())
+    assert same >= 0.99 * len(qs)
+    status, art = _get(port, "/api/articles/story-21-5")
+    assert status == 200 and art["text"][art["passages"][0]["start"]:art["passages"][0]["end"]]
+    status, page = _get(port, "/?q=Where+did+Assad+flee+to%3F")
+    assert status == 200 and "data-answer" in page and "data-result" in page
+    status, err = _get(port, "/api/search?q=")
+    assert status == 400 and err["error"]["code"] == "empty_query"
+
+
+def test_a_new_article_is_found_through_the_cluster_within_5_seconds(served):
+    port, root = served["port"], served["root"]
+    new = root.parent / "new.jsonl"
+    new.write_text(json.dumps({"id": "zeppelin-lands", "title": "Zeppelin lands on the cathedral square",
+                               "text": "A zeppelin named Aurora landed on the cathedral square of Quedlinburg on "
+                                       "Tuesday, and its crew of nine handed out oranges."}) + "\n")
+    t0 = time.monotonic()
+    build(root, [new], shards=None)
+    while True:
+        status, out = ask(port, "What landed on the cathedral square of Quedlinburg?")
+        if status == 200 and out["results"] and out["results"][0]["citation"]["article_id"] == "zeppelin-lands":
+            break
+        assert time.monotonic() - t0 < 5.0, out
+        time.sleep(0.1)
+
+
+def test_a_node_killed_under_load_costs_at_most_the_questions_in_flight(served):
+    port = served["port"]
+    qs = questions(30, seed=5)
+    failures, answered, stop = [], [], threading.Event()
+    killed_at: list[float] = []
+
+    def client(i: int) -> None:
+        n = i
+        while not stop.is_set():
+            q = qs[n % len(qs)]
+            n += 1
+            try:
+                status, out = ask(port, q)
+                (answered if status == 200 else failures).append((time.monotonic(), status, out))
+            except OSError as e:
+                failures.append((time.monotonic(), 0, str(e)))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    before = len(answered)
+    os.killpg(served["node"].pid, signal.SIGKILL)  # kill -9 of the second node: its raylet, workers, replicas
+    killed_at.append(time.monotonic())
+    time.sleep(12)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    after = [a for a in answered if a[0] > killed_at[0] + 5]
+    assert before > 0 and after, "answers stopped coming after the node died"
+    assert len(failures) <= 2, failures[:3]  # at most the questions in flight (2 clients); goal: none
+    status, ready = _get(port, "/readyz")
+    assert status == 200, ready  # every shard still has its replica on the head node
+
+
+def test_a_shard_with_no_live_replica_answers_503_and_readyz_names_it(served):
+    port, root = served["port"], served["root"]
+    away = root / "shard-001.away"
+    (root / "shard-001").rename(away)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            status, ready = _get(port, "/readyz")
+            if status == 503:
+                break
+            assert time.monotonic() < deadline, "the shard's replicas never went down"
+            time.sleep(0.5)
+        assert ready["error"]["code"] == "shard_unavailable" and "shard-001" in ready["error"]["message"]
+        status, out = ask(port, "Where did Assad flee to?")
+        assert status == 503 and out["error"]["code"] == "shard_unavailable" and "shard-001" in out["error"]["message"]
+    finally:
+        away.rename(root / "shard-001")
