@@ -198,10 +198,11 @@ def watch(urls, index, every, rounds, quiet):
 
 @cli.command()
 @index_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=None, type=click.IntRange(1, 64),
-              help="Server processes, each with its own model and index snapshot  [default: one per CPU core, at most 8]")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="QA_HOST", help="[env: QA_HOST]")
+@click.option("--port", default=8000, show_default=True, type=int, envvar="QA_PORT", help="[env: QA_PORT]")
+@click.option("--workers", default=None, type=click.IntRange(1, 64), envvar="QA_WORKERS",
+              help="Server processes, each with its own model and index snapshot  [default: one per CPU core, at most 8; "
+                   "env: QA_WORKERS]")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256),
               help="Threads per process (keep-alive and slow clients each hold one).")
 @click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
@@ -256,6 +257,17 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
     click.echo(f"Serving on http://{host}:{port} with {workers} processes x {threads} threads "
                f"(Ctrl+C to stop; /readyz answers 200 once loaded)", err=True)
     server.serve(make_app, load, host, port, workers, threads)
+
+
+@cli.command()
+@index_option
+def mcp(index):
+    """Serve the search to an assistant as MCP tools (search, get_article) on stdin/stdout; read-only.
+    `qa serve` offers the same tools over HTTP at /mcp."""
+    from .web.mcp import serve_stdio
+
+    app, svc = _service(index)
+    serve_stdio(svc)
 
 
 @cli.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import api, pages, service
+from . import api, mcp, metrics, pages, service
 
 
 def project_root() -> Path:
@@ -49,5 +49,7 @@ def create_app(test_config: dict | None = None):
 
     service.init_app(app)
     api.init_app(app)
+    metrics.init_app(app)  # GET /metrics; times and counts every request
+    mcp.init_app(app)  # /mcp: the search as MCP tools (streamable HTTP)
     app.register_blueprint(pages.pages)
     return app

@@ -17,6 +17,7 @@ from .. import __version__
 from ..search import filters
 from ..errors import BadRequest, Forbidden, IndexBusy, IndexLocked, IngestError, NotFound, QAError, Unauthorized
 from ..ingest.articles import article_from_json
+from .metrics import count_answer
 from .openapi import spec
 from ..search.searcher import validate
 from .service import get_service
@@ -53,6 +54,7 @@ def run_search(q, k, source=None, from_=None, to=None, sort=None) -> dict:
     with searcher.index.reading():  # every query of this search sees the same database state
         got = searcher.ask(q, k, where, sort)
     took = (time.perf_counter() - t0) * 1000
+    count_answer(got.answer)
     return {"query": q, "took_ms": round(took, 2), **got.to_dict()}
 
 

@@ -280,6 +280,14 @@ def spec(server_url: str = "", admin: bool = False) -> dict:
                         **_errors(503)},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, summed over every worker (see docs/operations.md)",
+                    "operationId": "metrics",
+                    "responses": {"200": {"description": "Prometheus' text format", "content": {
+                        "text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
         },
         "components": {
             "schemas": {

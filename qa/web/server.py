@@ -21,6 +21,7 @@ from gunicorn.errors import HaltServer
 from gunicorn.workers.gthread import ThreadWorker
 
 from .api import CSP
+from .metrics import metrics_dir
 
 BOOT_ERROR = 3  # a worker exiting with this makes gunicorn's arbiter halt the server (Arbiter.WORKER_BOOT_ERROR)
 
@@ -100,6 +101,7 @@ def serve(make_app: Callable[[], object], on_start: Callable[[object], None], ho
     sys.argv = sys.argv[:1]  # gunicorn reads its own options from argv otherwise
     util.write_error = _write_json_error  # gunicorn has no hook for its parse-error page; workers inherit this
     try:
-        Server(make_app, on_start, options).run()
+        with metrics_dir():  # the workers' metric files, summed by /metrics; removed when the server stops
+            Server(make_app, on_start, options).run()
     except HaltServer as e:  # a worker could not load; it has said why on stderr
         sys.exit(e.exit_status)

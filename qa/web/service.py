@@ -17,6 +17,7 @@ from ..ingest.pipeline import Report, add_articles, iter_articles
 from ..ingest.articles import Article
 from ..search.searcher import SearchConfig, Searcher
 from ..index import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
+from ..index.stats import record_ingest
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Service:
         self._lock = threading.Lock()
         self.reload_error: str | None = None  # why the newest snapshot could not be loaded, if it could not
         self._retry_at = 0.0
+        self.published_at: float | None = None  # when the snapshot being served was published (its manifest's mtime)
+        self.on_reload_error = lambda: None  # /metrics counts failed reloads (qa/web/metrics.py)
 
     @property
     def embedder(self) -> Embedder:
@@ -91,6 +94,7 @@ class Service:
             # Keep the last good snapshot; try again when the manifest changes, or after a while.
             self._stamp, self._retry_at = stamp, time.monotonic() + self.RELOAD_RETRY
             self.reload_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            self.on_reload_error()
             log.error("cannot load the new index snapshot, still serving generation %d: %s",
                       self._searcher.index.generation, self.reload_error)
             return
@@ -98,6 +102,7 @@ class Service:
             log.info("loaded index generation %d (%d passages)", index.generation, index.passage_count)
         self._searcher = Searcher(index, self.embedder, self.cfg)
         self._stamp, self.reload_error = stamp, None
+        self.published_at = stamp[0] / 1e9 if stamp else None
 
     @property
     def ready(self) -> bool:
@@ -160,15 +165,19 @@ class Service:
 
                 connect(ray)
                 try:
-                    return add_articles_on_ray(w, self.model, self.backend, items(), chunking, on_progress, ray_gpus)
+                    report = add_articles_on_ray(w, self.model, self.backend, items(), chunking, on_progress, ray_gpus)
                 finally:
                     disconnect()
-            return add_articles(w, self.embedder, items(), chunking, on_progress)
+            else:
+                report = add_articles(w, self.embedder, items(), chunking, on_progress)
+            _record(self.index_dir, report)
+            return report
 
     def add(self, article: Article, wait: float = 2.0) -> dict:
         """Add (or replace, by id) one article and publish the new snapshot at once."""
         with self.writer(wait) as w:
             report = add_articles(w, self.embedder, [article])
+            _record(self.index_dir, report)
             article_id = article.id  # add_articles gave it one if it had none
             passages = w.passage_count(article_id)
             generation = w.save()["generation"] if w.dirty else w.generation
@@ -212,6 +221,12 @@ class _Locked:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _record(folder: Path, report: Report) -> None:
+    """Count a finished ingest in the index folder's ingests.json (for /metrics), under the writer lock."""
+    record_ingest(folder, added=report.added, updated=report.updated, duplicate=report.duplicates,
+                  failed=report.failed, passages=report.passages)
 
 
 def service_from_config(config) -> Service:
