@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from datetime import datetime, timezone
@@ -13,6 +14,7 @@ from functools import partial
 import numpy as np
 
 from . import answer as answers
+from . import time as when
 from ..index import copies as wire
 from ..embed.model import Embedder
 from ..errors import BadRequest
@@ -83,14 +85,25 @@ class Hit:
 
 
 @dataclass
+class Newer:
+    """A newer article among the results that answers differently (qa/search/time.py)."""
+
+    text: str
+    passage_id: int
+    citation: Citation
+
+
+@dataclass
 class Answer:
     text: str
     confidence: float
     passage_id: int
     citation: Citation
+    newer: Newer | None = None
 
     def to_dict(self) -> dict:
-        return {**vars(self), "citation": dict(vars(self.citation))}
+        return {**vars(self), "citation": dict(vars(self.citation)),
+                "newer": {**vars(self.newer), "citation": dict(vars(self.newer.citation))} if self.newer else None}
 
 
 @dataclass
@@ -225,8 +238,9 @@ class Searcher:
         return self.ask(q, k, where, sort, with_answer=False).hits
 
     def ask(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance",
-            with_answer: bool = True) -> Answered:
-        """The answer to `q` (or None), the k passages that best answer it, and its source counts."""
+            with_answer: bool = True, among: list[int] | None = None) -> Answered:
+        """The answer to `q` (or None), the k passages that best answer it, and its source counts;
+        `among`: only these passages are read (a standing question reading new articles: qa/alerts)."""
         cfg, index = self.cfg, self.index
         # The model encodes the question on another thread while the lexical side runs here
         # (numpy and FAISS release the GIL), so on an idle core the two overlap.
@@ -239,10 +253,15 @@ class Searcher:
 
         def rank(w: Where | None):
             nonlocal qvec
-            lexical = index.lexical(stems, max(cfg.candidates, k), cfg.title_weight, w) if cfg.lexical_weight > 0 else {}
+            if cfg.lexical_weight <= 0:
+                lexical = {}
+            elif among is not None:
+                lexical = index.lexical_of(stems, among, cfg.title_weight)
+            else:
+                lexical = index.lexical(stems, max(cfg.candidates, k), cfg.title_weight, w)
             if qvec_future is not None and qvec is None:
                 qvec = qvec_future.result()[0]
-            return self._rank(qvec, stems, idf, lexical, max(cfg.candidates, k), w)
+            return self._rank(qvec, stems, idf, lexical, max(cfg.candidates, k), w, among)
 
         ranked, whole, sentences = rank(where)
         facet_ranked = ranked
@@ -250,7 +269,7 @@ class Searcher:
             facet_ranked, _, _ = rank(Where((), where.first_day, where.last_day))
         facets = {"source": self._facets([i for i, _ in facet_ranked[:cfg.candidates]])}
 
-        groups = self._collapse(ranked, max(k, ANSWER_PASSAGES if with_answer else k))
+        groups = self._collapse(ranked, max(k, when.POOL if with_answer else k))
 
         seen: dict[int, tuple] = {}
 
@@ -262,7 +281,8 @@ class Searcher:
 
         out = Answered([], None, facets)
         if with_answer and groups:
-            out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of)
+            out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of,
+                                                    groups[ANSWER_PASSAGES:when.POOL])
         marks: dict[int, tuple[int, int]] = out.evidence.get("marks", {})
 
         def by_words(row: PassageRow) -> list[dict]:
@@ -292,7 +312,7 @@ class Searcher:
         return out
 
     def _rank(self, qvec, stems: list[str], idf: dict[str, float], lexical: dict[int, float], n: int,
-              where: Where | None):
+              where: Where | None, among: list[int] | None = None):
         """Every candidate passage with its fused score, best first; the passages' own cosines; their sentences."""
         cfg, index = self.cfg, self.index
         dense: dict[int, float] = {}
@@ -300,7 +320,8 @@ class Searcher:
         if qvec is not None:
             # Candidates: the best passages by their own vector and by BM25; each then
             # scores by its best sentence, which the passage vector (a mean) blurs.
-            whole = index.dense(qvec, max(n, cfg.dense_candidates), where)
+            whole = index.dense(qvec, max(n, cfg.dense_candidates), where) if among is None else \
+                index.dense_of(qvec, among)
             candidates = list(dict.fromkeys([*whole, *lexical]))
             whole.update(index.dense_of(qvec, [i for i in candidates if i not in whole]))
             sentences = index.sentences(qvec, idf, candidates)
@@ -342,7 +363,7 @@ class Searcher:
                 counts.setdefault(source, set()).add(article_id)
         return [{"value": s, "count": len(a)} for s, a in sorted(counts.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
 
-    def _answer(self, q: str, idf: dict[str, float], groups, whole: dict[int, float], sentences_of):
+    def _answer(self, q: str, idf: dict[str, float], groups, whole: dict[int, float], sentences_of, more=()):
         """Choose the answer among the best passages' sentences, and judge whether to give it."""
         question = answers.Question(q, idf)
         cands: list[answers.Sentence] = []
@@ -366,9 +387,22 @@ class Searcher:
         evidence.update(features=features, gives=gives, text=row.text[start - row.start:end - row.start])
         if not gives:
             return None, evidence
+        # Which article's answer the question's time wants (the newest for the present), and a newer one
+        # that answers differently (qa/search/time.py).
+        timed = when.by_time(q, question, cands, best, row, confidence, groups, whole, self.index.passage_count,
+                             more, sentences_of)
+        if timed.sentence is not best:
+            best, row, confidence, (start, end) = timed.sentence, timed.row, timed.confidence, timed.span
+            evidence.update(best=best, text=row.text[start - row.start:end - row.start])
         cite = _citation(row)
         cite.start, cite.end = start, end
-        return Answer(evidence["text"], confidence, row.id, cite), evidence
+        newer = None
+        if timed.newer is not None:
+            o = timed.newer
+            a, b = o.span
+            newer = Newer(o.row.text[a - o.row.start:b - o.row.start], o.row.id,
+                          dataclasses.replace(_citation(o.row), start=a, end=b))
+        return Answer(evidence["text"], confidence, row.id, cite, newer), evidence
 
 
 class _Groups:

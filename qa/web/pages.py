@@ -15,6 +15,7 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from ..errors import QAError
 from ..search.snippets import mark_parts, snippet
+from ..search.time import as_of
 from .service import get_service
 from .api import run_search
 
@@ -175,7 +176,14 @@ def home():
         a = results["answer"]
         c = a["citation"]
         answer = {**a, "site": site_name(c.get("source"), c.get("url")), "date": (c.get("published") or "")[:10],
+                  "as_of": as_of(c.get("published")),
                   "cite_href": article_link(c["article_id"], q or "", a["passage_id"], said=(c["start"], c["end"]))}
+        if a.get("newer"):  # a newer result answers differently (qa/search/time.py)
+            n, nc = a["newer"], a["newer"]["citation"]
+            answer["newer_card"] = {"text": n["text"], "title": nc["title"], "as_of": as_of(nc.get("published")),
+                                    "date": (nc.get("published") or "")[:10],
+                                    "href": article_link(nc["article_id"], q or "", n["passage_id"],
+                                                         said=(nc["start"], nc["end"]))}
     sources = [f["value"] for f in (results or {}).get("facets", {}).get("source", [])]
     for s in chosen["source"] or []:  # a chosen source stays in the list even when nothing of it matches
         if s not in sources:
