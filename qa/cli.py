@@ -97,7 +97,18 @@ def ingest(paths, index, wait, quiet, ray_address, ray_gpus, shards):
         f"{report.added} articles added, {report.updated} updated, {report.duplicates} skipped as duplicates, {report.failed} failed; "
         f"{report.passages} passages ({report.embedded} embedded) in {took:.1f} s -> {svc.index_dir}"
     )
+    _send_webhooks(svc)
     sys.exit(1 if report.failures else 0)
+
+
+def _send_webhooks(svc, timeout: float = 30.0) -> None:
+    """Before exiting, send the standing questions' webhook calls this run made (retries past `timeout`
+    wait in the index folder for the next process that publishes, or for `qa serve`)."""
+    from . import alerts
+
+    if not alerts.drain(svc.index_dir, timeout):
+        click.echo("Some webhook calls are still to be retried; they wait in the index folder for `qa serve` "
+                   "or the next ingest.", err=True)
 
 
 @cli.command()
@@ -193,6 +204,7 @@ def watch(urls, index, every, rounds, quiet):
         if rounds is not None and n >= rounds:
             break
         stopping.wait(every)
+    _send_webhooks(svc)
     click.echo("Stopped.", err=True)
 
 
@@ -245,6 +257,9 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
             t0 = time.perf_counter()
             searcher = wsvc.searcher(wait=True)
             searcher.search("warm up", 1)  # load the model and touch the index before the first user
+            from . import alerts
+
+            alerts.resume_sending(wsvc.index_dir)  # webhook calls owed from before a restart
             click.echo(f"[{os.getpid()}] loaded {searcher.index.article_count} articles, "
                        f"{searcher.index.passage_count} passages in {time.perf_counter() - t0:.1f} s", err=True)
         except QAError as e:
@@ -312,8 +327,16 @@ def ask(question, k, index, source, from_, to, sort, as_json):
         c = a.citation
         click.secho("Answer: ", bold=True, nl=False)
         click.echo(textwrap.fill(a.text, width=width, subsequent_indent="        "))
-        meta = " · ".join(x for x in (c.title, c.source, c.published) if x)
+        from .search.time import as_of
+
+        when = as_of(c.published)
+        meta = " · ".join(x for x in (c.title, c.source, f"as of {when}" if when else c.published) if x)
         click.secho(f"        {meta} [{c.article_id} chars {c.start}-{c.end}] confidence {a.confidence:.2f}", dim=True)
+        if a.newer is not None:
+            n = a.newer.citation
+            click.secho(f"        A newer article ({as_of(n.published)}) answers differently:", fg="yellow")
+            click.echo(textwrap.fill(a.newer.text, width=width, initial_indent="        ", subsequent_indent="        "))
+            click.secho(f"        {n.title} [{n.article_id} chars {n.start}-{n.end}]", dim=True)
     click.echo()
     for h in hits:
         c = h.citation
@@ -424,3 +447,63 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
     if a.outside:
         click.echo(f"  not in the collection, answered null: {a.null_outside:.3f}")
     click.echo(f"  confidence: expected calibration error {a.ece:.3f} over the answers given")
+
+
+@cli.group(name="alerts")
+def alerts_group() -> None:
+    """Standing questions: each new article that answers one goes into its Atom feed (/alerts/ID.atom on
+    `qa serve`) and to its webhook, if it has one, as `qa ingest`, `qa watch` or the API publish it."""
+
+
+@alerts_group.command(name="add")
+@click.argument("question")
+@index_option
+@click.option("--webhook", metavar="URL", help="POST each new answer here as JSON (http or https).")
+@click.option("--source", multiple=True, help="Only articles from this source (repeat for several).")
+@click.option("--from", "from_", metavar="YYYY-MM-DD", help="Only articles published on or after this day.")
+@click.option("--to", metavar="YYYY-MM-DD", help="Only articles published on or before this day.")
+def alerts_add(question, index, webhook, source, from_, to):
+    """Save QUESTION as a standing question; articles published from now on are read against it."""
+    from . import alerts
+
+    app, svc = _service(index)
+    try:
+        a = alerts.create(svc.index_dir, question, list(source) or None, from_, to, webhook, svc.cfg)
+    except QAError as e:
+        _fail(e)
+    click.echo(f"{a.id}  {a.q}")
+    click.echo(f"  feed: /alerts/{a.id}.atom" + (f"  webhook: {a.webhook}" if a.webhook else ""))
+
+
+@alerts_group.command(name="list")
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print them as GET /api/alerts does.")
+def alerts_list(index, as_json):
+    """List the standing questions, oldest first, with how many answers each has found."""
+    from . import alerts
+
+    app, svc = _service(index)
+    found = [a.to_dict() for a in alerts.AlertStore(svc.index_dir).alerts()]
+    if as_json:
+        click.echo(json.dumps({"alerts": found}, ensure_ascii=False, indent=2))
+        return
+    if not found:
+        click.echo("No standing questions; add one with `qa alerts add QUESTION`.")
+    for a in found:
+        extra = " ".join(f"{k}={v}" for k, v in (("source", ",".join(a["source"] or [])), ("from", a["from"]),
+                                                  ("to", a["to"]), ("webhook", a["webhook"])) if v)
+        click.echo(f"{a['id']}  {a['q']}  ({a['entries']} answer{'' if a['entries'] == 1 else 's'} so far; "
+                   f"since {a['created']}){'  ' + extra if extra else ''}")
+
+
+@alerts_group.command(name="rm")
+@click.argument("alert_id")
+@index_option
+def alerts_rm(alert_id, index):
+    """Delete a standing question, its feed and the webhook calls it still owes."""
+    from . import alerts
+
+    app, svc = _service(index)
+    if not alerts.AlertStore(svc.index_dir).delete(alert_id):
+        _fail(QAError(f"no standing question with id {alert_id!r}", code="alert_not_found"))
+    click.echo(f"Deleted {alert_id}.")

@@ -14,7 +14,7 @@ from qa.search.time import TimeRef, as_of, reference
 from qa.web import create_app
 from qa.web.service import Service
 
-from .conftest import SEEDS
+from .conftest import SEEDS, Runner
 
 TODAY = date(2026, 12, 7)
 
@@ -182,6 +182,14 @@ def test_answer_card_says_as_of_and_links_the_newer_answer(time_app):
     assert "/articles/mayor-2024?" in html.split("data-newer", 1)[1].split("</p>", 1)[0]
     html = c.get("/", query_string={"q": "Who is the mayor of Lowmoor?"}).get_data(as_text=True)
     assert "as of <time datetime=\"2024-12-08\">8 December 2024</time>" in html and "data-newer" not in html
+
+
+def test_qa_ask_prints_as_of_and_the_newer_answer(time_app):
+    out = Runner(time_app).invoke(["ask", "Who was the mayor of Lowmoor in 2019?"]).output
+    assert "as of 1 March 2019" in out
+    assert "A newer article (8 December 2024) answers differently:" in out and "Tom Brandt" in out
+    js = json.loads(Runner(time_app).invoke(["ask", "Who is the mayor of Lowmoor?", "--json"]).output)
+    assert js["answer"]["citation"]["article_id"] == "mayor-2024"
 
 
 # --- the real model ---------------------------------------------------------------------------------------

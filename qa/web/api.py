@@ -235,6 +235,7 @@ def _unexpected(e: Exception):
 
 def init_app(app: Flask) -> None:
     """Register the JSON API, the admin writes (with a token), and the hooks every request passes."""
+    from . import alerts  # noqa: F401 - its routes (/api/alerts, /alerts/ID.atom) join these blueprints
     app.register_blueprint(api)
     with app.app_context():
         if admin_token() is not None:

@@ -57,8 +57,39 @@ _answer = {
                        "description": "of answers given with confidence about c, about c hold a right answer"},
         "passage_id": {"type": "integer"},
         "citation": {"$ref": "#/components/schemas/Citation"},
+        "newer": {"$ref": "#/components/schemas/Newer"},
     },
 }
+
+# Standing questions (qa/alerts; docs/alerts.md).
+_newer = {
+    "type": "object",
+    "nullable": True,
+    "description": "a newer article among the best results that answers differently (another name or number); "
+                   "null when none does",
+    "required": ["text", "passage_id", "citation"],
+    "properties": {"text": {"type": "string"}, "passage_id": {"type": "integer"},
+                   "citation": {"$ref": "#/components/schemas/Citation"}},
+}
+
+_alert = {
+    "type": "object",
+    "required": ["id", "q", "feed", "created", "source", "from", "to", "webhook", "entries"],
+    "properties": {
+        "id": {"type": "string"},
+        "q": {"type": "string"},
+        "feed": {"type": "string", "description": "/alerts/ID.atom: one entry per new article that answers q"},
+        "created": {"type": "string", "format": "date-time"},
+        "source": {"type": "array", "items": {"type": "string"}, "nullable": True},
+        "from": {"type": "string", "nullable": True},
+        "to": {"type": "string", "nullable": True},
+        "webhook": {"type": "string", "nullable": True},
+        "entries": {"type": "integer", "minimum": 0, "description": "answers found so far"},
+    },
+}
+
+# What check_webhook accepts: http or https, a host, printable ASCII without spaces.
+_WEBHOOK_PATTERN = "^https?://[A-Za-z0-9]([A-Za-z0-9-]{0,30}[A-Za-z0-9])?(\\.[A-Za-z0-9]{1,30})*(:[0-9]{1,4})?(/[!-~]{0,200})?$"
 
 _facets = {
     "type": "object",
@@ -194,7 +225,62 @@ def _admin_paths() -> dict:
                 "responses": {**_ok("WriteResult", "Deleted"), **_errors(400, 401, 403, 404, 500, 503)},
             }
         },
+        **_alert_paths(security),
     }
+
+
+def _alert_paths(security: list) -> dict:
+    source_item = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _QUERY_PATTERN}
+    new_alert = {"type": "object", "required": ["q"], "properties": {
+        "q": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": _QUERY_PATTERN},
+        "source": {"oneOf": [source_item, {"type": "array", "items": source_item, "maxItems": 20}], "nullable": True},
+        "from": {"type": "string", "format": "date", "nullable": True},
+        "to": {"type": "string", "format": "date", "nullable": True},
+        "webhook": {"type": "string", "maxLength": 2000, "pattern": _WEBHOOK_PATTERN, "nullable": True,
+                    "description": "POST {alert, q, answer} here as JSON for each new answer (http or https)"}}}
+    alert = {"application/json": {"schema": {"$ref": "#/components/schemas/Alert"}}}
+    return {
+        "/api/alerts": {
+            "post": {
+                "summary": "Save a standing question (admin token); each new article that answers it is added to "
+                           "its feed and sent to its webhook",
+                "operationId": "createAlert",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": new_alert}}},
+                "responses": {"201": {"description": "Saved", "content": alert},
+                              **_errors(400, 401, 403, 413, 415, 500, 503)},
+            },
+            "get": {
+                "summary": "The standing questions (admin token)",
+                "operationId": "listAlerts",
+                "security": security,
+                "responses": {"200": {"description": "Oldest first", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["alerts"], "properties": {"alerts": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/Alert"}}}}}}},
+                    **_errors(401, 403, 500)},
+            },
+        },
+        "/api/alerts/{alert_id}": {
+            "delete": {
+                "summary": "Delete a standing question, its feed and the webhook calls it still owes (admin token)",
+                "operationId": "deleteAlert",
+                "security": security,
+                "parameters": [{"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "Deleted"}, **_errors(400, 401, 403, 404, 500)},
+            }
+        },
+    }
+
+
+_feed_path = {
+    "get": {
+        "summary": "A standing question's Atom feed: one entry per new article that answers it",
+        "operationId": "alertFeed",
+        "parameters": [{"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "Atom (RFC 4287), newest entry first", "content": {
+            "application/atom+xml": {"schema": {"type": "string"}}}}, **_errors(400, 404, 500, 503)},
+    }
+}
 
 
 def spec(server_url: str = "", admin: bool = False) -> dict:
@@ -297,15 +383,17 @@ def spec(server_url: str = "", admin: bool = False) -> dict:
                 "Result": _result,
                 "Copy": _copy,
                 "Answer": _answer,
+                "Newer": _newer,
                 "Facets": _facets,
                 "SearchResponse": _search_response,
                 "Article": _article,
             }
         },
     }
+    doc["paths"]["/alerts/{alert_id}.atom"] = _feed_path
     if admin:
         for path, ops in _admin_paths().items():
             doc["paths"].setdefault(path, {}).update(ops)
-        doc["components"]["schemas"].update(NewArticle=_new_article, WriteResult=_write_result)
+        doc["components"]["schemas"].update(NewArticle=_new_article, WriteResult=_write_result, Alert=_alert)
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ class Service:
         self._retry_at = 0.0
         self.published_at: float | None = None  # when the snapshot being served was published (its manifest's mtime)
         self.on_reload_error = lambda: None  # /metrics counts failed reloads (qa/web/metrics.py)
+        self._alerts_lock = threading.Lock()  # one check of the standing questions at a time
 
     @property
     def embedder(self) -> Embedder:
@@ -149,7 +151,62 @@ class Service:
                stop=lambda: False, ray: str | None = None, ray_gpus: float = 0.0) -> Report:
         """Add files, folders and web URLs (pages, feeds, sitemaps) to the index; `stop()` ends a run
         between two articles (what is already read is still committed); `ray`: a Ray cluster's address,
-        to chunk and embed there."""
+        to chunk and embed there. Each snapshot it publishes is read against the standing questions."""
+        with self._following_alerts():
+            return self._ingest(paths, chunking, on_progress, wait, stop, ray, ray_gpus)
+
+    # --- standing questions (qa/alerts) ----------------------------------------------------------------
+
+    def check_alerts(self):
+        """Read what was published since the last check against the standing questions (a no-op without
+        any); never raises: a failure is logged, and the next publish reads the same articles again."""
+        from .. import alerts
+
+        with self._alerts_lock:
+            try:
+                return alerts.after_publish(self.index_dir, lambda: self.searcher(wait=True))
+            except Exception:  # noqa: BLE001 - an alert must never fail a write
+                log.exception("reading new articles against the standing questions failed")
+                return None
+
+    @contextlib.contextmanager
+    def _following_alerts(self):
+        """While a long ingest runs, read each snapshot it publishes (every few seconds) on a background
+        thread; at its end, the last one here."""
+        from ..alerts import STORE_NAME
+
+        done = threading.Event()
+        start = stamp = self._manifest_stamp()
+
+        def follow() -> None:
+            nonlocal stamp
+            while not done.wait(0.5):
+                if self._manifest_stamp() != stamp:
+                    stamp = self._manifest_stamp()
+                    self.check_alerts()
+
+        thread = None
+        if (self.index_dir / STORE_NAME).exists():
+            thread = threading.Thread(target=follow, name="qa-alerts-follow", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if thread is not None:
+                thread.join()
+                if self._manifest_stamp() != start:  # nothing published, nothing to read
+                    self.check_alerts()
+
+    def check_alerts_soon(self) -> None:
+        """check_alerts on a background thread: a POST of one article answers without waiting for it."""
+        from ..alerts import STORE_NAME
+
+        if (self.index_dir / STORE_NAME).exists():
+            threading.Thread(target=self.check_alerts, name="qa-alerts-check", daemon=True).start()
+
+    def _ingest(self, paths, chunking: ChunkConfig, on_progress, wait: float, stop, ray: str | None,
+                ray_gpus: float) -> Report:
         from ..ingest.fetch import FeedState, fetch_articles, is_url
 
         urls = [str(p) for p in paths if is_url(str(p))]
@@ -182,6 +239,8 @@ class Service:
             passages = w.passage_count(article_id)
             generation = w.save()["generation"] if w.dirty else w.generation
         self.searcher(wait=True)  # read-your-writes for the next request
+        if report.added or report.updated:
+            self.check_alerts_soon()
         status = "added" if report.added else "updated" if report.updated else "unchanged"
         return {"id": article_id, "status": status,
                 "passages": passages, "generation": generation}
