@@ -266,6 +266,14 @@ def test_a_publish_reads_only_what_is_new(client, alert_app):
     assert again.articles == 0 and again.pairs == 0  # everything published has been read
 
 
+def test_a_first_question_does_not_read_what_came_before_it(client, alert_app):
+    gone = create(client)
+    assert client.delete(f"/api/alerts/{gone['id']}", headers=AUTH).status_code == 204
+    client.post("/api/articles", json=UNRELATED, headers=AUTH)  # no standing question reads it
+    create(client)
+    assert alert_app.extensions["qa"].check_alerts().articles == 0
+
+
 def test_an_article_already_reported_is_not_reported_again(client, alert_app, receiver):
     made = create(client, webhook=receiver.url)
     article = {**ANSWERS, "id": "lowmoor-mayor"}

@@ -179,8 +179,10 @@ class AlertStore:
             if vector is not None:
                 c.execute("INSERT INTO vectors VALUES (?,?,?)",
                           (alert.id, vector[0], np.asarray(vector[1], dtype=np.float32).tobytes()))
-            # The first standing question starts the reading here: nothing published before it is news.
-            c.execute("INSERT OR IGNORE INTO state VALUES ('checked', ?)", (str(since),))
+            # The first standing question (or the first after all were deleted, while nothing was read)
+            # starts the reading here: nothing published before it is news to anyone.
+            if n == 0:
+                c.execute("INSERT OR REPLACE INTO state VALUES ('checked', ?)", (str(since),))
         return alert
 
     def delete(self, alert_id: str) -> bool:
