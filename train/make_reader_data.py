@@ -3,7 +3,8 @@
     python train/make_reader_data.py [--out train/out/reader-data.jsonl] [--seed 2026]
 
 Sources, all from the EVEN positions of ../shared/eval/squad-dev.json's data[] (the odd ones are
-held back for figures, as `split_by_article` in qa/evaluate.py and `qa eval --split` use them):
+held back for figures, as `split_by_article` in qa/evaluate.py and `qa eval --split` use them), less
+the three kept for fitting the confidence (CALIBRATION_POSITIONS):
 
 - squad-dev's questions of those articles (answerable);
 - SQuAD 2.0's unanswerable questions (../shared/eval/squad2-dev.json, `is_impossible`) of the
@@ -14,7 +15,7 @@ held back for figures, as `split_by_article` in qa/evaluate.py and `qa eval --sp
 - questions asked of another article's sentences (the collection does not answer them).
 
 Each example is one question with its candidate sentences: the paragraph's sentences (split as the
-index splits them, qa.chunk.sentence_spans) plus hard negatives (sentences of the article's other
+index splits them, qa.index.text.sentence_spans) plus hard negatives (sentences of the article's other
 paragraphs sharing the most of the question's content stems). A candidate's label is 1 when it holds
 one of the question's answer strings; `span` is the answer's [start, end) in the candidate's text,
 given for the single best positive (the one holding the most voted answer and the most of the
@@ -35,9 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 EVAL = ROOT.parent / "shared" / "eval"
 
-from qa.chunk import sentence_spans  # noqa: E402
+from qa.index.text import sentence_spans  # noqa: E402
 from qa.index.terms import STOPWORDS, stems  # noqa: E402
 
+# Three of the even articles are kept out of the reader's training: train/eval_reader.py fits the
+# confidence (a calibrator over the reader's outputs) on questions asked of them, which the reader
+# never saw (fitted on the questions it was trained on, the calibrator would learn its overconfidence).
+CALIBRATION_POSITIONS = (12, 16, 22)  # Jacksonville, Florida; Pharmacy; Victoria (Australia): all in squad2-dev
 HARD_NEGATIVES = 4  # per question, from the same article's other paragraphs
 OTHER_ARTICLE = 0.35  # share of answerable questions also asked of another article's sentences
 
@@ -91,7 +96,8 @@ def names_in(text: str) -> list[str]:
 
 
 def even_articles(squad: list[dict]) -> list[dict]:
-    return [a for i, a in enumerate(squad) if i % 2 == 0]
+    """The tuning half's articles the reader trains on (the even positions but the calibration ones)."""
+    return [a for i, a in enumerate(squad) if i % 2 == 0 and i not in CALIBRATION_POSITIONS]
 
 
 def perturb(question: str, article_text: str, paragraph: str, pools: dict, rng: random.Random) -> list[tuple[str, str]]:

