@@ -1,16 +1,22 @@
 """Search over a sharded index root: every shard finds its own candidates, one searcher fuses them.
 
-A question costs three rounds, each asking every shard at once (a shard may be a folder in this
-process or a Ray Serve deployment, qa/web/cluster.py):
+A question is one round to every shard at once (a shard may be a folder in this process or a Ray
+Serve deployment, qa/web/cluster.py), two when one of the question's stems is new to a shard:
 
-1. `stats`: the question stems' document frequencies and the shard's passage and token counts,
-   summed into the collection's BM25 statistics (Elasticsearch's dfs_query_then_fetch);
+1. `stats` (only for stems a shard has not been asked about at its current generation): the stems'
+   document frequencies and the shard's passage and token counts, summed into the collection's BM25
+   statistics (Elasticsearch's dfs_query_then_fetch). The fusing side keeps each shard's answers per
+   shard generation, so a question whose stems were all asked before needs no round for them;
 2. `candidates`: with those statistics every shard scores exactly as one folder holding all the
    passages would, and returns its own best passages by BM25 and by int8 vector, and for each of
    them what fusion reads (exact cosine, BM25, best sentence by cosine and by stems). The best of
-   the collection are among the shards' own best, so fusing the union is fusing as one folder does;
-3. `fetch`: the rows (text, citation), the sentences and the sources of the best fused passages,
-   for collapsing, the answer step and the facets, which then run here as they do on one folder.
+   the collection are among the shards' own best, so fusing the union is fusing as one folder does.
+   The request names the generation each shard's statistics came from; a shard that has published
+   another since answers `stale` with its new statistics, and the question starts again. With its
+   candidates each shard sends the rows (text, citation), sentences and sources of its best passages
+   as it would fuse them alone, which are nearly always those the fused ranking reads;
+3. `fetch` (only for what the shards' own best missed): rows, sentences and sources of the best fused
+   passages, for collapsing, the answer step and the facets, which then run here as on one folder.
 
 Passage ids are global (`local * shards + shard`, qa/index/shards.py) from the shards' answers on.
 """
@@ -34,8 +40,10 @@ from .searcher import Searcher, fuse
 
 log = logging.getLogger(__name__)
 
-PREFETCH_ROWS = 40  # the best fused passages whose rows come in round 3 (collapsing k=5 reads about 20)
-PREFETCH_SENTENCES = 12  # ... and whose sentences (the answer reads 5, the results k)
+PREFETCH_ROWS = 40  # the best passages whose rows come with the candidates (collapsing reads 40 with an answer)
+PREFETCH_SENTENCES = 8  # ... and whose sentences (the answer reads 5 or more, the results k)
+DF_CACHE_STEMS = 200_000  # stems whose document frequency is kept per shard (for its newest generation)
+STALE_TRIES = 2  # a question starts again at most this often when a shard published meanwhile
 
 
 class ShardUnavailable(QAError):
@@ -93,34 +101,68 @@ class ShardReader:
                 "passages": idx.passage_count, "model": idx.manifest.get("model")}
 
     def stats(self, stems: list[str]) -> dict:
-        idx = self.index
+        return self._stats(self.index, stems)
+
+    @staticmethod
+    def _stats(idx: Index, stems: list[str]) -> dict:
         df, n = idx.doc_freqs(stems)
-        return {"df": df, "passages": n, "rows": sum(len(p.seg) for p in idx.parts),
+        return {"df": {t: df.get(t, 0) for t in stems}, "passages": n, "rows": sum(len(p.seg) for p in idx.parts),
                 "tokens": sum(p.seg.tokens for p in idx.parts), "generation": idx.generation,
                 "articles": idx.article_count}
 
     def candidates(self, req: dict) -> dict:
         """This shard's best passages by BM25 (with the collection's statistics) and by int8 vector, with
-        what fusion reads of each: exact cosine, BM25, its best sentence by cosine and by stems."""
+        what fusion reads of each: exact cosine, BM25, its best sentence by cosine and by stems; and the
+        rows, sentences and sources of its best (`prefetch`). When the statistics were summed from another
+        generation of this shard than the one it now serves: {"stale": its statistics}."""
         idx = self.index
+        expect = req.get("generations")
+        if expect is not None and expect[self.shard] != idx.generation:
+            return {"stale": self._stats(idx, req["stems"])}
         stats = Collection(req["df"], req["passages"], req["avgdl"])
         stems, qvec, tw, where = req["stems"], req["qvec"], req["title_weight"], req["where"]
-        lexical = idx.lexical(stems, req["n"], tw, where, stats) if req["lexical"] else {}
-        coarse = idx.dense_coarse(qvec, req["dense_n"], where) if qvec is not None else {}
-        local = list(dict.fromkeys([*coarse, *lexical]))
+        among = req.get("among")
+        if among is not None:  # only these passages (a standing question reading new articles)
+            mine = self._local([g for g in among if split_id(g, self.shards)[0] == self.shard])
+            lexical = idx.lexical_of(stems, mine, tw, stats) if req["lexical"] else {}
+            coarse: dict[int, float] = {}
+            local = list(dict.fromkeys([*mine, *lexical]))
+        else:
+            lexical = idx.lexical(stems, req["n"], tw, where, stats) if req["lexical"] else {}
+            coarse = idx.dense_coarse(qvec, req["dense_n"], where) if qvec is not None else {}
+            local = list(dict.fromkeys([*coarse, *lexical]))
         exact = idx.dense_of(qvec, local) if qvec is not None else {}
         sentences = idx.sentences(qvec, req["idf"], local)
         bm25 = dict(lexical)
-        if req["lexical"]:
+        if req["lexical"] and among is None:
             bm25.update(idx.lexical_of(stems, [i for i in local if i not in lexical], tw, stats))
         g = self.shard, self.shards
 
         def out(d: dict) -> dict:
             return {global_id(i, *g): v for i, v in d.items()}
 
-        return {"lexical": out(lexical), "coarse": out(coarse), "exact": out(exact), "bm25": out(bm25),
-                "best_dense": out(sentences.best_dense), "best_terms": out(sentences.best_terms),
-                "generation": idx.generation}
+        got = {"lexical": out(lexical), "coarse": out(coarse), "exact": out(exact), "bm25": out(bm25),
+               "best_dense": out(sentences.best_dense), "best_terms": out(sentences.best_terms),
+               "generation": idx.generation}
+        pre = req.get("prefetch")
+        if pre and req.get("cfg") is not None:
+            # The passages this shard would rank first on its own: nearly always those of the collection's
+            # ranking that land here (what the fusing side still lacks, it fetches).
+            mine_ranked = [i for i, _ in fusion(lexical, coarse, exact, bm25, sentences.best_dense,
+                                                sentences.best_terms, req["cfg"], req["n"], req["dense_n"],
+                                                qvec is not None, among is not None)[0]]
+            with idx.reading():
+                rows = idx.passages(mine_ranked[:pre["rows"]])
+                rest = [i for i in mine_ranked[:pre["sources"]] if i not in rows]
+                sources = {i: (r.article_id, r.source) for i, r in rows.items()}
+                sources.update(idx.sources_of(rest))
+            for row in rows.values():
+                row.id = global_id(row.id, *g)
+            got["rows"] = {row.id: row for row in rows.values()}
+            got["full"] = {global_id(i, *g): sentences.full(i) for i in mine_ranked[:pre["full"]]
+                           if i in sentences.where}
+            got["sources"] = out(sources)
+        return got
 
     def fetch(self, req: dict) -> dict:
         """Rows, sentences (as SentenceScores.full gives them) and sources of some passages."""
@@ -184,6 +226,8 @@ def local_shards(root: str | os.PathLike, model: str | None = None) -> list[Loca
 
 class _Question(threading.local):
     stats: Collection | None = None
+    generations: list[int] | None = None  # each shard's generation the statistics came from
+    check: bool = True  # whether the shards check them (not on a question's last try)
     qvec = None
     idf: dict | None = None
     ranked: list[int] | None = None
@@ -195,8 +239,23 @@ class _Question(threading.local):
         self.reset()
 
     def reset(self):
-        self.stats, self.qvec, self.idf, self.ranked = None, None, None, None
+        self.stats, self.generations, self.qvec, self.idf, self.ranked = None, None, None, None, None
         self.rows, self.full, self.sources = {}, {}, {}
+
+
+class _Stale(Exception):
+    """A shard serves another generation than the one the question's statistics came from."""
+
+
+class _Known:
+    """What the fusing side keeps of one shard generation: its counts, and its stems' document frequencies."""
+
+    __slots__ = ("generation", "passages", "rows", "tokens", "articles", "df")
+
+    def __init__(self, st: dict):
+        self.generation, self.passages, self.rows = st["generation"], st["passages"], st["rows"]
+        self.tokens, self.articles = st["tokens"], st["articles"]
+        self.df: dict[str, int] = {}
 
 
 class ShardedIndex:
@@ -211,6 +270,8 @@ class ShardedIndex:
         self.q = _Question()
         self.totals = {"generation": 0, "articles": 0, "passages": 0}
         self.path = None
+        self._known: dict[int, _Known] = {}  # per shard: its newest generation seen, and what is known of it
+        self.rounds = {"stats": 0, "candidates": 0, "fetch": 0, "stale": 0}  # rounds asked (the benchmark reads it)
 
     # --- asking the shards ---
 
@@ -281,22 +342,55 @@ class ShardedIndex:
         s = shard_of(article_id, self.n)
         return self.ask_some("article", {s: (article_id,)})[s]
 
+    def learn(self, shard: int, st: dict) -> _Known:
+        """Keep a shard's statistics (a `stats` answer): its counts per generation, its stems' frequencies."""
+        known = self._known.get(shard)
+        if known is None or st["generation"] > known.generation:
+            known = self._known[shard] = _Known(st)
+        if known.generation == st["generation"]:
+            if len(known.df) + len(st["df"]) > DF_CACHE_STEMS:
+                known.df = {}
+            known.df.update(st["df"])
+        return known
+
     def doc_freqs(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
-        """Round 1: the collection's document frequencies, passage count and average length."""
-        got = self.ask_all("stats", lambda s: (list(terms),))
+        """The collection's document frequencies, passage count and average length: from what is known
+        of each shard's generation, asking (round 1) only shards that have not been asked for a stem."""
+        stems = list(dict.fromkeys(terms))
+        per: dict[int, tuple[int, int, int, int, int, dict[str, int]]] = {}
+        ask: dict[int, tuple] = {}
+        for s in range(self.n):
+            known = self._known.get(s)
+            try:
+                if known is None:
+                    raise KeyError
+                df = known.df
+                per[s] = (known.generation, known.passages, known.rows, known.tokens, known.articles,
+                          {t: df[t] for t in stems})
+            except KeyError:
+                ask[s] = (stems,)
+        if ask:
+            self.rounds["stats"] += 1
+            for s, st in self.ask_some("stats", ask).items():
+                self.learn(s, st)
+                per[s] = (st["generation"], st["passages"], st["rows"], st["tokens"], st["articles"], st["df"])
+        got = [per[s] for s in range(self.n)]
         df: dict[str, int] = {}
         for g in got:
-            for t, c in g["df"].items():
-                df[t] = df.get(t, 0) + c
-        n = sum(g["passages"] for g in got)
-        rows, tokens = sum(g["rows"] for g in got), sum(g["tokens"] for g in got)
+            for t, c in g[5].items():
+                if c:
+                    df[t] = df.get(t, 0) + c
+        n = sum(g[1] for g in got)
+        rows, tokens = sum(g[2] for g in got), sum(g[3] for g in got)
         self.q.stats = Collection(df, n, tokens / rows if rows else 1.0)
-        self.totals = {"generation": sum(g["generation"] for g in got), "articles": sum(g["articles"] for g in got),
-                       "passages": n}
+        self.q.generations = [g[0] for g in got]
+        self.totals = {"generation": sum(g[0] for g in got), "articles": sum(g[4] for g in got), "passages": n}
         return df, n
 
     def lexical(self, *args, **kw) -> dict[int, float]:
         return {}  # the sharded searcher's _rank gathers both sides in one round
+
+    lexical_of = lexical
 
     def _prefetch(self, want_rows: Sequence[int] = (), want_sources: Sequence[int] = ()) -> None:
         """Round 3: rows, sentences and sources of the best fused passages (and of any asked for), at once."""
@@ -310,6 +404,8 @@ class ShardedIndex:
             for i in ids:
                 by.setdefault(split_id(i, self.n)[0], {"rows": [], "full": [], "sources": [], "qvec": q.qvec,
                                                         "idf": q.idf or {}})[kind].append(i)
+        if by:
+            self.rounds["fetch"] += 1
         for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
             q.rows.update(got["rows"])
             q.full.update(got["full"])
@@ -331,11 +427,18 @@ class ShardedIndex:
         return _Sentences(self, q, weights, {}, {}, set(pids))
 
     def full(self, pid: int, qvec, idf) -> tuple:
-        if pid not in self.q.full:
-            s = split_id(pid, self.n)[0]
-            got = self.ask_some("fetch", {s: ({"full": [pid], "qvec": qvec, "idf": idf},)})[s]
-            self.q.full.update(got["full"])
-        return self.q.full.get(pid) or ([], [], [], [], [], [])
+        q = self.q
+        if pid not in q.full:  # this one, and those of the best rows still lacking theirs, in one round
+            ids = [pid, *(i for i in (q.ranked or [])[:PREFETCH_ROWS] if i not in q.full and i != pid)]
+            by: dict[int, dict] = {}
+            for i in ids:
+                by.setdefault(split_id(i, self.n)[0], {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
+            self.rounds["fetch"] += 1
+            for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
+                q.full.update(got["full"])
+            for i in ids:
+                q.full.setdefault(i, None)
+        return q.full.get(pid) or ([], [], [], [], [], [])
 
 
 class _Sentences(SentenceScores):
@@ -356,15 +459,21 @@ class ShardedSearcher(Searcher):
 
     index: ShardedIndex
 
-    def ask(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance", with_answer: bool = True):
-        self.index.q.reset()
-        try:
-            return super().ask(q, k, where, sort, with_answer)
-        finally:
+    def ask(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance", with_answer: bool = True,
+            **kw):
+        for attempt in range(STALE_TRIES + 1):
             self.index.q.reset()
+            self.index.q.check = attempt < STALE_TRIES  # the last try takes the shards' statistics as they come
+            try:
+                return super().ask(q, k, where, sort, with_answer, **kw)
+            except _Stale:
+                continue
+            finally:
+                self.index.q.reset()
+        raise AssertionError("unreachable: the last try does not check generations")
 
     def _rank(self, qvec, stems: list[str], idf: dict[str, float], lexical: dict[int, float], n: int,
-              where: Where | None):
+              where: Where | None, among: list[int] | None = None):
         cfg, index, q = self.cfg, self.index, self.index.q
         if q.stats is None:
             index.doc_freqs(stems)
@@ -372,43 +481,73 @@ class ShardedSearcher(Searcher):
         dense_n = max(n, cfg.dense_candidates)
         req = {"stems": stems, "qvec": qvec, "title_weight": cfg.title_weight, "where": where, "n": n,
                "dense_n": dense_n, "idf": idf, "lexical": cfg.lexical_weight > 0,
-               "df": stats.doc_freqs, "passages": stats.passages, "avgdl": stats.avgdl}
+               "df": stats.doc_freqs, "passages": stats.passages, "avgdl": stats.avgdl,
+               "generations": q.generations if q.check else None, "among": among, "cfg": cfg,
+               "prefetch": {"rows": _share(PREFETCH_ROWS, index.n), "full": _share(PREFETCH_SENTENCES, index.n),
+                            "sources": _share(max(n, cfg.candidates), index.n)}}
+        index.rounds["candidates"] += 1
         got = index.ask_all("candidates", lambda s: (req,))
-        lex_all, coarse, exact, bm25, best_dense, best_terms = {}, {}, {}, {}, {}, {}
+        stale = [(s, g["stale"]) for s, g in enumerate(got) if "stale" in g]
+        if stale:  # a shard published since its statistics were kept: the question starts again
+            index.rounds["stale"] += 1
+            for s, st in stale:
+                index.learn(s, st)
+            raise _Stale()
+        merged = [{} for _ in range(6)]
         for g in got:
-            lex_all.update(g["lexical"])
-            coarse.update(g["coarse"])
-            exact.update(g["exact"])
-            bm25.update(g["bm25"])
-            best_dense.update(g["best_dense"])
-            best_terms.update(g["best_terms"])
-        # As one folder: the n best by BM25; the best n + n/4 by int8 score, of which the dense_n best exactly.
-        lexical = _top(lex_all, n)
-        dense: dict[int, float] = {}
-        whole: dict[int, float] = {}
-        if qvec is not None:
-            near = _top(coarse, dense_n + dense_n // 4)
-            whole = dict(sorted(((i, exact[i]) for i in near if i in exact), key=lambda kv: -kv[1])[:dense_n])
-            candidates = list(dict.fromkeys([*whole, *lexical]))
-            whole.update((i, exact[i]) for i in candidates if i not in whole and i in exact)
-            sw = cfg.sentence_weight
-            for i in candidates:
-                best = best_dense.get(i)
-                if i in whole:
-                    dense[i] = whole[i] if best is None else (1 - sw) * whole[i] + sw * best
-            if cfg.lexical_weight > 0:
-                lexical.update((i, bm25[i]) for i in candidates if i not in lexical and i in bm25)
-        else:
-            candidates = list(lexical)
-        sentences = _Sentences(index, qvec, idf, {i: best_dense[i] for i in candidates if i in best_dense},
-                               {i: best_terms[i] for i in candidates if i in best_terms}, set(candidates))
-        best_sentence = None
-        if cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
-            best_sentence = sentences.best_terms
-        ranked = fuse(lexical, dense, cfg, best_sentence)
+            for d, key in zip(merged, ("lexical", "coarse", "exact", "bm25", "best_dense", "best_terms")):
+                d.update(g[key])
+            q.rows.update(g.get("rows", {}))
+            q.full.update(g.get("full", {}))
+            q.sources.update(g.get("sources", {}))
+        ranked, whole, candidates, best_dense, best_terms = fusion(*merged, cfg, n, dense_n, qvec is not None,
+                                                                   among is not None)
+        sentences = _Sentences(index, qvec, idf, best_dense, best_terms, set(candidates))
         if q.ranked is None:  # the question's own ranking (a second one only counts facets)
             q.ranked, q.qvec, q.idf = [i for i, _ in ranked], qvec, idf
         return ranked, whole, sentences
+
+
+def fusion(lexical: dict[int, float], coarse: dict[int, float], exact: dict[int, float], bm25: dict[int, float],
+           best_dense: dict[int, float], best_terms: dict[int, float], cfg, n: int, dense_n: int, has_qvec: bool,
+           among: bool = False):
+    """Fuse candidates as one folder's Searcher._rank does: the n best by BM25; the best n + n/4 by int8
+    score, of which the dense_n best exactly (`among`: every one given); each scored by its best sentence.
+    (ranked, whole passages' cosines, candidates, their best sentences by cosine and by stems)."""
+    lexical = _top(lexical, n) if not among else dict(lexical)
+    dense: dict[int, float] = {}
+    whole: dict[int, float] = {}
+    if has_qvec:
+        if among:
+            whole = dict(exact)
+        else:
+            near = _top(coarse, dense_n + dense_n // 4)
+            whole = dict(sorted(((i, exact[i]) for i in near if i in exact), key=lambda kv: -kv[1])[:dense_n])
+        candidates = list(dict.fromkeys([*whole, *lexical]))
+        whole.update((i, exact[i]) for i in candidates if i not in whole and i in exact)
+        sw = cfg.sentence_weight
+        for i in candidates:
+            best = best_dense.get(i)
+            if i in whole:
+                dense[i] = whole[i] if best is None else (1 - sw) * whole[i] + sw * best
+        if cfg.lexical_weight > 0:
+            lexical.update((i, bm25[i]) for i in candidates if i not in lexical and i in bm25)
+    else:
+        candidates = list(lexical)
+    best_dense = {i: best_dense[i] for i in candidates if i in best_dense}
+    best_terms = {i: best_terms[i] for i in candidates if i in best_terms}
+    best_sentence = None
+    if cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
+        best_sentence = best_terms
+    return fuse(lexical, dense, cfg, best_sentence), whole, candidates, best_dense, best_terms
+
+
+def _share(best: int, shards: int) -> int:
+    """How many of its own best passages a shard sends rows (sentences, sources) of with its candidates, for
+    the `best` of the fused ranking: with 2 shards 1.25 x best (the local order is not the collection's:
+    the rows the fused 40 read were among each shard's own best 44 over 120 questions, their sentences
+    among its 28), fewer as the best spread over more shards, never under a quarter."""
+    return min(best + best // 4, max(-(-best // 4), -(-3 * best // shards)))
 
 
 def _top(scores: dict[int, float], n: int) -> dict[int, float]:
