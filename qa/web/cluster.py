@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 APP_NAME = "qa"
 CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
 CALL_DEADLINE = 30.0  # ... and all tries of one call together
-STATUS_EVERY = 0.5  # seconds between two looks at which replicas are running
+STATUS_EVERY = 5.0  # seconds between two looks at which replicas are running, while every shard has one
+STATUS_SOON = 0.5  # ... while one has none, or after a call failed
 
 
 def test_embedder(model: str):
@@ -78,18 +79,24 @@ class ShardReplica:
 
 
 class _Running:
-    """Which shard deployments have a running replica, from Serve's status, refreshed in the background."""
+    """Which shard deployments have a running replica, from Serve's status, looked at in the background:
+    every STATUS_EVERY seconds while all is well, every STATUS_SOON while a shard has none or after a call
+    failed, and at once (if older than STATUS_SOON) for /readyz. serve.status() is not cheap (the
+    controller builds it, and the client parses every deployment's config, pickling its request router
+    again): twice a second it took a tenth of the ingress's CPU from the questions."""
 
     def __init__(self, names: list[str]):
         self.names = names
         self.counts: dict[str, int] = {}
         self.checked = 0.0
+        self._soon = threading.Event()
+        self._looking = threading.Lock()
         threading.Thread(target=self._loop, name="qa-serve-status", daemon=True).start()
 
-    def _loop(self) -> None:
+    def look(self) -> None:
         from ray import serve
 
-        while True:
+        with self._looking:
             try:
                 app = serve.status().applications.get(APP_NAME)
                 if app is not None:
@@ -97,11 +104,27 @@ class _Running:
                     for name in self.names:
                         d = app.deployments.get(name)
                         states = getattr(d, "replica_states", {}) or {}
-                        counts[name] = int(sum(v for k, v in states.items() if str(getattr(k, "value", k)) == "RUNNING"))
+                        counts[name] = int(sum(v for k, v in states.items()
+                                               if str(getattr(k, "value", k)) == "RUNNING"))
                     self.counts, self.checked = counts, time.monotonic()
             except Exception as e:  # noqa: BLE001 - the controller restarting, say: keep the last view
                 log.debug("serve.status() failed: %s", e)
-            time.sleep(STATUS_EVERY)
+
+    def _loop(self) -> None:
+        while True:
+            self.look()
+            soon = not self.counts or bool(self.missing())
+            self._soon.wait(STATUS_SOON if soon else STATUS_EVERY)
+            self._soon.clear()
+
+    def soon(self) -> None:
+        """Look again soon (a call failed: a replica or a node may be gone)."""
+        self._soon.set()
+
+    def fresh(self) -> None:
+        """Look now unless the last look is recent (for /readyz)."""
+        if time.monotonic() - self.checked > STATUS_SOON:
+            self.look()
 
     def missing(self) -> list[int]:
         """Shards with no running replica (none known before the first look)."""
@@ -130,6 +153,7 @@ class _Call:
                 raise ShardUnavailable(f"shard {self.shard.number} ({self.shard.name}) failed: {cause}") from None
             except Exception as e:  # noqa: BLE001 - the replica died, or is unreachable: another one, if any
                 tries += 1
+                self.shard.running.soon()
                 if time.monotonic() >= deadline or self.shard.number in self.shard.running.missing():
                     raise ShardUnavailable(f"shard {self.shard.number} ({self.shard.name}) has no live replica "
                                            f"({type(e).__name__})") from None
@@ -184,6 +208,7 @@ class ClusterService:
     @property
     def ready(self) -> bool:
         """Every shard has a running replica (else ShardUnavailable names one), and the totals are fresh."""
+        self.running.fresh()
         missing = self.running.missing()
         if missing:
             names = ", ".join(f"{s} ({self.index.names[s]})" for s in missing)
@@ -290,9 +315,10 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
     shard = serve.deployment(ShardReplica)
     handles = []
     for i, (name, folder) in enumerate(zip(names, meta["folders"])):
+        # No access log: a question is a call to every shard, and a log line each costs a replica's CPU.
         opts = dict(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 0.5},
                     max_ongoing_requests=32, health_check_period_s=1, health_check_timeout_s=5,
-                    graceful_shutdown_timeout_s=1)
+                    graceful_shutdown_timeout_s=1, logging_config={"enable_access_log": False})
         if replicas <= nodes:  # spread: a node lost takes one replica of a shard, not all of them
             opts["max_replicas_per_node"] = 1
         handles.append(shard.options(**opts).bind(str(Path(root).resolve() / folder), i, meta["shards"], model))
