@@ -141,6 +141,33 @@ def ask(port: int, q: str, k: int = 5) -> tuple[int, dict]:
     return _get(port, "/api/search?" + urllib.parse.urlencode({"q": q, "k": k}))
 
 
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until something listens on 127.0.0.1:port (a head node's GCS)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None and time.monotonic() < deadline, "the head node never started"
+        time.sleep(0.2)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of a session: a node started with start_new_session (its raylet, GCS, and the
+    workers, which Ray puts in process groups of their own)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A two-node cluster (4 logical CPUs each), a 2-shard root and a one-folder copy of the same articles,
@@ -156,10 +183,12 @@ def served(tmp_path_factory):
            "QA_TEST_EMBEDDER": "tests.conftest:FakeEmbedder",
            "RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
            "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "4"}
-    head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=4", "--node-ip-address=127.0.0.1",
-                           "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True,
-                          text=True, timeout=180)
-    assert head.returncode == 0, head.stdout + head.stderr
+    # Each node in a session of its own, ended by killing that session: `ray stop` would stop every Ray
+    # cluster on the machine, other people's too.
+    head = subprocess.Popen([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=4", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(port, head)
     node = subprocess.Popen([str(RAY), "start", f"--address=127.0.0.1:{port}", "--num-cpus=4",
                              "--node-ip-address=127.0.0.1", "--block"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -197,9 +226,8 @@ def served(tmp_path_factory):
                 serve.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(serve.pid, signal.SIGKILL)
-        if node.poll() is None:
-            os.killpg(node.pid, signal.SIGKILL)
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        kill_session(node.pid)
+        kill_session(head.pid)
         log.close()
 
 
