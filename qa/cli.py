@@ -326,7 +326,11 @@ def ask(question, k, index, source, from_, to, sort, as_json):
     else:
         c = a.citation
         click.secho("Answer: ", bold=True, nl=False)
-        click.echo(textwrap.fill(a.text, width=width, subsequent_indent="        "))
+        text = a.text
+        if a.span:  # the words that answer, in bold (marked before wrapping: the marks are not spaces)
+            text = f"{text[:a.span['start']]}\x01{text[a.span['start']:a.span['end']]}\x02{text[a.span['end']:]}"
+        wrapped = textwrap.fill(text, width=width, subsequent_indent="        ")
+        click.echo(wrapped.replace("\x01", "\x1b[1m").replace("\x02", "\x1b[22m"))
         from .search.time import as_of
 
         when = as_of(c.published)
@@ -386,6 +390,10 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
         outside: list = []
         if split:
             (_, outside), (articles, questions) = split_by_article(articles, questions, owners)
+            outside = [q for q in outside if not q.impossible]
+        # SQuAD 2.0's questions their paragraph does not answer are asked apart: they should get null
+        lookalikes = [q for q in questions if q.impossible]
+        questions = [q for q in questions if not q.impossible]
 
         def every(qs: list) -> list:
             if limit and limit < len(qs):
@@ -393,7 +401,7 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
                 return [qs[int(i * step)] for i in range(limit)]
             return qs
 
-        questions, outside = every(questions), every(outside)
+        questions, outside, lookalikes = every(questions), every(outside), every(lookalikes)
         with tempfile.TemporaryDirectory(prefix="qa-eval-") as tmp:
             app, svc = _service(index or tmp)
             if not index or svc.is_empty():  # a given but empty folder is filled too, for reuse
@@ -419,9 +427,10 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
             result = evaluate(searcher, questions, k, on_progress=lambda n: bar.update(1))
             bar.close()
             result.mode = mode
-            bar = tqdm(total=len(questions) + len(outside), unit=" questions", desc="Answering", file=sys.stderr,
-                       disable=None)
-            answers = evaluate_answers(searcher, questions, outside, on_progress=lambda n: bar.update(1))
+            bar = tqdm(total=len(questions) + len(outside) + len(lookalikes), unit=" questions", desc="Answering",
+                       file=sys.stderr, disable=None)
+            answers = evaluate_answers(searcher, questions, outside, on_progress=lambda n: bar.update(1),
+                                       lookalikes=lookalikes)
             bar.close()
     except QAError as e:
         _fail(e)
@@ -446,7 +455,12 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
     click.echo(f"  top passage right: {a.top_right:.3f}, and of those {a.kept_when_top_right:.3f} get an answer")
     if a.outside:
         click.echo(f"  not in the collection, answered null: {a.null_outside:.3f}")
-    click.echo(f"  confidence: expected calibration error {a.ece:.3f} over the answers given")
+    if a.lookalike:
+        click.echo(f"  {a.lookalike} written to look answerable from a paragraph that does not answer them "
+                   f"(SQuAD 2.0), answered null: {a.null_lookalike:.3f}")
+    click.echo(f"  short span: exact match {a.span_exact:.3f}, F1 {a.span_f1:.3f} (no answer or no span: 0)")
+    click.echo(f"  confidence: expected calibration error {a.ece:.3f} over the answers given (every kind); "
+               f"of {a.sure} given at 0.9 or more, {a.sure_right:.3f} right")
 
 
 @cli.group(name="alerts")

@@ -81,3 +81,24 @@ def test_eval_hides_the_articles_among_distractors(runner, tmp_path):
     # The distractors are indexed beside the odd article, and no question is asked of them.
     assert figures["articles"] == 1 + 3
     assert figures["answers"]["inside"] + figures["answers"]["outside"] == 6
+
+
+SQUAD2 = Path(__file__).parent / "data" / "tiny-squad2.json"
+
+
+def test_load_squad_reads_squad_2_questions_nothing_answers():
+    _, questions = load_squad(SQUAD2)
+    assert [(q.text.split()[0], q.impossible, q.answers) for q in questions] == [
+        ("On", False, ["Pharos"]), ("Which", True, []), ("What", False, ["nectar and pollen"]), ("How", True, [])]
+
+
+def test_eval_asks_squad_2_lookalikes_apart_and_reports_the_new_figures(runner):
+    figures = eval_figures(runner, SQUAD2, "hybrid")
+    answers = figures["answers"]
+    assert figures["questions"] == 2  # passages are measured on the answerable questions only
+    assert answers["inside"] == 2 and answers["lookalike"] == 2
+    for key in ("null_lookalike", "span_exact", "span_f1", "sure_right", "ece"):
+        assert 0.0 <= answers[key] <= 1.0, key
+    assert answers["span_exact"] <= answers["span_f1"] + 1e-9
+    text = runner.invoke(["eval", str(SQUAD2)]).output
+    assert "2 written to look answerable" in text and "short span: exact match" in text

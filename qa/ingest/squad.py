@@ -15,6 +15,7 @@ from .articles import Article, _from_fields
 class Question:
     text: str
     answers: list[str]
+    impossible: bool = False  # SQuAD 2.0: written to look answerable from its paragraph, which does not answer it
 
 
 def split_by_article(articles: list[Article], questions: list[Question], owners: list[int]):
@@ -28,8 +29,9 @@ def split_by_article(articles: list[Article], questions: list[Question], owners:
 
 
 def load_squad(path: str | Path, owners: list[int] | None = None) -> tuple[list[Article], list[Question]]:
-    """Read articles (paragraphs joined by blank lines) and questions from a SQuAD v1.1 file
-    (`owners`, if given, gets each question's article position)."""
+    """Read articles (paragraphs joined by blank lines) and questions from a SQuAD v1.1 or v2.0 file (a v2.0
+    question nothing in its paragraph answers comes with `impossible` set and no answers; `owners`, if
+    given, gets each question's article position)."""
     try:
         data = json.loads(Path(path).read_text("utf-8"))
         entries = data["data"]
@@ -44,8 +46,9 @@ def load_squad(path: str | Path, owners: list[int] | None = None) -> tuple[list[
         for p in entry["paragraphs"]:
             for qa in p.get("qas", []):
                 answers = [a["text"] if isinstance(a, dict) else a for a in qa.get("answers", [])]
-                if answers:
-                    questions.append(Question(qa["question"], answers))
+                impossible = bool(qa.get("is_impossible"))
+                if answers or impossible:
+                    questions.append(Question(qa["question"], [] if impossible else answers, impossible))
                     if owners is not None:
                         owners.append(n)
     return articles, questions

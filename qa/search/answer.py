@@ -216,18 +216,21 @@ def choose(sentences: list[Sentence]) -> tuple[Sentence | None, np.ndarray]:
     return sentences[int(np.argmax(p))], p
 
 
-def span_of(best: Sentence) -> tuple[int, int]:
+def span_of(best: Sentence, prob: dict[int, float] | None = None) -> tuple[int, int]:
     """The answer's article offsets: the sentence, with a neighbour the sentence model also rates
     (news often names the subject in one sentence and answers in the next) while the two stay short,
-    or with the likelier neighbour whenever the two are hardly longer than one long sentence."""
+    or with the likelier neighbour whenever the two are hardly longer than one long sentence.
+    `prob`: the reader's probabilities by id(sentence), in place of the sentence model's."""
     words = len(_WORD.findall(best.text))
+
+    def p(n: Sentence) -> float:
+        return n.p if prob is None else prob.get(id(n), 0.0)
 
     def joins(n: Sentence) -> bool:
         both = words + len(_WORD.findall(n.text))
-        return both <= SHORT_PAIR_WORDS or (n.p >= PAIR_AT * best.p and both <= MAX_PAIR_WORDS)
+        return both <= SHORT_PAIR_WORDS or (p(n) >= PAIR_AT * p(best) and both <= MAX_PAIR_WORDS)
 
-    pick = max((n for n in (best.before, best.after) if n is not None and joins(n)), key=lambda n: n.p,
-               default=None)
+    pick = max((n for n in (best.before, best.after) if n is not None and joins(n)), key=p, default=None)
     if pick is None:
         return best.start, best.end
     return min(best.start, pick.start), max(best.end, pick.end)
@@ -253,3 +256,34 @@ def judge(features: np.ndarray) -> tuple[bool, float]:
     """Whether to answer, and the confidence that the answer holds a right one."""
     answers = float(sigmoid(features @ GATE_W)) >= GATE_AT
     return answers, round(float(sigmoid(features @ CONFIDENCE_W)), 3)
+
+
+@dataclass
+class Read:
+    """What the reader (qa/search/reader.py) made of one question's candidate sentences."""
+
+    best: Sentence  # the sentence that answers, if any does
+    prob: dict[int, float]  # by id(sentence): the chooser's probability, for pairing a neighbour
+    spans: dict[int, tuple[int, int]]  # by id(sentence): the short answer's offsets in its text
+    confidence: float  # that the answer holds a right one (the reader's calibrator)
+    gives: bool  # whether to give it (else: null)
+
+
+def read(reader, question: str, cands: list[Sentence], gate_p: float, passages: int) -> Read:
+    """Let the reader choose among the candidates the sentence model rates highest and judge the answer:
+    the sentence maximising the reader's logit + alpha * log(the sentence model's p), as
+    train/eval_reader.py fitted `candidates` and `alpha` on squad-dev's tuning half."""
+    fitted = reader.calibrator or {}
+    top, alpha = int(fitted.get("candidates", 20)), float(fitted.get("alpha", 0.0))
+    fp = np.array([c.p for c in cands])
+    keep = np.argsort(-fp, kind="stable")[:top]
+    got = reader.score(question, [cands[i].text for i in keep])
+    z = got.logits + alpha * np.log(np.maximum(fp[keep], 1e-12))
+    k = int(np.argmax(z))
+    chooser = np.exp(z - z.max())
+    chooser /= chooser.sum()
+    confidence = reader.confidence(reader.features(got, k, float(fp[keep[k]]), gate_p, passages))
+    return Read(best=cands[int(keep[k])],
+                prob={id(cands[i]): float(v) for i, v in zip(keep.tolist(), chooser)},
+                spans={id(cands[i]): sp for i, sp in zip(keep.tolist(), got.spans) if sp},
+                confidence=confidence, gives=reader.answers(confidence))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import string
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -11,6 +14,7 @@ from ..index.text import title_prefix
 from .searcher import Searcher
 
 KS = (1, 5, 20)
+_PUNCTUATION = set(string.punctuation)
 
 
 class Question(Protocol):
@@ -49,6 +53,12 @@ class AnswerResult:
     ece: float  # expected calibration error of the confidence, over the answers given (10 bins)
     mean_answer_words: float
     reliability: list[tuple[float, float, int]] = field(default_factory=list)  # (mean confidence, share right, n)
+    lookalike: int = 0  # SQuAD 2.0 questions its own paragraph does not answer, asked of the collection
+    null_lookalike: float = 0.0  # ... answered with null
+    span_exact: float = 0.0  # answerable questions whose short span is a right answer (SQuAD's normalisation)
+    span_f1: float = 0.0  # SQuAD's word-overlap F1 of the short span (no answer, or no span: 0)
+    sure: int = 0  # answers given with confidence >= 0.9, over every kind of question
+    sure_right: float = 0.0  # ... and the share of them that are right
 
 
 def holds(text: str | None, answers: list[str]) -> bool:
@@ -70,13 +80,19 @@ def calibration(confidence: list[float], right: list[bool], bins: int = 10) -> t
 
 
 def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Question] = (),
-                     on_progress: Callable[[int], None] | None = None, keep: list | None = None) -> AnswerResult:
-    """Ask questions the collection answers (`inside`) and questions it does not (`outside`); score the answers.
+                     on_progress: Callable[[int], None] | None = None, keep: list | None = None,
+                     lookalikes: list[Question] = ()) -> AnswerResult:
+    """Ask questions the collection answers (`inside`), questions about other articles (`outside`) and
+    questions written to look answerable from its paragraphs (`lookalikes`, SQuAD 2.0); score the answers.
 
     `keep`, if given, collects each question's evidence (for bench/tune_answers.py)."""
-    holds_n = highlight_n = marked_n = top_n = kept_n = null_n = 0
+    holds_n = highlight_n = marked_n = top_n = kept_n = null_n = null_look = 0
+    span_em = span_f1 = 0.0
     conf, right, words = [], [], []
-    for i, (q, is_inside) in enumerate([*((q, True) for q in inside), *((q, False) for q in outside)]):
+    asked = [*((q, "inside") for q in inside), *((q, "outside") for q in outside),
+             *((q, "lookalike") for q in lookalikes)]
+    for i, (q, kind) in enumerate(asked):
+        is_inside = kind == "inside"
         got = searcher.ask(q.text, 5)
         a = got.answer
         ok = is_inside and a is not None and holds(a.text, q.answers)
@@ -84,6 +100,12 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
             conf.append(a.confidence)
             right.append(ok)
             words.append(len(a.text.split()))
+        if is_inside and a is not None and a.span:
+            short = a.text[a.span["start"]:a.span["end"]]
+            span_em += max(float(_normal(short) == _normal(g)) for g in q.answers)
+            span_f1 += max(_f1(short, g) for g in q.answers)
+        if kind == "lookalike":
+            null_look += a is None
         lexical = False  # the top result's mark before answers (the question's words) holds a right answer
         if is_inside:
             holds_n += ok
@@ -96,7 +118,7 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
             if top is not None and holds(top.text, q.answers):
                 top_n += 1
                 kept_n += a is not None
-        else:
+        elif kind == "outside":
             null_n += a is None
         if keep is not None:
             keep.append({"question": q, "inside": is_inside, "answered": got, "lexical_marked": lexical,
@@ -110,7 +132,26 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
         marked_holds=marked_n / n_in,
         top_right=top_n / n_in, kept_when_top_right=kept_n / max(top_n, 1),
         null_outside=null_n / max(len(outside), 1), ece=ece,
-        mean_answer_words=sum(words) / max(len(words), 1), reliability=table)
+        mean_answer_words=sum(words) / max(len(words), 1), reliability=table,
+        lookalike=len(lookalikes), null_lookalike=null_look / max(len(lookalikes), 1),
+        span_exact=span_em / n_in, span_f1=span_f1 / n_in,
+        sure=sum(c >= 0.9 for c in conf), sure_right=sum(r for c, r in zip(conf, right) if c >= 0.9)
+        / max(sum(c >= 0.9 for c in conf), 1))
+
+
+def _normal(s: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, articles or extra spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def _f1(pred: str, gold: str) -> float:
+    """SQuAD's word-overlap F1 of two answers."""
+    p, g = _normal(pred).split(), _normal(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    if not p or not g:
+        return float(p == g)
+    return 0.0 if not same else 2 * same / (len(p) + len(g))
 
 
 def evaluate(searcher: Searcher, questions: list[Question], k: int = max(KS),

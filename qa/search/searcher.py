@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 
 from . import answer as answers
+from .reader import get_reader
 from . import time as when
 from ..index import copies as wire
 from ..embed.model import Embedder
@@ -42,6 +43,7 @@ class SearchConfig:
     title_weight: float = 1.0  # bm25 weight of the title column
     max_query_chars: int = 1000
     max_k: int = 50
+    reader: bool = False  # the trained reader chooses the answer and decides null (else the feature models alone)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Answer:
     passage_id: int
     citation: Citation
     newer: Newer | None = None
+    span: dict | None = None  # {"start", "end"}: offsets into `text` of the words that answer
 
     def to_dict(self) -> dict:
         return {**vars(self), "citation": dict(vars(self.citation)),
@@ -232,6 +235,11 @@ class Searcher:
 
     def __init__(self, index: Index, embedder: Embedder, cfg: SearchConfig = SearchConfig()):
         self.index, self.embedder, self.cfg = index, embedder, cfg
+
+    @property
+    def reader(self):
+        """The process's trained reader (loaded once, on the first answer), or None when switched off."""
+        return get_reader() if self.cfg.reader else None
 
     def search(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance") -> list[Hit]:
         """The k passages that best answer `q`."""
@@ -379,11 +387,20 @@ class Searcher:
         evidence = {"candidates": cands, "p": p, "best": best, "marks": _marks(cands)}
         if best is None:
             return None, evidence
-        row = next(g[0] for g in groups if g[0].id == best.pid)
         passage_cosine = max((whole.get(g[0].id, 0.0) for g in groups), default=0.0)
         features = answers.question_features(best, p, passage_cosine, cover, self.index.passage_count)
         gives, confidence = answers.judge(features)
         start, end = evidence["marks"][best.pid]
+        spans: dict[int, tuple[int, int]] = {}
+        reader = self.reader
+        if reader is not None:  # the reader reads the question against the likeliest sentences, and decides
+            gate_p = float(answers.sigmoid(features @ answers.GATE_W))
+            got = answers.read(reader, q, cands, gate_p, self.index.passage_count)
+            best, gives, confidence, spans = got.best, got.gives, round(got.confidence, 3), got.spans
+            start, end = answers.span_of(best, got.prob)
+            evidence["marks"][best.pid] = (start, end)  # its passage is marked where the answer is
+            evidence.update(best=best, reading=got)
+        row = next(g[0] for g in groups if g[0].id == best.pid)
         evidence.update(features=features, gives=gives, text=row.text[start - row.start:end - row.start])
         if not gives:
             return None, evidence
@@ -402,7 +419,9 @@ class Searcher:
             a, b = o.span
             newer = Newer(o.row.text[a - o.row.start:b - o.row.start], o.row.id,
                           dataclasses.replace(_citation(o.row), start=a, end=b))
-        return Answer(evidence["text"], confidence, row.id, cite, newer), evidence
+        short = spans.get(id(best))  # the words that answer, inside the answer's text
+        span = {"start": best.start + short[0] - start, "end": best.start + short[1] - start} if short else None
+        return Answer(evidence["text"], confidence, row.id, cite, newer, span), evidence
 
 
 class _Groups:

@@ -178,6 +178,9 @@ def home():
         answer = {**a, "site": site_name(c.get("source"), c.get("url")), "date": (c.get("published") or "")[:10],
                   "as_of": as_of(c.get("published")),
                   "cite_href": article_link(c["article_id"], q or "", a["passage_id"], said=(c["start"], c["end"]))}
+        span = a.get("span")  # the words that answer, shown in bold inside the sentence
+        answer["parts"] = (a["text"][:span["start"]], a["text"][span["start"]:span["end"]], a["text"][span["end"]:]) \
+            if span else (a["text"], "", "")
         if a.get("newer"):  # a newer result answers differently (qa/search/time.py)
             n, nc = a["newer"], a["newer"]["citation"]
             answer["newer_card"] = {"text": n["text"], "title": nc["title"], "as_of": as_of(nc.get("published")),
