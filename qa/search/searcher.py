@@ -19,7 +19,7 @@ from . import time as when
 from ..index import copies as wire
 from ..embed.model import Embedder
 from ..errors import BadRequest
-from ..index import Index, PassageRow, Where
+from ..index import Index, PassageRow, SentenceScores, Where
 from ..index.terms import STOPWORDS, stems as index_stems
 from ..index.text import WORD as _WORD, sentence_spans
 
@@ -230,6 +230,58 @@ ANSWER_PASSAGES = 5  # the answer is chosen among the sentences of this many bes
 SORTS = ("relevance", "newest")
 
 
+class _Asked:
+    """One question as the search steps read it: its words, stems and idf, its vector (encoded on
+    another thread while the lexical side runs here), and its candidates' sentences, each read once."""
+
+    def __init__(self, searcher: Searcher, q: str, among: list[int] | None):
+        self.searcher, self.among = searcher, among
+        index = searcher.index
+        # numpy and FAISS release the GIL, so on an idle core the model's run and the lexical side overlap
+        self._vector = _questions.submit(searcher.embedder.encode, [q]) if searcher.cfg.dense_weight > 0 else None
+        self.terms = query_terms(q)
+        self.stems = list(dict.fromkeys(index_stems(" ".join(self.terms))))  # as the index made them
+        df, n_docs = index.doc_freqs(self.stems)
+        self.idf = {s: math.log(1 + (n_docs - df.get(s, 0) + 0.5) / (df.get(s, 0) + 0.5)) for s in self.stems}
+        self.sentences: SentenceScores | None = None  # the first ranking's candidates' sentence scores
+        self._full: dict[int, tuple] = {}
+
+    @property
+    def qvec(self) -> np.ndarray | None:
+        """The question's vector (None when the dense side is off), waited for on first use."""
+        if self._vector is not None and not isinstance(self._vector, np.ndarray):
+            self._vector = self._vector.result()[0]
+        return self._vector
+
+    def rank(self, where: Where | None, n: int) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """Every candidate passage with its fused score, best first, and the passages' own cosines."""
+        cfg, index = self.searcher.cfg, self.searcher.index
+        if cfg.lexical_weight <= 0:
+            lexical = {}
+        elif self.among is not None:
+            lexical = index.lexical_of(self.stems, self.among, cfg.title_weight)
+        else:
+            lexical = index.lexical(self.stems, n, cfg.title_weight, where)
+        ranked, whole, sentences = self.searcher._rank(self.qvec, self.stems, self.idf, lexical, n, where,
+                                                       self.among)
+        if self.sentences is None:
+            self.sentences = sentences
+        return ranked, whole
+
+    def sentences_of(self, pid: int) -> tuple:
+        """A passage's sentences with their scores (SentenceScores.full), read once."""
+        if pid not in self._full:
+            got = self.sentences if pid in self.sentences.where else \
+                self.searcher.index.sentences(self.qvec, self.idf, [pid])
+            self._full[pid] = got.full(pid)
+        return self._full[pid]
+
+    def marked_by_words(self, row: PassageRow) -> list[dict]:
+        """The passage's mark by the question's words (its sentences with most of their idf mass)."""
+        spans, scores, *_ = self.sentences_of(row.id)
+        return highlight(row.text, self.terms, self.idf, [(a - row.start, b - row.start) for a, b in spans], scores)
+
+
 class Searcher:
     """Answer questions from one index snapshot with one embedder."""
 
@@ -249,63 +301,30 @@ class Searcher:
             with_answer: bool = True, among: list[int] | None = None) -> Answered:
         """The answer to `q` (or None), the k passages that best answer it, and its source counts;
         `among`: only these passages are read (a standing question reading new articles: qa/alerts)."""
-        cfg, index = self.cfg, self.index
-        # The model encodes the question on another thread while the lexical side runs here
-        # (numpy and FAISS release the GIL), so on an idle core the two overlap.
-        qvec_future = _questions.submit(self.embedder.encode, [q]) if cfg.dense_weight > 0 else None
-        terms = query_terms(q)
-        stems = list(dict.fromkeys(index_stems(" ".join(terms))))  # as the index made them
-        df, n_docs = index.doc_freqs(stems)
-        idf = {s: math.log(1 + (n_docs - df.get(s, 0) + 0.5) / (df.get(s, 0) + 0.5)) for s in stems}
-        qvec = None
-
-        def rank(w: Where | None):
-            nonlocal qvec
-            if cfg.lexical_weight <= 0:
-                lexical = {}
-            elif among is not None:
-                lexical = index.lexical_of(stems, among, cfg.title_weight)
-            else:
-                lexical = index.lexical(stems, max(cfg.candidates, k), cfg.title_weight, w)
-            if qvec_future is not None and qvec is None:
-                qvec = qvec_future.result()[0]
-            return self._rank(qvec, stems, idf, lexical, max(cfg.candidates, k), w, among)
-
-        ranked, whole, sentences = rank(where)
+        cfg = self.cfg
+        question = _Asked(self, q, among)
+        n = max(cfg.candidates, k)
+        ranked, whole = question.rank(where, n)
         facet_ranked = ranked
         if where is not None and where.sources:  # facets count sources as if none were chosen
-            facet_ranked, _, _ = rank(Where((), where.first_day, where.last_day))
+            facet_ranked, _ = question.rank(Where((), where.first_day, where.last_day), n)
         facets = {"source": self._facets([i for i, _ in facet_ranked[:cfg.candidates]])}
 
         groups = self._collapse(ranked, max(k, when.POOL if with_answer else k))
-
-        seen: dict[int, tuple] = {}
-
-        def sentences_of(pid: int):
-            if pid not in seen:
-                got = sentences if pid in sentences.where else index.sentences(qvec, idf, [pid])
-                seen[pid] = got.full(pid)
-            return seen[pid]
-
         out = Answered([], None, facets)
         if with_answer and groups:
-            out.answer, out.evidence = self._answer(q, idf, groups[:ANSWER_PASSAGES], whole, sentences_of,
-                                                    groups[ANSWER_PASSAGES:when.POOL])
+            out.answer, out.evidence = self._answer(q, question.idf, groups[:ANSWER_PASSAGES], whole,
+                                                    question.sentences_of, groups[ANSWER_PASSAGES:when.POOL])
         marks: dict[int, tuple[int, int]] = out.evidence.get("marks", {})
-
-        def by_words(row: PassageRow) -> list[dict]:
-            spans, scores, *_ = sentences_of(row.id)
-            return highlight(row.text, terms, idf, [(a - row.start, b - row.start) for a, b in spans], scores)
-
         for r, (row, score, copies) in enumerate(groups[:k], 1):
             if r == 1:  # the mark before answers, made only when `qa eval` asks for it
-                out.evidence["lexical_highlight"] = partial(by_words, row)
-            # A passage the answer read is marked where the sentence model puts its answer (the
+                out.evidence["lexical_highlight"] = partial(question.marked_by_words, row)
+            # A passage the answer read is marked where the answer model puts its answer (the
             # answer itself in the passage that gives it); the rest by the question's words.
             if row.id in marks:
                 mark = [{"start": marks[row.id][0] - row.start, "end": marks[row.id][1] - row.start}]
             else:
-                mark = by_words(row)
+                mark = question.marked_by_words(row)
             out.hits.append(Hit(
                 rank=r, score=round(score, 4), passage_id=row.id, text=row.text, highlight=mark,
                 citation=_citation(row),
