@@ -115,6 +115,10 @@ class Sentence:
     p: float = 0.0  # the sentence model's probability that it holds the answer
     stems: frozenset[int] = frozenset()  # its stems' hashes
 
+    def feature(self, name: str) -> float:
+        """One of its features, by its name in SENTENCE_FEATURES."""
+        return float(self.features[SENTENCE_FEATURES.index(name)])
+
 
 @dataclass
 class Question:
@@ -154,6 +158,13 @@ class Question:
         return self._beyond[title]
 
 
+def sentence_features(**named: float) -> np.ndarray:
+    """A sentence's features by name, as the array SENTENCE_W weighs (in SENTENCE_FEATURES' order)."""
+    if named.keys() != set(SENTENCE_FEATURES):
+        raise ValueError(f"sentence features differ from SENTENCE_FEATURES: {sorted(named.keys() ^ set(SENTENCE_FEATURES))}")
+    return np.array([named[name] for name in SENTENCE_FEATURES], dtype=np.float64)
+
+
 def passage_sentences(question: Question, pid: int, rank: int, score: float, title: str, row_start: int,
                       row_text: str, spans: list[tuple[int, int]], terms: list[float], cosines: list[float],
                       stems: list[np.ndarray], links: list[float], central: list[float]) -> list[Sentence]:
@@ -189,15 +200,16 @@ def passage_sentences(question: Question, pid: int, rank: int, score: float, tit
             (cosines[i] + cosines[prev]) / math.sqrt(max(2 + 2 * links[i], 1e-6))
         with_after = cosines[i] if nxt is None else \
             (cosines[i] + cosines[nxt]) / math.sqrt(max(2 + 2 * links[nxt], 1e-6))
-        f = np.array([
-            1.0, cosines[i], held[j], held[j - 1] if j > 0 else 0.0, held[j + 1] if j + 1 < len(keep) else 0.0,
-            score, 1.0 / rank, float(question.kind is not None and has), float(question.kind is not None and not has),
-            new, math.log1p(len(words)) / 4, pairs, window, math.log1p(names) / 2,
-            with_before, with_after,
-            sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0,
-            central[i],
-            len(question.common & mine) / len(question.common) if question.common else 0.0,
-            len(question.named & mine) / len(question.named) if question.named else 0.0])
+        f = sentence_features(
+            bias=1.0, cosine=cosines[i], held=held[j], held_before=held[j - 1] if j > 0 else 0.0,
+            held_after=held[j + 1] if j + 1 < len(keep) else 0.0, passage_score=score, passage_rank=1.0 / rank,
+            asked_held=float(question.kind is not None and has), asked_missing=float(question.kind is not None and not has),
+            new_words=new, length=math.log1p(len(words)) / 4, pairs_held=pairs, held_with_before=window,
+            new_names=math.log1p(names) / 2, cosine_with_before=with_before, cosine_with_after=with_after,
+            held_beyond_title=sum(question.hashed[h] for h in rest & mine) / rest_mass if rest_mass else 0.0,
+            centrality=central[i],
+            common_held=len(question.common & mine) / len(question.common) if question.common else 0.0,
+            names_held=len(question.named & mine) / len(question.named) if question.named else 0.0)
         out.append(Sentence(pid, rank, a, b, text, held[j], f, out[-1] if out else None, stems=frozenset(mine)))
         if out[-1].before is not None:
             out[-1].before.after = out[-1]
@@ -242,7 +254,7 @@ def question_features(best: Sentence, p: np.ndarray, passage_cosine: float, cove
     to the best candidate."""
     top = np.sort(p)[::-1]
     margin = float(top[0] - top[1]) if len(top) > 1 else float(top[0])
-    return np.array([1.0, float(top[0]), float(best.features[1]), passage_cosine, coverage, best.held, margin,
+    return np.array([1.0, float(top[0]), best.feature("cosine"), passage_cosine, coverage, best.held, margin,
                      *best.features[_GATE_COLUMNS], math.log10(max(passages, 10))])
 
 
