@@ -297,8 +297,11 @@ def measure(searcher, questions: list[dict]) -> dict[str, float]:
     from collections import defaultdict
 
     right, total = defaultdict(int), defaultdict(int)
+    took = []
     for item in questions:
+        t0 = time.perf_counter()
         got = searcher.ask(item["q"], 5)
+        took.append(time.perf_counter() - t0)
         a = got.answer
         total[item["kind"]] += 1
         ok = a is not None and a.citation.article_id == item["want"] and item["value"] in a.text
@@ -312,7 +315,9 @@ def measure(searcher, questions: list[dict]) -> dict[str, float]:
             total["newer_notice"] += 1
             right["newer_notice"] += a is not None and a.newer is not None and \
                 a.newer.citation.article_id == item["newer"]
-    return {k: right[k] / total[k] for k in total}
+    out = {k: right[k] / total[k] for k in total}
+    out["ms"] = 1000 * sorted(took)[len(took) // 2]
+    return out
 
 
 def main() -> None:
@@ -363,7 +368,7 @@ def main() -> None:
 def fmt(m: dict[str, float]) -> str:
     names = {"present": "present->newer", "old": "older year->older", "new": "newer year->newer",
              "twin": "present->other place", "answered": "present answered", "newer_notice": "older year: newer notice"}
-    return ", ".join(f"{names[k]} {m[k]:.2f}" for k in names if k in m)
+    return ", ".join(f"{names[k]} {m[k]:.2f}" for k in names if k in m) + f"; {m['ms']:.1f} ms a question (median)"
 
 
 if __name__ == "__main__":

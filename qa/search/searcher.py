@@ -310,11 +310,12 @@ class Searcher:
             facet_ranked, _ = question.rank(Where((), where.first_day, where.last_day), n)
         facets = {"source": self._facets([i for i, _ in facet_ranked[:cfg.candidates]])}
 
-        groups = self._collapse(ranked, max(k, when.POOL if with_answer else k))
+        groups = self._collapse(ranked, max(k, ANSWER_PASSAGES if with_answer else k))
         out = Answered([], None, facets)
         if with_answer and groups:
             out.answer, out.evidence = self._answer(q, question.idf, groups[:ANSWER_PASSAGES], whole,
-                                                    question.sentences_of, groups[ANSWER_PASSAGES:when.POOL])
+                                                    question.sentences_of,
+                                                    partial(when.next_passages, self.index, ranked, groups[:ANSWER_PASSAGES]))
         marks: dict[int, tuple[int, int]] = out.evidence.get("marks", {})
         for r, (row, score, copies) in enumerate(groups[:k], 1):
             if r == 1:  # the mark before answers, made only when `qa eval` asks for it

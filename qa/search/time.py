@@ -31,6 +31,7 @@ and keeps or drops an answer needs only its own `options`.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 FLOOR = 0.0  # an article answers when its answer is at least this likely, relative to the model's choice
-POOL = 10  # passages whose articles time reads (the answer model reads the first ANSWER_PASSAGES)
+POOL = 10  # passages (one an article past the answer model's) whose articles time reads
 COMMON = 0.2  # ... its passages hold this share of the question's words besides names (by idf)
 CONFIDENT = 0.6  # ... and the gate keeps its answer, or gives it at least this confidence
 SAME_TIME = timedelta(hours=24)  # articles this close to the newest are "as new": relevance decides among them
@@ -229,6 +230,7 @@ def answers_alone(o: Option) -> bool:
     return o.names and o.common >= COMMON and (o.gate or o.confidence >= CONFIDENT)
 
 
+@functools.lru_cache(maxsize=4096)
 def _instant(published: str | None) -> tuple[datetime | None, date | None]:
     from .searcher import published_at  # the one reading of `published` the searcher sorts by
 
@@ -240,6 +242,29 @@ def _instant(published: str | None) -> tuple[datetime | None, date | None]:
         except ValueError:
             day = at.date()
     return at, day
+
+
+def next_passages(index, ranked: list[tuple[int, float]], groups, n: int | None = None) -> list[tuple]:
+    """The best-ranked passages after `groups`, one for each article not among them (at most `n`, by
+    default POOL - len(groups)), as (row, score, []): the newer article often repeats the question's words
+    less and ranks just below the passages the answer model reads. Only rows are read, one query."""
+    n = POOL - len(groups) if n is None else n
+    taken = {r.id for row, _, copies in groups for r in (row, *copies)}
+    articles = {r.article_id for row, _, copies in groups for r in (row, *copies)}
+    out: list[tuple] = []
+    pos = 0
+    while len(out) < n and pos < len(ranked):
+        page = [(pid, score) for pid, score in ranked[pos:pos + 4 * n] if pid not in taken]
+        pos += 4 * n
+        rows = index.passages([pid for pid, _ in page])
+        for pid, score in page:
+            row = rows.get(pid)
+            if row is not None and row.article_id not in articles:
+                articles.add(row.article_id)
+                out.append((row, score, []))
+                if len(out) == n:
+                    break
+    return out
 
 
 def worth_reading(rows) -> bool:
@@ -262,6 +287,10 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
     from . import answer as answers
     from ..index.terms import sentence_key, stems as index_stems
 
+    when_said = {sentence_key(x) for x in index_stems(ref.said)} if ref is not None and ref.said else set()
+    names = question.named - when_said
+    common_words = (question.common & set(question.hashed)) - when_said - names
+    common_mass = sum(question.hashed[h] for h in common_words)
     rows = {g[0].id: g[0] for g in groups}
     by_article: dict[str, list] = {}
     for c in candidates:
@@ -269,16 +298,14 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
     if more and sentences_of is not None and chosen is not None:
         z_chosen = float(chosen.features @ answers.SENTENCE_W)
         for r, (row, score, _) in enumerate(more, len(groups) + 1):
+            if names and not names <= _title_keys(row.title) | _title_keys(row.text):
+                continue  # it does not name the question's subject: it cannot answer (see below)
             rows[row.id] = row
             extra = answers.passage_sentences(question, row.id, r, score, row.title or "", row.start, row.text,
                                               *sentences_of(row.id))
             for c in extra:  # its probability had it been among the candidates (the softmax's scale)
                 c.p = chosen.p * float(np.exp(min(float(c.features @ answers.SENTENCE_W) - z_chosen, 50.0)))
                 by_article.setdefault(row.article_id, []).append(c)
-    when_said = {sentence_key(x) for x in index_stems(ref.said)} if ref is not None and ref.said else set()
-    names = question.named - when_said
-    common_words = (question.common & set(question.hashed)) - when_said - names
-    common_mass = sum(question.hashed[h] for h in common_words)
     out = []
     for mine in by_article.values():
         z = np.vstack([s.features for s in mine]) @ answers.SENTENCE_W
@@ -290,7 +317,7 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
         cover = max(answers.coverage(question, [s for s in mine if s.pid == pid]) for pid in pids)
         gives, confidence = answers.judge(answers.question_features(best, p, cosine, cover, passages))
         row = rows[best.pid]
-        held = set().union(*(s.stems for s in mine)) | {sentence_key(x) for x in index_stems(row.title or "")}
+        held = set().union(*(s.stems for s in mine)) | _title_keys(row.title)
         common = sum(question.hashed[h] for h in common_words & held) / common_mass if common_mass else 1.0
         start, end = answers.span_of(best)
         at, day = _instant(row.published)
@@ -299,6 +326,14 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
         o.answers = answers_alone(o)
         out.append(o)
     return out
+
+
+@functools.lru_cache(maxsize=1024)  # titles and passages: a few MB at most
+def _title_keys(text: str | None) -> frozenset[int]:
+    """The stems of a title (or a passage) as the index keeps a sentence's."""
+    from ..index.terms import sentence_key, stems as index_stems
+
+    return frozenset(sentence_key(x) for x in index_stems(text or ""))
 
 
 def answering(opts: list[Option], chosen: Option) -> list[Option]:
@@ -374,15 +409,20 @@ def by_time(q: str, question, candidates: list, best, row, confidence: float, gr
             passages: int, more=(), sentences_of=None, today: date | None = None) -> ByTime:
     """Given the answer model's choice (`best` in `row`, kept by the gate with `confidence`), the answer the
     question's time wants among the articles of `groups` (the passages the answer was chosen from) and of
-    `more` (the next POOL - len(groups) passages, their sentences from `sentences_of`)."""
+    `more` (passages of the next articles, their sentences from `sentences_of`; a callable giving them is
+    called only for a question about the present or a named time)."""
     ref = reference(q, today)
     out = ByTime(best, row, confidence, None, None, ref)
+    if callable(more):
+        more = more() if ref.kind in ("present", "named") else ()
     if not worth_reading([g[0] for g in [*groups, *more]]):
         return out
     opts = options(question, candidates, groups, whole, passages, ref, more, sentences_of, best)
-    mine = next((o for o in opts if o.sentence is best), None)
-    if mine is None:  # the model's choice is not its article's likeliest sentence: leave it be
+    mine = next((o for o in opts if o.row.article_id == row.article_id), None)
+    if mine is None:
         return out
+    if mine.sentence is not best:  # a reader chose another sentence of the article than the sentence model
+        mine.sentence, mine.row, mine.text = best, row, best.text
     mine.answers, mine.confidence = True, confidence  # the gate kept it over all the candidates
     fit = answering(opts, mine)
     pick = prefer(ref, fit, mine)
