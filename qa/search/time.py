@@ -413,8 +413,8 @@ def by_time(q: str, question, candidates: list, best, row, confidence: float, gr
     called only for a question about the present or a named time)."""
     ref = reference(q, today)
     out = ByTime(best, row, confidence, None, None, ref)
-    if callable(more):
-        more = more() if ref.kind in ("present", "named") else ()
+    if callable(more):  # only where reading further can change the answer (an undated choice stays)
+        more = more() if ref.kind == "named" or (ref.kind == "present" and _instant(row.published)[0]) else ()
     if not worth_reading([g[0] for g in [*groups, *more]]):
         return out
     opts = options(question, candidates, groups, whole, passages, ref, more, sentences_of, best)
