@@ -23,6 +23,7 @@ Passage ids are global (`local * shards + shard`, qa/index/shards.py) from the s
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import threading
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 PREFETCH_ROWS = 40  # the best passages whose rows come with the candidates (collapsing reads 40 with an answer)
 PREFETCH_SENTENCES = 8  # ... and whose sentences (the answer reads 5 or more, the results k)
 DF_CACHE_STEMS = 200_000  # stems whose document frequency is kept per shard (for its newest generation)
+SIDE_BEST = 2  # ... and the sentences of each side's best on a shard, whatever its fused rank there
 STALE_TRIES = 2  # a question starts again at most this often when a shard published meanwhile
 
 
@@ -148,19 +150,23 @@ class ShardReader:
         if pre and req.get("cfg") is not None:
             # The passages this shard would rank first on its own: nearly always those of the collection's
             # ranking that land here (what the fusing side still lacks, it fetches).
-            mine_ranked = [i for i, _ in fusion(lexical, coarse, exact, bm25, sentences.best_dense,
-                                                sentences.best_terms, req["cfg"], req["n"], req["dense_n"],
-                                                qvec is not None, among is not None)[0]]
+            mine = fusion(lexical, coarse, exact, bm25, sentences.best_dense, sentences.best_terms, req["cfg"],
+                          req["n"], req["dense_n"], qvec is not None, among is not None)
+            mine_ranked = [i for i, _ in mine[0]]
             with idx.reading():
                 rows = idx.passages(mine_ranked[:pre["rows"]])
                 rest = [i for i in mine_ranked[:pre["sources"]] if i not in rows]
                 sources = {i: (r.article_id, r.source) for i, r in rows.items()}
                 sources.update(idx.sources_of(rest))
+            # The collection weighs the two sides by its own best scores, not this shard's: a passage best
+            # here by one side alone can rank high there (its first by vector ranked 2nd of the collection
+            # and 16th here), so the best SIDE_BEST of each side have their sentences sent too.
+            sides = [i for side in mine[5:] for i in heapq.nlargest(SIDE_BEST, side, key=side.get)]
+            full = list(dict.fromkeys([*mine_ranked[:pre["full"]], *sides]))
+            got["full"] = {global_id(i, *g): sentences.full(i) for i in full if i in sentences.where}
             for row in rows.values():
                 row.id = global_id(row.id, *g)
             got["rows"] = {row.id: row for row in rows.values()}
-            got["full"] = {global_id(i, *g): sentences.full(i) for i in mine_ranked[:pre["full"]]
-                           if i in sentences.where}
             got["sources"] = out(sources)
         return got
 
@@ -500,8 +506,8 @@ class ShardedSearcher(Searcher):
             q.rows.update(g.get("rows", {}))
             q.full.update(g.get("full", {}))
             q.sources.update(g.get("sources", {}))
-        ranked, whole, candidates, best_dense, best_terms = fusion(*merged, cfg, n, dense_n, qvec is not None,
-                                                                   among is not None)
+        ranked, whole, candidates, best_dense, best_terms, _, _ = fusion(*merged, cfg, n, dense_n, qvec is not None,
+                                                                         among is not None)
         sentences = _Sentences(index, qvec, idf, best_dense, best_terms, set(candidates))
         if q.ranked is None:  # the question's own ranking (a second one only counts facets)
             q.ranked, q.qvec, q.idf = [i for i, _ in ranked], qvec, idf
@@ -513,7 +519,8 @@ def fusion(lexical: dict[int, float], coarse: dict[int, float], exact: dict[int,
            among: bool = False):
     """Fuse candidates as one folder's Searcher._rank does: the n best by BM25; the best n + n/4 by int8
     score, of which the dense_n best exactly (`among`: every one given); each scored by its best sentence.
-    (ranked, whole passages' cosines, candidates, their best sentences by cosine and by stems)."""
+    (ranked, whole passages' cosines, candidates, their best sentences by cosine and by stems, each side's
+    scores: BM25 and dense)."""
     lexical = _top(lexical, n) if not among else dict(lexical)
     dense: dict[int, float] = {}
     whole: dict[int, float] = {}
@@ -539,7 +546,7 @@ def fusion(lexical: dict[int, float], coarse: dict[int, float], exact: dict[int,
     best_sentence = None
     if cfg.lexical_weight > 0 and cfg.lexical_sentence_weight > 0:
         best_sentence = best_terms
-    return fuse(lexical, dense, cfg, best_sentence), whole, candidates, best_dense, best_terms
+    return fuse(lexical, dense, cfg, best_sentence), whole, candidates, best_dense, best_terms, lexical, dense
 
 
 def _share(best: int, shards: int) -> int:
