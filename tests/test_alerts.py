@@ -15,6 +15,7 @@ from qa.alerts import deliver
 from qa.web import create_app
 
 from .conftest import SEEDS, Runner, qa_server
+from .test_fetch import site  # noqa: F401 - a site served on 127.0.0.1, for qa watch
 
 TOKEN = "alert-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -338,6 +339,18 @@ def test_cli_alerts_and_ingest(alert_app, receiver, tmp_path):
     assert runner.invoke(["alerts", "rm", alert_id]).output.startswith("Deleted")
     assert runner.invoke(["alerts", "rm", alert_id]).exit_code == 1
     assert "No standing questions" in runner.invoke(["alerts", "list"]).output
+
+
+def test_qa_watch_reads_what_it_adds(alert_app, site, monkeypatch):
+    monkeypatch.setenv("QA_FETCH_INTERVAL", "0")
+    runner = Runner(alert_app)
+    alert_id = runner.invoke(["alerts", "add", "How many residents signed the petition?"]).output.split()[0]
+    result = runner.invoke(["watch", site.base + "/feed.rss", "--rounds", "1", "--every", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    client = alert_app.test_client()
+    [entry] = feed_entries(client, alert_id, 1)
+    assert entry.findtext(f"{ATOM}title") == "Evening ferries approved"
+    assert "4,000 residents" in entry.findtext(f"{ATOM}summary")
 
 
 # --- the real model, real processes -------------------------------------------------------------------------
