@@ -58,6 +58,10 @@ _answer = {
         "passage_id": {"type": "integer"},
         "citation": {"$ref": "#/components/schemas/Citation"},
         "newer": {"$ref": "#/components/schemas/Newer"},
+        "span": {"type": "object", "nullable": True, "required": ["start", "end"],
+                 "description": "offsets into text of the words that answer (a name, a date, a number, a short "
+                                "phrase), shown in bold; null when no short span fits",
+                 "properties": {"start": {"type": "integer", "minimum": 0}, "end": {"type": "integer", "minimum": 0}}},
     },
 }
 
