@@ -6,8 +6,9 @@ One deployment per shard (`shard-000` ...) with R replicas, spread over the node
 shard per node while there are enough nodes); each replica opens its shard folder from a path its node
 can read (a shared file system, or the same disk) and picks up every snapshot the shard's writer
 publishes, as a `qa serve` worker does. The ingress embeds the question once and runs ShardedSearcher
-(qa/search/sharded.py): three rounds of calls to one replica of each shard, then fusion, collapsing and
-the answer exactly as over one folder. A call whose replica dies is sent again (Serve routes it to a
+(qa/search/sharded.py): one round of calls to one replica of each shard (more only when a shard is new to
+a stem or published meanwhile, or when its own best missed a passage the answer reads), then fusion,
+collapsing and the answer exactly as over one folder. A call whose replica dies is sent again (Serve routes it to a
 live replica); a shard with no running replica answers 503 `shard_unavailable`, and /readyz says which.
 """
 
