@@ -6,7 +6,7 @@ Starts from the packaged all-MiniLM-L6-v2 weights (BertModel, the first --layers
 `[CLS] question [SEP] sentence [SEP]` (short, padded only to the batch's longest, at most --max-tokens),
 and learns, from train/make_reader_data.py's examples:
 
-- an answer logit per candidate (a linear map of the pooled [CLS]), trained listwise: per question a
+- an answer logit per candidate (a linear map of the mean of the pair's word-piece vectors), trained listwise: per question a
   softmax over its candidates and a null logit (a learned bias), the target the candidates holding an
   answer (their summed probability) or the null for a question nothing among them answers (SQuAD 2.0
   readers' no-answer rule: an answer must beat the null);
@@ -76,7 +76,8 @@ class Reader(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        self.bert = BertModel.from_pretrained(str(model_dir()), num_hidden_layers=layers, attn_implementation="sdpa")
+        self.bert = BertModel.from_pretrained(str(model_dir()), num_hidden_layers=layers, attn_implementation="sdpa",
+                                              add_pooling_layer=False)
         h = self.bert.config.hidden_size
         self.score = nn.Linear(h, 1)
         self.span = nn.Linear(h, 2)
@@ -84,7 +85,10 @@ class Reader(nn.Module):
 
     def forward(self, ids, types, mask):
         out = self.bert(input_ids=ids, token_type_ids=types, attention_mask=mask)
-        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        # the mean of the pair's word-piece vectors, as the packaged model was trained to pool (its [CLS]
+        # and pooler were never trained: read through them, the answer logit collapsed to a constant)
+        m = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+        pooled = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1.0)
         logit = self.score(pooled).squeeze(-1)
         span = self.span(out.last_hidden_state)
         return logit, span[..., 0], span[..., 1]
@@ -183,12 +187,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT / "train" / "out" / "reader-data.jsonl")
     ap.add_argument("--out", type=Path, default=ROOT / "train" / "out")
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--max-candidates", type=int, default=6)
+    ap.add_argument("--max-candidates", type=int, default=5)
     ap.add_argument("--questions-per-batch", type=int, default=4)
     ap.add_argument("--epochs", type=float, default=2.0)
-    ap.add_argument("--lr", type=float, default=8e-5)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--span-weight", type=float, default=1.0)
     ap.add_argument("--budget-min", type=float, default=50.0)

@@ -1,0 +1,103 @@
+"""The reader (qa/search/reader.py): the shipped int8 weights load offline, its spans slice back into their
+sentence, and it says "none of these" where nothing answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qa.search.reader import DATA, Reader, get_reader
+
+pytestmark = pytest.mark.slow
+
+OIL = [
+    "The 1973 oil crisis began in October 1973 when the members of the Organization of Arab Petroleum "
+    "Exporting Countries proclaimed an oil embargo.",
+    "By the end of the embargo in March 1974, the price of oil had risen from US$3 per barrel to nearly $12 "
+    "globally.",
+    "The crisis had many short- and long-term effects on global politics and the global economy.",
+]
+ODD = [
+    "Café Zoë's naïve façade — 12½% taller — was rebuilt in 1889–1890 (see § 4).",
+    "“Quoted,” she said… and left.",
+    "A", " leading and trailing spaces ",
+    "word " * 200,  # longer than the reader reads: cut, and the span stays inside
+    "東京は日本の首都です。",
+]
+
+
+@pytest.fixture(scope="module")
+def reader() -> Reader:
+    return Reader()
+
+
+def test_shipped_files_are_small_and_in_the_package():
+    files = [p for p in DATA.iterdir() if p.is_file()]
+    assert {"reader.json", "reader-int8.onnx"} <= {p.name for p in files}
+    assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024
+
+
+def test_loads_offline_once_per_process():
+    # a fresh process with the hubs shut off and no network proxy: only the package's files are read
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9"}
+    code = ("from qa.search.reader import get_reader; r = get_reader(); assert r is get_reader(); "
+            "x = r.score('When did the oil crisis begin?', ['It began in October 1973.']); "
+            "print(round(float(x.p.sum() + x.p_null), 6))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1.0"
+
+
+def test_probabilities_cover_the_candidates_and_the_null(reader):
+    got = reader.score("When did the 1973 oil crisis begin?", OIL)
+    assert got.p.shape == (3,) and got.logits.shape == (3,)
+    assert got.p.sum() + got.p_null == pytest.approx(1.0)
+    assert reader.score("Anything?", []).p_null == 1.0
+
+
+def test_spans_slice_back_into_their_sentence(reader):
+    for question in ("When was it rebuilt?", "Who said it?", "What is the capital?", "x"):
+        got = reader.score(question, ODD + OIL)
+        for text, span in zip(ODD + OIL, got.spans):
+            if span is None:
+                continue
+            a, b = span
+            assert 0 <= a < b <= len(text)
+            piece = text[a:b]
+            assert piece == piece.strip() and piece
+            # whole words: never a word cut in two
+            assert a == 0 or not (text[a - 1].isalnum() and text[a].isalnum())
+            assert b == len(text) or not (text[b - 1].isalnum() and text[b].isalnum())
+
+
+def test_ranks_the_answering_sentence_first(reader):
+    got = reader.score("When did the 1973 oil crisis begin?", OIL)
+    assert got.best == 0
+    assert got.spans[0] is not None
+    got = reader.score("What was the price of oil in March 1974?", OIL)
+    assert got.best == 1
+
+
+def test_says_none_where_nothing_answers(reader):
+    answerable = reader.score("When did the 1973 oil crisis begin?", OIL)
+    # another subject altogether, and a look-alike whose name the sentences do not hold
+    for question in ("Who won the 2004 Super Bowl?", "When did the 1973 coffee crisis begin in Brazil?"):
+        got = reader.score(question, OIL)
+        assert got.margin < 0, (question, got.logits, got.null_logit)
+        assert got.p_null > got.p.max()
+        assert got.margin < answerable.margin
+
+
+def test_confidence_and_decision_follow_the_calibrator(reader):
+    answered = reader.score("When did the 1973 oil crisis begin?", OIL)
+    nothing = reader.score("Who won the 2004 Super Bowl?", OIL)
+    hi = reader.confidence(reader.features(answered, answered.best, 0.6, 0.9, 1000))
+    lo = reader.confidence(reader.features(nothing, nothing.best, 0.6, 0.9, 1000))
+    assert 0.0 <= lo < hi <= 1.0
+    assert reader.answers(hi) and not reader.answers(lo)
+    assert np.isfinite(hi) and np.isfinite(lo)
