@@ -31,7 +31,6 @@ import json
 import os
 import pickle
 import re
-import string
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,9 @@ EVAL = ROOT.parent / "shared" / "eval"
 import numpy as np  # noqa: E402
 
 from make_reader_data import CALIBRATION_POSITIONS  # noqa: E402
+
+from qa.search.answer import sigmoid  # noqa: E402
+from qa.search.evaluate import answer_f1, holds, normalize_answer  # noqa: E402
 
 KEEP_TOP_RIGHT = 0.95  # the answer is kept for this share of inside questions whose top passage is right
 _WORD = re.compile(r"[^\W_]+")
@@ -159,29 +161,6 @@ def read_all(rows: list[dict], reader, key: str, top: int) -> None:
 
 # ---------------------------------------------------------------- decide
 
-def normalize(s: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, articles or extra spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def f1(pred: str, gold: str) -> float:
-    p, g = normalize(pred).split(), normalize(gold).split()
-    common = collections.Counter(p) & collections.Counter(g)
-    same = sum(common.values())
-    if not p or not g:
-        return float(p == g)
-    if same == 0:
-        return 0.0
-    prec, rec = same / len(p), same / len(g)
-    return 2 * prec * rec / (prec + rec)
-
-
-def holds(text: str | None, answers: list[str]) -> bool:
-    return bool(text) and any(a in text for a in answers)
-
-
 def answer_text(cands: list[dict], best: int, prob: np.ndarray) -> str:
     """The best sentence with a neighbour, as qa/answer.py's span_of pairs them (the probabilities the
     chooser's)."""
@@ -243,10 +222,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
     return w
 
 
-def sigmoid(v):
-    return 1 / (1 + np.exp(-np.clip(v, -30, 30)))
-
-
 CAL_COLUMNS = ("bias", "reader_p", "reader_margin", "reader_null", "sentence_p", "gate_p", "collection_size")
 
 
@@ -300,8 +275,8 @@ def span_figures(rows: list[dict], choices: list[dict | None], given: list[bool]
         if r["kind"] != "inside":
             continue
         pred = c["short"] if g and c else ""
-        em.append(max(float(normalize(pred) == normalize(a)) for a in r["answers"]) if pred else 0.0)
-        f.append(max(f1(pred, a) for a in r["answers"]) if pred else 0.0)
+        em.append(max(float(normalize_answer(pred) == normalize_answer(a)) for a in r["answers"]) if pred else 0.0)
+        f.append(max(answer_f1(pred, a) for a in r["answers"]) if pred else 0.0)
     return {"span_em": float(np.mean(em)), "span_f1": float(np.mean(f))}
 
 

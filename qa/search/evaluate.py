@@ -102,8 +102,8 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
             words.append(len(a.text.split()))
         if is_inside and a is not None and a.span:
             short = a.text[a.span["start"]:a.span["end"]]
-            span_em += max(float(_normal(short) == _normal(g)) for g in q.answers)
-            span_f1 += max(_f1(short, g) for g in q.answers)
+            span_em += max(float(normalize_answer(short) == normalize_answer(g)) for g in q.answers)
+            span_f1 += max(answer_f1(short, g) for g in q.answers)
         if kind == "lookalike":
             null_look += a is None
         lexical = False  # the top result's mark before answers (the question's words) holds a right answer
@@ -139,15 +139,15 @@ def evaluate_answers(searcher: Searcher, inside: list[Question], outside: list[Q
         / max(sum(c >= 0.9 for c in conf), 1))
 
 
-def _normal(s: str) -> str:
+def normalize_answer(s: str) -> str:
     """SQuAD's answer normalisation: lower case, no punctuation, articles or extra spaces."""
     s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
 
-def _f1(pred: str, gold: str) -> float:
+def answer_f1(pred: str, gold: str) -> float:
     """SQuAD's word-overlap F1 of two answers."""
-    p, g = _normal(pred).split(), _normal(gold).split()
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
     same = sum((Counter(p) & Counter(g)).values())
     if not p or not g:
         return float(p == g)
