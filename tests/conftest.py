@@ -1,6 +1,8 @@
 import hashlib
 import re
 import shutil
+import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,6 +93,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until something listens on 127.0.0.1:port (a head node's GCS)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None and time.monotonic() < deadline, "the head node never started"
+        time.sleep(0.2)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SEEDS, free_port
+from .conftest import ROOT, SEEDS, free_port, wait_port
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
@@ -53,10 +53,12 @@ def cluster(tmp_path_factory):
            # a killed node is noticed in seconds, not the default half minute
            "RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
            "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "4"}
-    head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                           "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True,
-                          text=True, timeout=180)
-    assert head.returncode == 0, head.stdout + head.stderr
+    # Each node in a session of its own, ended by killing that session: `ray stop` would stop every Ray
+    # cluster on the machine, other people's too.
+    head = subprocess.Popen([str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(port, head)
     nodes: list[subprocess.Popen] = []
 
     def add_node() -> subprocess.Popen:
@@ -87,10 +89,9 @@ def cluster(tmp_path_factory):
         yield {"address": f"127.0.0.1:{port}", "env": env, "add_node": add_node, "wait_nodes": wait_nodes,
                "nodes": nodes}
     finally:
-        for p in nodes:
+        for p in [*nodes, head]:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 def rows(index: Path) -> list[tuple]:

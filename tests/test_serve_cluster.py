@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SEEDS, FakeEmbedder, free_port
+from .conftest import ROOT, SEEDS, FakeEmbedder, free_port, wait_port
 from .test_cluster import VERBS, WORDS, corpus
 
 RAY = Path(sys.executable).parent / "ray"
@@ -120,6 +120,30 @@ def test_a_sharded_root_answers_as_one_folder(tmp_path):
     assert s3.index.article("story-12-3")["passages"] and s3.index.article("nope") is None
 
 
+def test_qa_serve_and_qa_ask_read_a_sharded_root_on_one_machine(tmp_path):
+    """Without --ray, the API over a sharded root answers as one folder, and sees new articles."""
+    from qa.web import create_app
+
+    data = corpus(tmp_path / "news.jsonl", 60, seed=14)
+    one, _ = build(tmp_path / "one", [SEEDS, data], shards=None)
+    root_svc, _ = build(tmp_path / "root", [SEEDS, data], shards=2)
+    apps = [create_app({"TESTING": True, "INDEX_DIR": str(p), "MODEL": "fake", "EMBEDDER": FakeEmbedder()}).test_client()
+            for p in (tmp_path / "one", tmp_path / "root")]
+    for q in questions(15, seed=3):
+        a, b = (c.get("/api/search", query_string={"q": q, "k": 5}) for c in apps)
+        assert a.status_code == b.status_code == 200
+        assert shown(a.get_json()) == shown(b.get_json())
+    ready = apps[1].get("/readyz").get_json()
+    assert ready["articles"] == one.searcher().index.article_count
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text(json.dumps({"id": "late-1", "title": "Late news", "source": "Courier",
+                                 "text": "The harbour lighthouse was repainted bright orange on Friday."}) + "\n")
+    root_svc.ingest([fresh])
+    got = apps[1].get("/api/search", query_string={"q": "What colour was the harbour lighthouse repainted?"}).get_json()
+    assert got["results"][0]["citation"]["article_id"] == "late-1"
+    assert apps[1].get("/api/articles/late-1").status_code == 200
+
+
 # --- on a Ray Serve cluster -------------------------------------------------------------------------------
 
 
@@ -139,19 +163,6 @@ def _get(port: int, path: str, timeout: float = 30) -> tuple[int, dict | str]:
 
 def ask(port: int, q: str, k: int = 5) -> tuple[int, dict]:
     return _get(port, "/api/search?" + urllib.parse.urlencode({"q": q, "k": k}))
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Until something listens on 127.0.0.1:port (a head node's GCS)."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert proc.poll() is None and time.monotonic() < deadline, "the head node never started"
-        time.sleep(0.2)
 
 
 def kill_session(sid: int) -> None:

@@ -18,7 +18,9 @@ from ..ingest.pipeline import Report, add_articles, iter_articles
 from ..ingest.articles import Article
 from ..search.searcher import SearchConfig, Searcher
 from ..index import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
+from ..index.shards import is_root, shard_folders
 from ..index.stats import record_ingest
+from ..search.sharded import ShardedIndex, ShardedSearcher, local_shards
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Service:
         self.model, self.backend, self.cfg = model, backend, search
         self._embedder = embedder
         self._searcher: Searcher | None = None
+        self._shards: list[Path] = []  # a sharded root's shard folders (qa/index/shards.py)
         self._stamp: tuple | None = None
         self._lock = threading.Lock()
         self.reload_error: str | None = None  # why the newest snapshot could not be loaded, if it could not
@@ -50,12 +53,25 @@ class Service:
             self._embedder = get_embedder(self.model, self.backend)
         return self._embedder
 
+    def _folders(self) -> list[Path]:
+        """The folders whose manifests say what is live: the index folder, or a sharded root's shards."""
+        if not self._shards and is_root(self.index_dir):  # asked until one exists: `qa ingest --shards` may make it
+            self._shards = shard_folders(self.index_dir)
+        return self._shards or [self.index_dir]
+
     def _manifest_stamp(self) -> tuple | None:
-        try:
-            st = (self.index_dir / MANIFEST_NAME).stat()
-        except FileNotFoundError:
+        stamps = []
+        for folder in self._folders():
+            try:
+                st = (folder / MANIFEST_NAME).stat()
+            except FileNotFoundError:
+                stamps.append(None)
+                continue
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        if not any(stamps):
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # the newest publish first (published_at reads it), then every folder's own stamp
+        return (max(s[0] for s in stamps if s), *stamps)
 
     def searcher(self, wait: bool = False) -> Searcher:
         """The searcher over the newest published snapshot (checked with one stat per call).
@@ -87,6 +103,9 @@ class Service:
             self._lock.release()
 
     def _load(self, stamp: tuple | None) -> None:
+        if self._shards:  # a sharded root on this machine: one searcher over every shard, fused as one folder
+            self._load_shards(stamp)
+            return
         try:
             index = Index.load(self.index_dir, self.model, self.embedder.dim,
                                previous=self._searcher.index if self._searcher is not None else None)
@@ -106,20 +125,31 @@ class Service:
         self._stamp, self.reload_error = stamp, None
         self.published_at = stamp[0] / 1e9 if stamp else None
 
+    def _load_shards(self, stamp: tuple | None) -> None:
+        if self._searcher is None:
+            index = ShardedIndex(local_shards(self.index_dir, self.model), model=self.model)
+            index.path = self.index_dir
+            index.refresh()
+            self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
+        else:  # each shard reloads its own newest snapshot when asked; the totals are asked again here
+            self._searcher.index.refresh()
+        self._stamp, self.reload_error = stamp, None
+        self.published_at = stamp[0] / 1e9 if stamp else None
+
     @property
     def ready(self) -> bool:
         return self._searcher is not None
 
     def is_empty(self) -> bool:
-        manifest = read_manifest(self.index_dir)
-        return manifest is None or int(manifest.get("articles", 0)) == 0
+        manifests = [read_manifest(f) for f in self._folders()]
+        return not any(m is not None and int(m.get("articles", 0)) > 0 for m in manifests)
 
     def seed_if_new(self, seeds: str | os.PathLike) -> Report | None:
         """Build the index from `seeds` when the folder never held one; the report, or None when nothing was done.
 
         An index emptied by deletes stays empty: only a folder that was never published gets the seeds.
         """
-        while read_manifest(self.index_dir) is None:
+        while self._manifest_stamp() is None:
             try:
                 return self.ingest([seeds])
             except IndexLocked:  # another worker is building it
