@@ -422,22 +422,29 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
                 cfg = dataclasses.replace(cfg, lexical_weight=1.0, dense_weight=0.0)
             elif mode == "dense":
                 cfg = dataclasses.replace(cfg, lexical_weight=0.0, dense_weight=1.0)
-            searcher = Searcher(searcher.index, searcher.embedder, cfg)
+            searcher = type(searcher)(searcher.index, searcher.embedder, cfg)  # a sharded root's searcher too
             bar = tqdm(total=len(questions), unit=" questions", desc="Asking", file=sys.stderr, disable=None)
             result = evaluate(searcher, questions, k, on_progress=lambda n: bar.update(1))
             bar.close()
             result.mode = mode
-            bar = tqdm(total=len(questions) + len(outside) + len(lookalikes), unit=" questions", desc="Answering",
-                       file=sys.stderr, disable=None)
-            answers = evaluate_answers(searcher, questions, outside, on_progress=lambda n: bar.update(1),
-                                       lookalikes=lookalikes)
-            bar.close()
+            runs = {"reader": searcher} if cfg.reader else {}
+            # the feature models alone: the answer as it was before the reader, beside the reader's
+            runs["features"] = type(searcher)(searcher.index, searcher.embedder, dataclasses.replace(cfg, reader=False))
+            answered = {}
+            for name, s in runs.items():
+                bar = tqdm(total=len(questions) + len(outside) + len(lookalikes), unit=" questions",
+                           desc=f"Answering ({name})", file=sys.stderr, disable=None)
+                answered[name] = evaluate_answers(s, questions, outside, on_progress=lambda n: bar.update(1),
+                                                  lookalikes=lookalikes)
+                bar.close()
     except QAError as e:
         _fail(e)
     if as_json:
         out = dataclasses.asdict(result)
         out.pop("misses")
-        out["answers"] = dataclasses.asdict(answers)
+        out["answers"] = dataclasses.asdict(next(iter(answered.values())))  # the service's own answers
+        if "reader" in answered:
+            out["answers_without_reader"] = dataclasses.asdict(answered["features"])
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"{result.questions} questions, {result.articles} articles, {result.passages} passages "
@@ -446,21 +453,29 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
     click.echo("|---|" + "---|" * (len(KS) + 2))
     click.echo(f"| {mode} | " + " | ".join(f"{result.accuracy[n]:.3f}" for n in KS)
                + f" | {result.mrr:.3f} | {result.questions_per_second:.0f} |")
-    a = answers
+    a = next(iter(answered.values()))
     click.echo(f"\nThe answer field, {a.inside} questions the collection answers"
-               + (f", {a.outside} it does not (other articles' questions)" if a.outside else "") + ":")
-    click.echo(f"  answer holds a right answer: {a.answer_holds:.3f}; {a.mean_answer_words:.1f} words on average")
-    click.echo(f"  the top result's marked sentence holds one: {a.marked_holds:.3f} "
-               f"(marked by the question's words, as before answers: {a.highlight_holds:.3f})")
-    click.echo(f"  top passage right: {a.top_right:.3f}, and of those {a.kept_when_top_right:.3f} get an answer")
+               + (f", {a.outside} it does not (other articles' questions)" if a.outside else "")
+               + (f", {a.lookalike} written to look answerable from a paragraph that does not answer them (SQuAD 2.0)"
+                  if a.lookalike else "") + ":")
+    names = {"reader": "the reader", "features": "the feature models alone" + (" (before the reader)" if
+                                                                             "reader" in answered else "")}
+    rows = [("answer holds a right answer", lambda a: f"{a.answer_holds:.3f}"),
+            ("words in an answer", lambda a: f"{a.mean_answer_words:.1f}"),
+            ("the top result's marked sentence holds one", lambda a: f"{a.marked_holds:.3f}"),
+            ("... marked by the question's words instead", lambda a: f"{a.highlight_holds:.3f}"),
+            ("top passage right; of those, given an answer", lambda a: f"{a.top_right:.3f}; {a.kept_when_top_right:.3f}")]
     if a.outside:
-        click.echo(f"  not in the collection, answered null: {a.null_outside:.3f}")
+        rows.append(("not in the collection: null", lambda a: f"{a.null_outside:.3f}"))
     if a.lookalike:
-        click.echo(f"  {a.lookalike} written to look answerable from a paragraph that does not answer them "
-                   f"(SQuAD 2.0), answered null: {a.null_lookalike:.3f}")
-    click.echo(f"  short span: exact match {a.span_exact:.3f}, F1 {a.span_f1:.3f} (no answer or no span: 0)")
-    click.echo(f"  confidence: expected calibration error {a.ece:.3f} over the answers given (every kind); "
-               f"of {a.sure} given at 0.9 or more, {a.sure_right:.3f} right")
+        rows.append(("look-alikes (SQuAD 2.0): null", lambda a: f"{a.null_lookalike:.3f}"))
+    rows += [("short span: exact match / F1 (no answer or no span: 0)", lambda a: f"{a.span_exact:.3f} / {a.span_f1:.3f}"),
+             ("calibration error over every answer given", lambda a: f"{a.ece:.3f}"),
+             ("given at confidence >= 0.9: how many, share right", lambda a: f"{a.sure}, {a.sure_right:.3f}")]
+    click.echo("| | " + " | ".join(names[n] for n in answered) + " |")
+    click.echo("|---|" + "---|" * len(answered))
+    for label, cell in rows:
+        click.echo(f"| {label} | " + " | ".join(cell(x) for x in answered.values()) + " |")
 
 
 @cli.group(name="alerts")

@@ -59,7 +59,7 @@ def test_eval_reports_the_answer_field(runner):
     assert a["inside"] == 6 and a["outside"] == 0
     assert 0 <= a["answer_holds"] <= 5 / 6 and 0 <= a["ece"] <= 1
     text = runner.invoke(["eval", str(TINY)]).output
-    assert "answer holds a right answer:" in text and "expected calibration error" in text
+    assert "| answer holds a right answer |" in text and "| calibration error over every answer given |" in text
 
 
 def test_eval_split_asks_the_other_half_as_out_of_collection(runner):
@@ -68,7 +68,7 @@ def test_eval_split_asks_the_other_half_as_out_of_collection(runner):
     # The odd article (Honey bee) is indexed; the lighthouse's questions are asked as ones it cannot answer.
     assert figures["articles"] == 1
     assert figures["answers"]["inside"] + figures["answers"]["outside"] == 6 and figures["answers"]["outside"] >= 1
-    assert "answered null:" in runner.invoke(["eval", str(TINY), "--split"]).output
+    assert "| not in the collection: null |" in runner.invoke(["eval", str(TINY), "--split"]).output
 
 
 def test_eval_hides_the_articles_among_distractors(runner, tmp_path):
@@ -101,4 +101,4 @@ def test_eval_asks_squad_2_lookalikes_apart_and_reports_the_new_figures(runner):
         assert 0.0 <= answers[key] <= 1.0, key
     assert answers["span_exact"] <= answers["span_f1"] + 1e-9
     text = runner.invoke(["eval", str(SQUAD2)]).output
-    assert "2 written to look answerable" in text and "short span: exact match" in text
+    assert "2 written to look answerable" in text and "| short span: exact match / F1" in text

@@ -36,6 +36,7 @@ def create_app(test_config: dict | None = None):
         TITLE_WEIGHT=defaults.title_weight,
         MAX_QUERY_CHARS=defaults.max_query_chars,
         MAX_K=defaults.max_k,
+        READER=defaults.reader,  # QA_READER=false: the feature models alone choose the answer and decide null
         MAX_CONTENT_LENGTH=64 * 1024,
         ADMIN_TOKEN=None,
         EMBEDDER=None,  # tests inject a fake here

@@ -332,6 +332,7 @@ def service_from_config(config) -> Service:
             title_weight=float(config["TITLE_WEIGHT"]),
             max_query_chars=int(config["MAX_QUERY_CHARS"]),
             max_k=int(config["MAX_K"]),
+            reader=_flag(config.get("READER", True)),
         ),
         embedder=config.get("EMBEDDER"),
     )
@@ -343,3 +344,10 @@ def init_app(app: Flask) -> None:
 
 def get_service() -> Service:
     return current_app.extensions["qa"]
+
+
+def _flag(value) -> bool:
+    """A config switch given as a bool, a number or text (QA_READER=false, 0, no, off)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
