@@ -45,7 +45,8 @@ import numpy as np  # noqa: E402
 
 from make_reader_data import CALIBRATION_POSITIONS  # noqa: E402
 
-from qa.search.answer import sigmoid  # noqa: E402
+from qa.search.answer import sigmoid, unmatched  # noqa: E402
+from qa.search.reader import CALIBRATOR_COLUMNS  # noqa: E402
 from qa.search.evaluate import answer_f1, holds, normalize_answer  # noqa: E402
 
 KEEP_TOP_RIGHT = 0.95  # the answer is kept for this share of inside questions whose top passage is right
@@ -142,9 +143,14 @@ def collect_all(work: Path) -> tuple[list[dict], list[dict]]:
 
 # ---------------------------------------------------------------- read
 
-def read_all(rows: list[dict], reader, key: str, top: int) -> None:
+def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = None) -> bool:
     """The reader over each question's `top` candidates the sentence model rates highest (the rest get
-    a logit of -inf: never chosen)."""
+    a logit of -inf: never chosen); kept in `cache` (per reader file), so fitting again reads nothing."""
+    if cache is not None and cache.exists():
+        for r, got in zip(rows, pickle.loads(cache.read_bytes())):
+            r.update(got)
+        print(f"{key}: the reader's outputs from {cache}", file=sys.stderr, flush=True)
+        return False
     t0, n = time.time(), 0
     for r in rows:
         fp = np.array([c["p"] for c in r["cands"]])
@@ -152,11 +158,16 @@ def read_all(rows: list[dict], reader, key: str, top: int) -> None:
         got = reader.score(r["question"], [r["cands"][i]["text"] for i in keep])
         r["logits"] = np.full(len(fp), -np.inf)
         r["logits"][keep] = got.logits
+        r["span_scores"] = np.full(len(fp), -np.inf)
+        r["span_scores"][keep] = got.span_scores
         r["spans"] = [None] * len(fp)
         for i, sp in zip(keep, got.spans):
             r["spans"][i] = sp
         n += len(keep)
     print(f"{key}: read {n} pairs of {len(rows)} questions in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    if cache is not None:
+        cache.write_bytes(pickle.dumps([{k: r[k] for k in ("logits", "span_scores", "spans")} for r in rows]))
+    return True
 
 
 # ---------------------------------------------------------------- decide
@@ -202,8 +213,12 @@ def decide(r: dict, alpha: float, top: int, null_logit: float) -> dict | None:
     span = r["spans"][best]
     short = cands[best]["text"][span[0]:span[1]] if span else ""
     pk = float(np.exp(r["logits"][best] - zz.max()) / np.exp(zz - zz.max()).sum())
-    x = np.array([1.0, pk, r["logits"][best] - zn, p[-1], fp[best], r["gate_p"] or 0.0,
-                  np.log10(max(r["passages"], 10))])
+    span = float(r["span_scores"][best])
+    have = {"bias": 1.0, "reader_p": pk, "reader_margin": r["logits"][best] - zn, "reader_null": p[-1],
+            "sentence_p": fp[best], "gate_p": r["gate_p"] or 0.0, "collection_size": np.log10(max(r["passages"], 10)),
+            "span_score": span if np.isfinite(span) else 0.0,
+            "unmatched": unmatched(r["question"], [c["text"] for c in cands])}
+    x = np.array([have[c] for c in CAL_COLUMNS])
     return {"best": best, "text": text, "short": short, "x": x, "sentence": cands[best]["text"]}
 
 
@@ -222,7 +237,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
     return w
 
 
-CAL_COLUMNS = ("bias", "reader_p", "reader_margin", "reader_null", "sentence_p", "gate_p", "collection_size")
+CAL_COLUMNS = CALIBRATOR_COLUMNS  # --columns picks fewer
 
 
 def calibration(conf: list[float], right: list[bool], bins: int = 10) -> float:
@@ -298,7 +313,12 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="ask only about this many questions of each replay")
     ap.add_argument("--read-top", type=int, default=20, help="candidates read per question (by the sentence model)")
+    ap.add_argument("--columns", default=",".join(CALIBRATOR_COLUMNS),
+                    help="the calibrator's inputs (of qa.search.reader.CALIBRATOR_COLUMNS)")
     args = ap.parse_args()
+    global CAL_COLUMNS
+    CAL_COLUMNS = tuple(args.columns.split(","))
+    assert CAL_COLUMNS[0] == "bias" and set(CAL_COLUMNS) <= set(CALIBRATOR_COLUMNS), CAL_COLUMNS
     args.work.mkdir(parents=True, exist_ok=True)
     held, tune = collect_all(args.work)
     if args.collect_only:
@@ -310,10 +330,14 @@ def main() -> None:
 
     folder = args.reader or DATA
     reader = Reader(folder, threads=args.threads)
-    read_all(tune, reader, "tuning replay", args.read_top)
+    import hashlib
+
+    stamp = hashlib.sha1((Path(folder) / reader.meta["model"]).read_bytes()).hexdigest()[:12]
+    cache = None if args.limit else args.work / f"read-{stamp}-top{args.read_top}"
+    read_all(tune, reader, "tuning replay", args.read_top, cache and cache.with_suffix(".tune.pkl"))
     t_read = time.time()
-    read_all(held, reader, "held back", args.read_top)
-    t_read = time.time() - t_read
+    read = read_all(held, reader, "held back", args.read_top, cache and cache.with_suffix(".held.pkl"))
+    t_read = time.time() - t_read if read else None
     null = reader.null_logit
 
     # choose alpha and how many candidates the reader reads on the tuning replay (inside questions)
@@ -365,9 +389,10 @@ def main() -> None:
             fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
             print(f"| {k} | {fmt(base.get(k))} | {fmt(mine[k])} | {fmt(raw.get(k))} |")
     pairs = sum(len(r["cands"][:top]) for r in held)
-    report["read_ms_per_question_all_candidates"] = 1000 * t_read / len(held)
-    print(f"\nreader over every candidate: {1000 * t_read / len(held):.1f} ms a question "
-          f"({sum(len(r['cands']) for r in held) / len(held):.1f} candidates on average; {pairs} pairs at top {top})")
+    if t_read is not None:
+        report["read_ms_per_question_all_candidates"] = 1000 * t_read / len(held)
+        print(f"\nreader over every candidate: {1000 * t_read / len(held):.1f} ms a question "
+              f"({sum(len(r['cands']) for r in held) / len(held):.1f} candidates on average; {pairs} pairs at top {top})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     if args.write_calibrator:

@@ -76,6 +76,14 @@ PAIR_AT = 0.05  # a neighbour joins the answer when the sentence model rates it 
 SHORT_PAIR_WORDS = 45  # or whenever the two together are this short (news sentences often are)
 
 
+def unmatched(question: str, texts: list[str]) -> float:
+    """How many of the question's names and numbers (past its first word) none of `texts` holds: a
+    question written to look answerable often swaps in a name or a number its passage lacks."""
+    held = set(_WORD.findall(" ".join(texts).lower()))
+    names = {n.lower() for n in _NAME.findall(question)}
+    return float(sum(1 for n in names if n not in STOPWORDS and not set(_WORD.findall(n)) <= held))
+
+
 def asks(question: str) -> str | None:
     """What the question's wh-word asks for: "number", "date", "name", or None."""
     for kind, pattern in _ASKS:
@@ -294,7 +302,8 @@ def read(reader, question: str, cands: list[Sentence], gate_p: float, passages: 
     k = int(np.argmax(z))
     chooser = np.exp(z - z.max())
     chooser /= chooser.sum()
-    confidence = reader.confidence(reader.features(got, k, float(fp[keep[k]]), gate_p, passages))
+    missing = unmatched(question, [c.text for c in cands])
+    confidence = reader.confidence(reader.features(got, k, float(fp[keep[k]]), gate_p, passages, missing))
     return Read(best=cands[int(keep[k])],
                 prob={id(cands[i]): float(v) for i, v in zip(keep.tolist(), chooser)},
                 spans={id(cands[i]): sp for i, sp in zip(keep.tolist(), got.spans) if sp},

@@ -1,7 +1,7 @@
 """The reader: reads a question together with each candidate sentence and says how likely each answers
 it, how likely none of them does, and which words of each answer.
 
-A cross-encoder (the first four layers of the packaged all-MiniLM-L6-v2, fine-tuned by
+A cross-encoder (layers of the packaged all-MiniLM-L6-v2, fine-tuned by
 train/train_reader.py on squad-dev's tuning half) reads `[CLS] question [SEP] sentence [SEP]`, short and
 unpadded (one question's candidates go in one call, padded only to its longest), and gives an answer
 logit per sentence and start/end logits over the sentence's word pieces. The candidates' logits and a
@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parent / "data" / "reader"
-MAX_SPAN_TOKENS = 24
-CALIBRATOR_COLUMNS = ("bias", "reader_p", "reader_margin", "reader_null", "sentence_p", "gate_p", "collection_size")  # a short answer: a name, a date, a number, a phrase
+MAX_SPAN_TOKENS = 24  # a short answer: a name, a date, a number, a phrase
+# What a calibrator may read (reader.json names the columns it was fitted on, in order).
+CALIBRATOR_COLUMNS = ("bias", "reader_p", "reader_margin", "reader_null", "sentence_p", "gate_p", "collection_size",
+                      "span_score", "unmatched")
 
 
 @dataclass
@@ -127,12 +129,19 @@ class Reader:
             spans[-1] = _words(text, offs[i][0], offs[j][1])
         return Reading(z[:-1], float(z[-1]), logit, self.null_logit, spans, scores)
 
-    def features(self, reading: Reading, chosen: int, feature_p: float, gate_p: float, passages: int) -> np.ndarray:
-        """The calibrator's inputs (CALIBRATOR_COLUMNS) for an answer from sentence `chosen`: the reader's
+    def features(self, reading: Reading, chosen: int, feature_p: float, gate_p: float, passages: int,
+                 unmatched: float = 0.0) -> np.ndarray:
+        """The calibrator's inputs for an answer from sentence `chosen`, in its columns' order: the reader's
         probability for it, its logit above the null's, the null's probability, the sentence model's
-        probability for it and the no-answer gate's probability (qa/search/answer.py), and the collection's size."""
-        return np.array([1.0, float(reading.p[chosen]), float(reading.logits[chosen] - reading.null_logit),
-                         reading.p_null, feature_p, gate_p, math.log10(max(passages, 10))])
+        probability for it and the no-answer gate's probability (qa/search/answer.py), the collection's
+        size, the reader's score for its short answer, and the question's names no candidate holds."""
+        span = float(reading.span_scores[chosen]) if reading.span_scores is not None else 0.0
+        have = {"bias": 1.0, "reader_p": float(reading.p[chosen]),
+                "reader_margin": float(reading.logits[chosen] - reading.null_logit), "reader_null": reading.p_null,
+                "sentence_p": feature_p, "gate_p": gate_p, "collection_size": math.log10(max(passages, 10)),
+                "span_score": span if math.isfinite(span) else 0.0, "unmatched": unmatched}
+        columns = (self.calibrator or {}).get("columns", CALIBRATOR_COLUMNS)
+        return np.array([have[c] for c in columns])
 
     def confidence(self, x: np.ndarray) -> float:
         """The probability that an answer with these features holds a right one (the fitted calibrator;
@@ -178,5 +187,6 @@ def get_reader() -> Reader:
     if _reader is None:
         with _lock:
             if _reader is None:
-                _reader = Reader()
+                # QA_READER_DIR: another trained reader's folder (reader.json and its model), e.g. one being measured
+                _reader = Reader(os.environ.get("QA_READER_DIR") or DATA)
     return _reader
