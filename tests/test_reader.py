@@ -3,6 +3,7 @@ sentence, and it says "none of these" where nothing answers."""
 
 from __future__ import annotations
 
+import html
 import os
 import subprocess
 import sys
@@ -101,3 +102,47 @@ def test_confidence_and_decision_follow_the_calibrator(reader):
     assert 0.0 <= lo < hi <= 1.0
     assert reader.answers(hi) and not reader.answers(lo)
     assert np.isfinite(hi) and np.isfinite(lo)
+
+
+# --- in the service: the API, the page and `qa ask` use it --------------------------------------------
+
+
+SEED_QUESTIONS = ["Where did Assad flee to?", "Who leads HTS?", "When did the rebels reach Homs?",
+                  "Who reacted to the fall of Assad?", "What happened at Damascus airport?"]
+
+
+def test_the_api_the_page_and_qa_ask_answer_with_the_reader_and_its_short_span(client, runner):
+    spans = 0
+    for q in SEED_QUESTIONS:
+        a = client.get("/api/search", query_string={"q": q}).get_json()["answer"]
+        if a is None or a["span"] is None:
+            continue
+        spans += 1
+        short = a["text"][a["span"]["start"]:a["span"]["end"]]
+        assert short.strip() == short and short and len(short) < len(a["text"])
+        page = client.get("/", query_string={"q": q}).get_data(as_text=True)
+        assert f'<strong class="answer-span" data-span>{html.escape(short, quote=False)}</strong>' in page
+        out = runner.invoke(["ask", q], color=True).output
+        assert f"\x1b[1m{short.split()[0]}" in out  # bold starts at the short answer (wrapping may split it)
+    assert spans >= 2  # most seed questions get an answer with its words marked
+
+
+def test_the_reader_says_null_where_the_collection_does_not_answer(client):
+    for q in ("Who won the 2004 Super Bowl?", "What is the boiling point of mercury?"):
+        body = client.get("/api/search", query_string={"q": q}).get_json()
+        assert body["answer"] is None and body["results"], q
+        page = client.get("/", query_string={"q": q}).get_data(as_text=True)
+        assert "data-no-answer" in page and "data-answer" not in page
+
+
+def test_qa_reader_false_gives_the_feature_models_answer_without_a_span(tmp_path, seeded_index, fake_embedder):
+    import shutil
+
+    from qa.web import create_app
+
+    index = tmp_path / "index"
+    shutil.copytree(seeded_index, index)
+    plain = create_app({"TESTING": True, "INDEX_DIR": str(index), "MODEL": "fake", "EMBEDDER": fake_embedder,
+                        "READER": "false"}).test_client()
+    got = [plain.get("/api/search", query_string={"q": q}).get_json()["answer"] for q in SEED_QUESTIONS]
+    assert any(a is not None for a in got) and all(a is None or a["span"] is None for a in got)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "train"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EVAL = ROOT.parent / "shared" / "eval"
+WRITTEN = ROOT / "train" / "data" / "written"
 
 import numpy as np  # noqa: E402
 
@@ -72,8 +73,10 @@ def _squad():
     return articles, questions, owners, lookalikes
 
 
-def collect(work: Path, name: str, positions: list[int], asks: list[tuple[str, str, list[str]]]) -> list[dict]:
-    """Index the articles at `positions`, ask (kind, question, answers) of it, keep what the answer read."""
+def collect(work: Path, name: str, positions: list, asks: list[tuple[str, str, list[str]]],
+            index: str | None = None) -> list[dict]:
+    """Index the squad-dev articles at `positions` (or the given articles), ask (kind, question, answers)
+    of it, keep what the answer read."""
     from qa.embed.model import DEFAULT_MODEL
     from qa.search.evaluate import holds
     from qa.ingest.pipeline import add_articles
@@ -82,12 +85,14 @@ def collect(work: Path, name: str, positions: list[int], asks: list[tuple[str, s
     path = work / f"{name}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
-    articles, _, _, _ = _squad()
-    svc = Service(work / name, DEFAULT_MODEL, "openvino-int8")
+    if positions and isinstance(positions[0], int):
+        articles, _, _, _ = _squad()
+        positions = [articles[i] for i in positions]
+    svc = Service(work / (index or name), DEFAULT_MODEL, "openvino-int8")  # `index`: one built before
     if svc.is_empty():
         t0 = time.time()
         with svc.writer() as w:
-            add_articles(w, svc.embedder, [articles[i] for i in positions])
+            add_articles(w, svc.embedder, positions)
         print(f"{name}: indexed {len(positions)} articles in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     searcher = svc.searcher()
     rows = []
@@ -138,21 +143,43 @@ def collect_all(work: Path) -> tuple[list[dict], list[dict]]:
     cal_questions = {q for _, q, _ in qs(cal, "x")}
     for r in held:
         r["reader_saw"] = r["kind"] == "outside" and r["question"] not in cal_questions
+    # News we wrote (train/data/written/), never trained on: news-a's replay joins the fitting, news-b's is held
+    # back; each indexed alone (tens of passages) and among the other half's squad-dev articles (thousands),
+    # its questions also asked of the other half alone (another collection).
+    if (WRITTEN / "news-a.json").exists():
+        tune += news(work, "news-a", [articles[i] for i in even], "even")
+        held += news(work, "news-b", [articles[i] for i in odd], "odd")
     return held, tune
+
+
+def news(work: Path, name: str, distractors: list, distractors_index: str) -> list[dict]:
+    from qa.ingest.squad import load_squad
+
+    arts, questions = load_squad(WRITTEN / f"{name}.json")
+    inside = [("lookalike" if q.impossible else "inside", q.text, q.answers) for q in questions]
+    out = collect(work, name, arts, inside)
+    out += collect(work, f"{name}-among", [*arts, *distractors], inside)
+    out += collect(work, f"{name}-elsewhere", distractors, [("outside", q.text, q.answers) for q in questions
+                                                            if not q.impossible], index=distractors_index)
+    for r in out:
+        r["news"] = True
+    return out
 
 
 # ---------------------------------------------------------------- read
 
 def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = None) -> bool:
     """The reader over each question's `top` candidates the sentence model rates highest (the rest get
-    a logit of -inf: never chosen); kept in `cache` (per reader file), so fitting again reads nothing."""
-    if cache is not None and cache.exists():
-        for r, got in zip(rows, pickle.loads(cache.read_bytes())):
-            r.update(got)
-        print(f"{key}: the reader's outputs from {cache}", file=sys.stderr, flush=True)
-        return False
+    a logit of -inf: never chosen); kept in `cache` (per reader file), so fitting again reads nothing
+    it read before. True when it read any."""
+    known = pickle.loads(cache.read_bytes()) if cache is not None and cache.exists() else {}
+
+    def name(r):
+        return r["kind"], r["question"], r["passages"]
+
+    todo = [r for r in rows if name(r) not in known]
     t0, n = time.time(), 0
-    for r in rows:
+    for r in todo:
         fp = np.array([c["p"] for c in r["cands"]])
         keep = np.argsort(-fp, kind="stable")[:top]
         got = reader.score(r["question"], [r["cands"][i]["text"] for i in keep])
@@ -164,10 +191,14 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
         for i, sp in zip(keep, got.spans):
             r["spans"][i] = sp
         n += len(keep)
-    print(f"{key}: read {n} pairs of {len(rows)} questions in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    if cache is not None:
-        cache.write_bytes(pickle.dumps([{k: r[k] for k in ("logits", "span_scores", "spans")} for r in rows]))
-    return True
+        known[name(r)] = {k: r[k] for k in ("logits", "span_scores", "spans")}
+    for r in rows:
+        r.update(known[name(r)])
+    print(f"{key}: read {n} pairs of {len(todo)} questions in {time.time() - t0:.0f} s "
+          f"({len(rows) - len(todo)} from {cache})", file=sys.stderr, flush=True)
+    if cache is not None and todo:
+        cache.write_bytes(pickle.dumps(known))
+    return bool(todo)
 
 
 # ---------------------------------------------------------------- decide
@@ -343,8 +374,8 @@ def main() -> None:
     # choose alpha and how many candidates the reader reads on the tuning replay (inside questions)
     inside = [r for r in tune if r["kind"] == "inside"]
     grid = []
-    for top in sorted({5, 10, 20, args.read_top} - {t for t in (5, 10, 20) if t > args.read_top}):
-        for alpha in (0.0, 0.25, 0.5, 1.0, 2.0):
+    for top in sorted({2, 3, 5, 10, 20, args.read_top} - {t for t in (2, 3, 5, 10, 20) if t > args.read_top}):
+        for alpha in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 100.0):  # 100: the sentence model chooses
             ch = [decide(r, alpha, top, null) for r in inside]
             single = np.mean([c is not None and holds(c["sentence"], r["answers"]) for r, c in zip(inside, ch)])
             grid.append((float(single), -top, alpha))
@@ -374,7 +405,10 @@ def main() -> None:
 
     report = {"choice": {"top": top, "alpha": alpha}, "calibrator": dict(zip(CAL_COLUMNS, map(float, w))),
               "answer_at": answer_at}
-    for label, rows in (("tuning replay (fitted there)", tune), ("held back", held)):
+    parts = [("tuning replay (fitted there)", tune), ("held back", [r for r in held if not r.get("news")])]
+    if any(r.get("news") for r in held):
+        parts.append(("held back: news we wrote (news-b)", [r for r in held if r.get("news")]))
+    for label, rows in parts:
         ch = run(rows)
         given, conf = system(rows, ch)
         mine = {**figures(rows, ch, given, conf), **span_figures(rows, ch, given)}
@@ -400,8 +434,9 @@ def main() -> None:
         meta = json.loads(meta_path.read_text())
         meta["calibrator"] = {"columns": list(CAL_COLUMNS), "weights": [round(float(v), 5) for v in w],
                               "answer_at": round(answer_at, 5), "candidates": top, "alpha": alpha,
-                              "fitted_on": "train/eval_reader.py tuning replay (squad-dev even articles "
-                                           f"{list(CALIBRATION_POSITIONS)}, unseen by the reader)"}
+                              "fitted_on": "train/eval_reader.py tuning replay: squad-dev even articles "
+                                           f"{list(CALIBRATION_POSITIONS)} (unseen by the reader) and "
+                                           "train/data/written/news-a.json (never trained on)"}
         meta_path.write_text(json.dumps(meta, indent=1) + "\n")
         print(f"wrote the calibrator into {meta_path}")
 

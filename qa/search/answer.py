@@ -78,9 +78,10 @@ SHORT_PAIR_WORDS = 45  # or whenever the two together are this short (news sente
 
 def unmatched(question: str, texts: list[str]) -> float:
     """How many of the question's names and numbers (past its first word) none of `texts` holds: a
-    question written to look answerable often swaps in a name or a number its passage lacks."""
+    question written to look answerable often swaps in a name or a number its passage lacks. Years
+    are not counted: "in 2021" is often answered by an article's date, not its words (qa/search/time.py)."""
     held = set(_WORD.findall(" ".join(texts).lower()))
-    names = {n.lower() for n in _NAME.findall(question)}
+    names = {n.lower() for n in _NAME.findall(question) if not _YEAR.fullmatch(n)}
     return float(sum(1 for n in names if n not in STOPWORDS and not set(_WORD.findall(n)) <= held))
 
 

@@ -43,7 +43,7 @@ class SearchConfig:
     title_weight: float = 1.0  # bm25 weight of the title column
     max_query_chars: int = 1000
     max_k: int = 50
-    reader: bool = False  # the trained reader chooses the answer and decides null (else the feature models alone)
+    reader: bool = True  # the trained reader chooses the answer and decides null (else the feature models alone)
 
 
 @dataclass
