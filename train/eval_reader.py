@@ -344,6 +344,7 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="ask only about this many questions of each replay")
     ap.add_argument("--read-top", type=int, default=20, help="candidates read per question (by the sentence model)")
+    ap.add_argument("--top", type=int, default=0, help="read this many candidates (default: the fewest near the best)")
     ap.add_argument("--columns", default=",".join(CALIBRATOR_COLUMNS),
                     help="the calibrator's inputs (of qa.search.reader.CALIBRATOR_COLUMNS)")
     args = ap.parse_args()
@@ -374,7 +375,9 @@ def main() -> None:
     # choose alpha and how many candidates the reader reads on the tuning replay (inside questions)
     inside = [r for r in tune if r["kind"] == "inside"]
     grid = []
-    for top in sorted({2, 3, 5, 10, 20, args.read_top} - {t for t in (2, 3, 5, 10, 20) if t > args.read_top}):
+    tops = [args.top] if args.top else sorted({2, 3, 5, 10, 20, args.read_top} - {t for t in (2, 3, 5, 10, 20)
+                                                                                 if t > args.read_top})
+    for top in tops:
         for alpha in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 100.0):  # 100: the sentence model chooses
             ch = [decide(r, alpha, top, null) for r in inside]
             single = np.mean([c is not None and holds(c["sentence"], r["answers"]) for r, c in zip(inside, ch)])

@@ -55,10 +55,13 @@ class Reading:
 
 
 def _threads() -> int:
+    """QA_READER_THREADS (1 or 2; default: 2 where the machine has them): a question's candidates in one
+    call, split over this many cores."""
+    default = min(2, os.cpu_count() or 1)
     try:
-        return max(1, min(2, int(os.environ.get("QA_READER_THREADS", "1"))))
+        return max(1, min(2, int(os.environ.get("QA_READER_THREADS", default))))
     except ValueError:
-        return 1
+        return default
 
 
 class Reader:
@@ -74,6 +77,8 @@ class Reader:
         so.intra_op_num_threads = threads or _threads()
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        # Threads that spin between calls take the cores the other requests need: they sleep instead.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / self.meta["model"]), so, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
         self.tokenizer.no_truncation()
