@@ -47,6 +47,7 @@ def serve(index: Path, reader: bool) -> tuple[subprocess.Popen, int]:
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             raise SystemExit("qa serve did not get ready")
         time.sleep(0.1)
 

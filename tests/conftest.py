@@ -1,6 +1,8 @@
 import hashlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -106,6 +108,20 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
                 return
         assert proc.poll() is None and time.monotonic() < deadline, "the head node never started"
         time.sleep(0.2)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of a session: a node started with start_new_session (its raylet, GCS, and the
+    workers, which Ray puts in process groups of their own)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
 
 
 @contextmanager

@@ -4,7 +4,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SEEDS, free_port, wait_port
+from .conftest import ROOT, SEEDS, free_port, kill_session, wait_port
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
@@ -89,9 +88,8 @@ def cluster(tmp_path_factory):
         yield {"address": f"127.0.0.1:{port}", "env": env, "add_node": add_node, "wait_nodes": wait_nodes,
                "nodes": nodes}
     finally:
-        for p in [*nodes, head]:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+        for p in [*nodes, head]:  # each node's whole session: Ray's workers are in process groups of their own
+            kill_session(p.pid)
 
 
 def rows(index: Path) -> list[tuple]:
@@ -162,7 +160,7 @@ def test_a_node_killed_mid_ingest_loses_and_doubles_nothing(cluster, tmp_path):
     # Once the first batches are written, kill -9 the second node (its raylet and its workers).
     wait_first_commit(run, index)
     victim = cluster["nodes"].pop()
-    os.killpg(victim.pid, signal.SIGKILL)
+    kill_session(victim.pid)
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     # Ray's own notices (the node's death, the batches it runs again) go to stderr; stdout is the summary alone.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SEEDS, FakeEmbedder, free_port, wait_port
+from .conftest import ROOT, SEEDS, FakeEmbedder, free_port, kill_session, wait_port
 from .test_cluster import VERBS, WORDS, corpus
 
 RAY = Path(sys.executable).parent / "ray"
@@ -120,7 +120,7 @@ def test_a_sharded_root_answers_as_one_folder(tmp_path):
     assert s3.index.article("story-12-3")["passages"] and s3.index.article("nope") is None
 
 
-def test_qa_serve_and_qa_ask_read_a_sharded_root_on_one_machine(tmp_path):
+def test_the_app_reads_a_sharded_root_on_one_machine(tmp_path):
     """Without --ray, the API over a sharded root answers as one folder, and sees new articles."""
     from qa.web import create_app
 
@@ -163,20 +163,6 @@ def _get(port: int, path: str, timeout: float = 30) -> tuple[int, dict | str]:
 
 def ask(port: int, q: str, k: int = 5) -> tuple[int, dict]:
     return _get(port, "/api/search?" + urllib.parse.urlencode({"q": q, "k": k}))
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of a session: a node started with start_new_session (its raylet, GCS, and the
-    workers, which Ray puts in process groups of their own)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
-                    os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,7 @@ def collect(work: Path, name: str, positions: list, asks: list[tuple[str, str, l
     from qa.embed.model import DEFAULT_MODEL
     from qa.search.evaluate import holds
     from qa.ingest.pipeline import add_articles
+    from qa.search.searcher import SearchConfig
     from qa.web.service import Service
 
     path = work / f"{name}.pkl"
@@ -88,7 +89,8 @@ def collect(work: Path, name: str, positions: list, asks: list[tuple[str, str, l
     if positions and isinstance(positions[0], int):
         articles, _, _, _ = _squad()
         positions = [articles[i] for i in positions]
-    svc = Service(work / (index or name), DEFAULT_MODEL, "openvino-int8")  # `index`: one built before
+    # today's answer: the feature models alone (the reader is what is measured against it)
+    svc = Service(work / (index or name), DEFAULT_MODEL, "openvino-int8", SearchConfig(reader=False))
     if svc.is_empty():
         t0 = time.time()
         with svc.writer() as w:
@@ -174,8 +176,8 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
     it read before. True when it read any."""
     known = pickle.loads(cache.read_bytes()) if cache is not None and cache.exists() else {}
 
-    def name(r):
-        return r["kind"], r["question"], r["passages"]
+    def name(r):  # the question, where it was asked, and what the reader read
+        return r["kind"], r["question"], r["passages"], tuple(c["text"] for c in r["cands"])
 
     todo = [r for r in rows if name(r) not in known]
     t0, n = time.time(), 0
@@ -250,7 +252,8 @@ def decide(r: dict, alpha: float, top: int, null_logit: float) -> dict | None:
             "span_score": span if np.isfinite(span) else 0.0,
             "unmatched": unmatched(r["question"], [c["text"] for c in cands])}
     x = np.array([have[c] for c in CAL_COLUMNS])
-    return {"best": best, "text": text, "short": short, "x": x, "sentence": cands[best]["text"]}
+    return {"best": best, "text": text, "short": short, "x": x, "sentence": cands[best]["text"],
+            "margin": float(r["logits"][best] - zn)}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
@@ -348,6 +351,8 @@ def main() -> None:
     ap.add_argument("--columns", default=",".join(CALIBRATOR_COLUMNS),
                     help="the calibrator's inputs (of qa.search.reader.CALIBRATOR_COLUMNS)")
     args = ap.parse_args()
+    if args.top:  # int8 scales each call by its batch: fit on calls of the size the service makes
+        args.read_top = args.top
     global CAL_COLUMNS
     CAL_COLUMNS = tuple(args.columns.split(","))
     assert CAL_COLUMNS[0] == "bias" and set(CAL_COLUMNS) <= set(CALIBRATOR_COLUMNS), CAL_COLUMNS
@@ -415,7 +420,7 @@ def main() -> None:
         ch = run(rows)
         given, conf = system(rows, ch)
         mine = {**figures(rows, ch, given, conf), **span_figures(rows, ch, given)}
-        own = [c is not None and c["x"][2] > 0 for c in ch]  # the reader's own rule: best logit above the null's
+        own = [c is not None and c["margin"] > 0 for c in ch]  # the reader's own rule: best logit above the null's
         raw = {**figures(rows, ch, own, conf), **span_figures(rows, ch, own)}
         base = figures(rows, *baseline(rows))
         report[label] = {"reader": mine, "today": base, "reader_own_null": raw}

@@ -293,7 +293,7 @@ class Read:
 def read(reader, question: str, cands: list[Sentence], gate_p: float, passages: int) -> Read:
     """Let the reader choose among the candidates the sentence model rates highest and judge the answer:
     the sentence maximising the reader's logit + alpha * log(the sentence model's p), as
-    train/eval_reader.py fitted `candidates` and `alpha` on squad-dev's tuning half."""
+    train/eval_reader.py fitted `candidates` and `alpha` (squad-dev's unseen tuning articles and news-a)."""
     fitted = reader.calibrator or {}
     top, alpha = int(fitted.get("candidates", 20)), float(fitted.get("alpha", 0.0))
     fp = np.array([c.p for c in cands])

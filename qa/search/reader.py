@@ -57,7 +57,7 @@ class Reading:
 def _threads() -> int:
     """QA_READER_THREADS (1 or 2; default: 2 where the machine has them): a question's candidates in one
     call, split over this many cores."""
-    default = min(2, os.cpu_count() or 1)
+    default = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     try:
         return max(1, min(2, int(os.environ.get("QA_READER_THREADS", default))))
     except ValueError:

@@ -55,7 +55,9 @@ class Service:
 
     def _folders(self) -> list[Path]:
         """The folders whose manifests say what is live: the index folder, or a sharded root's shards."""
-        if not self._shards and is_root(self.index_dir):  # asked until one exists: `qa ingest --shards` may make it
+        # Asked until a snapshot is served (`qa ingest --shards` may make the root meanwhile); a folder
+        # that served one is a plain index for good, and costs no second stat a call.
+        if not self._shards and self._searcher is None and is_root(self.index_dir):
             self._shards = shard_folders(self.index_dir)
         return self._shards or [self.index_dir]
 
