@@ -30,7 +30,6 @@ import collections
 import json
 import os
 import pickle
-import re
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EVAL = ROOT.parent / "shared" / "eval"
 WRITTEN = ROOT / "train" / "data" / "written"
@@ -46,13 +46,12 @@ import numpy as np  # noqa: E402
 
 from make_reader_data import CALIBRATION_POSITIONS  # noqa: E402
 
-from qa.search.answer import sigmoid, unmatched  # noqa: E402
-from qa.search.reader import CALIBRATOR_COLUMNS  # noqa: E402
+from qa.search.answer import _WORD, MAX_PAIR_WORDS, PAIR_AT, SHORT_PAIR_WORDS, sigmoid, unmatched  # noqa: E402
+from qa.search.reader import CALIBRATOR_COLUMNS, Reading  # noqa: E402
+from tune_answers import fit as fit_logistic  # noqa: E402  (logistic regression by Newton's method)
 from qa.search.evaluate import answer_f1, holds, normalize_answer  # noqa: E402
 
 KEEP_TOP_RIGHT = 0.95  # the answer is kept for this share of inside questions whose top passage is right
-_WORD = re.compile(r"[^\W_]+")
-SHORT_PAIR_WORDS, MAX_PAIR_WORDS, PAIR_AT = 45, 80, 0.05  # as qa/answer.py pairs a neighbour
 
 
 # ---------------------------------------------------------------- collect
@@ -108,7 +107,7 @@ def collect(work: Path, name: str, positions: list, asks: list[tuple[str, str, l
         if ev.get("features") is not None:
             from qa.search import answer as A
 
-            gate_p = float(A.sigmoid(ev["features"] @ A.GATE_W))
+            gate_p = A.gate(ev["features"])
         rows.append({
             "kind": kind, "question": q, "answers": answers,
             "top_right": bool(got.hits and holds(got.hits[0].text, answers)),
@@ -206,8 +205,8 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
 # ---------------------------------------------------------------- decide
 
 def answer_text(cands: list[dict], best: int, prob: np.ndarray) -> str:
-    """The best sentence with a neighbour, as qa/answer.py's span_of pairs them (the probabilities the
-    chooser's)."""
+    """The best sentence with a neighbour, as qa.search.answer.span_of pairs them (its limits; the
+    probabilities the chooser's)."""
     c = cands[best]
     words = len(_WORD.findall(c["text"]))
     pick, pick_p = None, -1.0
@@ -225,50 +224,27 @@ def answer_text(cands: list[dict], best: int, prob: np.ndarray) -> str:
 
 def decide(r: dict, alpha: float, top: int, null_logit: float) -> dict | None:
     """The reader's choice among the `top` candidates the sentence model rates highest: the sentence
-    maximising reader logit + alpha * log(sentence model p); its probabilities and the calibrator's inputs."""
+    maximising reader logit + alpha * log(sentence model p), as qa.search.answer.read chooses; its
+    probabilities and the calibrator's inputs (Reading.features, as the service reads them)."""
     cands = r["cands"]
     if not cands:
         return None
     fp = np.array([c["p"] for c in cands])
     keep = np.argsort(-fp, kind="stable")[:top]
-    z = r["logits"][keep] + alpha * np.log(np.maximum(fp[keep], 1e-12))
-    zn = null_logit  # the null logit is the reader's own: the chooser's term shifts candidates only
-    zz = np.concatenate([r["logits"][keep], [null_logit]])
-    zz = zz[np.isfinite(zz)]
-    p = np.exp(zz - zz.max())
-    p /= p.sum()
+    reading = Reading.of(r["logits"][keep], null_logit, span_scores=r["span_scores"][keep])
+    z = reading.logits + alpha * np.log(np.maximum(fp[keep], 1e-12))
     k = int(np.argmax(z))
     best = int(keep[k])
     prob = np.zeros(len(cands))
     zc = np.exp(z - z.max())
     prob[keep] = zc / zc.sum()
-    text = answer_text(cands, best, prob)
     span = r["spans"][best]
-    short = cands[best]["text"][span[0]:span[1]] if span else ""
-    pk = float(np.exp(r["logits"][best] - zz.max()) / np.exp(zz - zz.max()).sum())
-    span = float(r["span_scores"][best])
-    have = {"bias": 1.0, "reader_p": pk, "reader_margin": r["logits"][best] - zn, "reader_null": p[-1],
-            "sentence_p": fp[best], "gate_p": r["gate_p"] or 0.0, "collection_size": np.log10(max(r["passages"], 10)),
-            "span_score": span if np.isfinite(span) else 0.0,
-            "unmatched": unmatched(r["question"], [c["text"] for c in cands])}
-    x = np.array([have[c] for c in CAL_COLUMNS])
-    return {"best": best, "text": text, "short": short, "x": x, "sentence": cands[best]["text"],
-            "margin": float(r["logits"][best] - zn)}
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
-    w = np.zeros(x.shape[1])
-    reg = np.full(x.shape[1], l2)
-    reg[0] = 0
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-np.clip(x @ w, -30, 30)))
-        g = x.T @ (p - y) + reg * w
-        h = (x * (p * (1 - p))[:, None]).T @ x + np.diag(reg + 1e-9)
-        step = np.linalg.solve(h, g)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
+    have = reading.features(k, float(fp[best]), r["gate_p"] or 0.0, r["passages"],
+                            unmatched(r["question"], [c["text"] for c in cands]))
+    return {"best": best, "text": answer_text(cands, best, prob),
+            "short": cands[best]["text"][span[0]:span[1]] if span else "",
+            "x": np.array([have[c] for c in CAL_COLUMNS]), "sentence": cands[best]["text"],
+            "margin": have["reader_margin"]}
 
 
 CAL_COLUMNS = CALIBRATOR_COLUMNS  # --columns picks fewer
@@ -310,7 +286,6 @@ def figures(rows: list[dict], choices: list[dict | None], given: list[bool], con
     hi = [ok for p, ok in zip(all_conf, all_right) if p >= 0.9]
     out["conf90_given"] = len(hi)
     out["conf90_right"] = float(np.mean(hi)) if hi else None
-    inside_given = [(p, ok) for (r, c, g, p), ok in zip(inside, right) if g]
     out["ece_inside_outside"] = calibration(
         [p for (r, c, g, p) in [*inside, *kinds["outside"]] if g],
         [r["kind"] == "inside" and holds(c["text"], r["answers"]) for (r, c, g, p) in [*inside, *kinds["outside"]] if g])
@@ -425,7 +400,7 @@ def main() -> None:
         base = figures(rows, *baseline(rows))
         report[label] = {"reader": mine, "today": base, "reader_own_null": raw}
         print(f"\n{label}")
-        print(f"| measure | today | reader (calibrated null) | reader (own null: logit above the null's) |")
+        print("| measure | today | reader (calibrated null) | reader (own null: logit above the null's) |")
         print("|---|---|---|---|")
         for k in mine:
             fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731

@@ -273,9 +273,14 @@ def coverage(question: Question, sentences: list[Sentence]) -> float:
     return sum(question.hashed[h] for h in held) / question.mass
 
 
+def gate(features: np.ndarray) -> float:
+    """The gate's probability that the collection answers (the reader's calibrator reads it too)."""
+    return float(sigmoid(features @ GATE_W))
+
+
 def judge(features: np.ndarray) -> tuple[bool, float]:
     """Whether to answer, and the confidence that the answer holds a right one."""
-    answers = float(sigmoid(features @ GATE_W)) >= GATE_AT
+    answers = gate(features) >= GATE_AT
     return answers, round(float(sigmoid(features @ CONFIDENCE_W)), 3)
 
 

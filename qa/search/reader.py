@@ -44,6 +44,25 @@ class Reading:
     spans: list[tuple[int, int] | None] = field(default_factory=list)  # per sentence, the answer's char offsets
     span_scores: np.ndarray | None = None  # per sentence, its span's start + end logit
 
+    @classmethod
+    def of(cls, logits: np.ndarray, null_logit: float, spans=(), span_scores: np.ndarray | None = None) -> Reading:
+        """The reading of some candidates' answer logits: one softmax over them and the null."""
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        z = np.exp(np.concatenate([logits, [null_logit]]) - max(logits.max(initial=null_logit), null_logit))
+        z /= z.sum()
+        return cls(z[:-1], float(z[-1]), logits, null_logit, list(spans), span_scores)
+
+    def features(self, chosen: int, feature_p: float, gate_p: float, passages: int, unmatched: float) -> dict:
+        """Every input a calibrator may read (CALIBRATOR_COLUMNS) for an answer from sentence `chosen`: the
+        reader's probability for it, its logit above the null's, the null's probability, the sentence
+        model's probability for it and the no-answer gate's probability (qa/search/answer.py), the
+        collection's size, the reader's score for its short answer, and the question's names no candidate holds."""
+        span = float(self.span_scores[chosen]) if self.span_scores is not None else 0.0
+        return {"bias": 1.0, "reader_p": float(self.p[chosen]), "reader_margin": float(self.logits[chosen] - self.null_logit),
+                "reader_null": self.p_null, "sentence_p": feature_p, "gate_p": gate_p,
+                "collection_size": math.log10(max(passages, 10)), "span_score": span if math.isfinite(span) else 0.0,
+                "unmatched": unmatched}
+
     @property
     def best(self) -> int | None:
         return int(np.argmax(self.logits)) if len(self.logits) else None
@@ -111,14 +130,10 @@ class Reader:
     def score(self, question: str, sentences: list[str]) -> Reading:
         """Read the question with every sentence (one model call) and say which answers, if any."""
         if not sentences:
-            return Reading(np.zeros(0), 1.0, np.zeros(0), self.null_logit, [], np.zeros(0))
+            return Reading.of(np.zeros(0), self.null_logit, [], np.zeros(0))
         ids, types, mask, q_len, offsets = self.encode(question, sentences)
         logit, start, end = self.session.run(None, {"input_ids": ids, "token_type_ids": types,
                                                     "attention_mask": mask})
-        logit = logit.astype(np.float64).reshape(-1)
-        z = np.concatenate([logit, [self.null_logit]])
-        z = np.exp(z - z.max())
-        z /= z.sum()
         spans, scores = [], np.full(len(sentences), -np.inf)
         for r, (text, offs) in enumerate(zip(sentences, offsets)):
             spans.append(None)
@@ -132,21 +147,13 @@ class Reader:
             i, j = np.unravel_index(int(np.argmax(grid)), grid.shape)
             scores[r] = grid[i, j]
             spans[-1] = _words(text, offs[i][0], offs[j][1])
-        return Reading(z[:-1], float(z[-1]), logit, self.null_logit, spans, scores)
+        return Reading.of(logit, self.null_logit, spans, scores)
 
     def features(self, reading: Reading, chosen: int, feature_p: float, gate_p: float, passages: int,
                  unmatched: float = 0.0) -> np.ndarray:
-        """The calibrator's inputs for an answer from sentence `chosen`, in its columns' order: the reader's
-        probability for it, its logit above the null's, the null's probability, the sentence model's
-        probability for it and the no-answer gate's probability (qa/search/answer.py), the collection's
-        size, the reader's score for its short answer, and the question's names no candidate holds."""
-        span = float(reading.span_scores[chosen]) if reading.span_scores is not None else 0.0
-        have = {"bias": 1.0, "reader_p": float(reading.p[chosen]),
-                "reader_margin": float(reading.logits[chosen] - reading.null_logit), "reader_null": reading.p_null,
-                "sentence_p": feature_p, "gate_p": gate_p, "collection_size": math.log10(max(passages, 10)),
-                "span_score": span if math.isfinite(span) else 0.0, "unmatched": unmatched}
-        columns = (self.calibrator or {}).get("columns", CALIBRATOR_COLUMNS)
-        return np.array([have[c] for c in columns])
+        """The calibrator's inputs for an answer from sentence `chosen` (Reading.features), in its columns' order."""
+        have = reading.features(chosen, feature_p, gate_p, passages, unmatched)
+        return np.array([have[c] for c in (self.calibrator or {}).get("columns", CALIBRATOR_COLUMNS)])
 
     def confidence(self, x: np.ndarray) -> float:
         """The probability that an answer with these features holds a right one (the fitted calibrator;

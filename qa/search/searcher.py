@@ -414,8 +414,7 @@ class Searcher:
         spans: dict[int, tuple[int, int]] = {}
         reader = self.reader
         if reader is not None:  # the reader reads the question against the likeliest sentences, and decides
-            gate_p = float(answers.sigmoid(features @ answers.GATE_W))
-            got = answers.read(reader, q, cands, gate_p, self.index.passage_count)
+            got = answers.read(reader, q, cands, answers.gate(features), self.index.passage_count)
             best, gives, confidence, spans = got.best, got.gives, round(got.confidence, 3), got.spans
             start, end = answers.span_of(best, got.prob)
             evidence["marks"][best.pid] = (start, end)  # its passage is marked where the answer is

@@ -285,9 +285,7 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
     words less, and ranks lower), their sentences from `sentences_of(pid)`, scored on the same scale as
     `chosen`, the model's choice among the candidates."""
     from . import answer as answers
-    from ..index.terms import sentence_key, stems as index_stems
-
-    when_said = {sentence_key(x) for x in index_stems(ref.said)} if ref is not None and ref.said else set()
+    when_said = _stem_keys(ref.said) if ref is not None and ref.said else frozenset()
     names = question.named - when_said
     common_words = (question.common & set(question.hashed)) - when_said - names
     common_mass = sum(question.hashed[h] for h in common_words)
@@ -298,7 +296,7 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
     if more and sentences_of is not None and chosen is not None:
         z_chosen = float(chosen.features @ answers.SENTENCE_W)
         for r, (row, score, _) in enumerate(more, len(groups) + 1):
-            if names and not names <= _title_keys(row.title) | _title_keys(row.text):
+            if names and not names <= _stem_keys(row.title) | _stem_keys(row.text):
                 continue  # it does not name the question's subject: it cannot answer (see below)
             rows[row.id] = row
             extra = answers.passage_sentences(question, row.id, r, score, row.title or "", row.start, row.text,
@@ -317,7 +315,7 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
         cover = max(answers.coverage(question, [s for s in mine if s.pid == pid]) for pid in pids)
         gives, confidence = answers.judge(answers.question_features(best, p, cosine, cover, passages))
         row = rows[best.pid]
-        held = set().union(*(s.stems for s in mine)) | _title_keys(row.title)
+        held = set().union(*(s.stems for s in mine)) | _stem_keys(row.title)
         common = sum(question.hashed[h] for h in common_words & held) / common_mass if common_mass else 1.0
         start, end = answers.span_of(best)
         at, day = _instant(row.published)
@@ -329,8 +327,8 @@ def options(question, candidates: list, groups, whole: dict[int, float], passage
 
 
 @functools.lru_cache(maxsize=1024)  # titles and passages: a few MB at most
-def _title_keys(text: str | None) -> frozenset[int]:
-    """The stems of a title (or a passage) as the index keeps a sentence's."""
+def _stem_keys(text: str | None) -> frozenset[int]:
+    """The stems of a text (a title, a passage, the question's time words) as the index keeps a sentence's."""
     from ..index.terms import sentence_key, stems as index_stems
 
     return frozenset(sentence_key(x) for x in index_stems(text or ""))

@@ -106,35 +106,28 @@ class Service:
 
     def _load(self, stamp: tuple | None) -> None:
         if self._shards:  # a sharded root on this machine: one searcher over every shard, fused as one folder
-            self._load_shards(stamp)
-            return
-        try:
-            index = Index.load(self.index_dir, self.model, self.embedder.dim,
-                               previous=self._searcher.index if self._searcher is not None else None)
-        except Exception as e:
             if self._searcher is None:
-                raise
-            # Keep the last good snapshot; try again when the manifest changes, or after a while.
-            self._stamp, self._retry_at = stamp, time.monotonic() + self.RELOAD_RETRY
-            self.reload_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-            self.on_reload_error()
-            log.error("cannot load the new index snapshot, still serving generation %d: %s",
-                      self._searcher.index.generation, self.reload_error)
-            return
-        if self._searcher is not None:
-            log.info("loaded index generation %d (%d passages)", index.generation, index.passage_count)
-        self._searcher = Searcher(index, self.embedder, self.cfg)
-        self._stamp, self.reload_error = stamp, None
-        self.published_at = stamp[0] / 1e9 if stamp else None
-
-    def _load_shards(self, stamp: tuple | None) -> None:
-        if self._searcher is None:
-            index = ShardedIndex(local_shards(self.index_dir, self.model), model=self.model)
-            index.path = self.index_dir
-            index.refresh()
-            self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
-        else:  # each shard reloads its own newest snapshot when asked; the totals are asked again here
-            self._searcher.index.refresh()
+                index = ShardedIndex(local_shards(self.index_dir, self.model), model=self.model)
+                index.path = self.index_dir
+                self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
+            self._searcher.index.refresh()  # each shard reloads its own newest snapshot; the totals again here
+        else:
+            try:
+                index = Index.load(self.index_dir, self.model, self.embedder.dim,
+                                   previous=self._searcher.index if self._searcher is not None else None)
+            except Exception as e:
+                if self._searcher is None:
+                    raise
+                # Keep the last good snapshot; try again when the manifest changes, or after a while.
+                self._stamp, self._retry_at = stamp, time.monotonic() + self.RELOAD_RETRY
+                self.reload_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+                self.on_reload_error()
+                log.error("cannot load the new index snapshot, still serving generation %d: %s",
+                          self._searcher.index.generation, self.reload_error)
+                return
+            if self._searcher is not None:
+                log.info("loaded index generation %d (%d passages)", index.generation, index.passage_count)
+            self._searcher = Searcher(index, self.embedder, self.cfg)
         self._stamp, self.reload_error = stamp, None
         self.published_at = stamp[0] / 1e9 if stamp else None
 
