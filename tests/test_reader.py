@@ -146,3 +146,30 @@ def test_qa_reader_false_gives_the_feature_models_answer_without_a_span(tmp_path
                         "READER": "false"}).test_client()
     got = [plain.get("/api/search", query_string={"q": q}).get_json()["answer"] for q in SEED_QUESTIONS]
     assert any(a is not None for a in got) and all(a is None or a["span"] is None for a in got)
+
+
+def test_the_passage_the_reader_answers_from_leads_the_results(seeded_index, fake_embedder, monkeypatch):
+    import dataclasses
+
+    from qa.search import searcher as searching
+    from qa.web.service import Service
+
+    svc = Service(seeded_index, "fake", embedder=fake_embedder)
+    index = svc.searcher().index
+    stay = searching.Searcher(index, fake_embedder, dataclasses.replace(svc.cfg, reader_leads=False))
+    q = "Where did Assad flee to?"
+    fused = [h.passage_id for h in stay.ask(q, 5).hits]  # the fused scores' order
+    assert len(fused) >= 3
+    lower = fused[2]  # the reader "finds" the answer in the third passage
+    real_read = searching.answers.read
+
+    def read(reader, question, cands, gate_p, passages):
+        got = real_read(reader, question, cands, gate_p, passages)
+        return dataclasses.replace(got, best=next(c for c in cands if c.pid == lower), gives=True)
+
+    monkeypatch.setattr(searching.answers, "read", read)
+    led = searching.Searcher(index, fake_embedder, svc.cfg).ask(q, 5)
+    assert led.answer is not None and led.answer.passage_id == lower
+    assert [h.passage_id for h in led.hits] == [lower] + [i for i in fused if i != lower]
+    assert [h.rank for h in led.hits] == list(range(1, len(fused) + 1))
+    assert [h.passage_id for h in stay.ask(q, 5).hits] == fused  # QA_READER_LEADS=false: as fused

@@ -12,7 +12,11 @@ the three kept for fitting the confidence (CALIBRATION_POSITIONS):
 - unanswerable questions made here from the answerable ones, the way SQuAD 2.0's authors wrote
   theirs: a name, number or year swapped for another of its kind from the same article that the
   paragraph does not hold, a negation inserted, an antonym swapped;
-- questions asked of another article's sentences (the collection does not answer them).
+- questions asked of another article's sentences (the collection does not answer them);
+- questions we wrote (train/data/written/, TRAINING_FILES): look-alikes written SQuAD 2.0's way over
+  the even articles' own paragraphs (the three articles squad2-dev lacks), and news reports we wrote with
+  their answerable and look-alike questions (news-a and news-b, the confidence's and the figures' sets,
+  are never read here).
 
 Each example is one question with its candidate sentences: the paragraph's sentences (split as the
 index splits them, qa.index.text.sentence_spans) plus hard negatives (sentences of the article's other
@@ -35,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 EVAL = ROOT.parent / "shared" / "eval"
+WRITTEN = ROOT / "train" / "data" / "written"
+TRAINING_FILES = ("lookalike-*.json", "train-news-*.json")
 
 from qa.index.text import sentence_spans  # noqa: E402
 from qa.index.terms import STOPWORDS, stems  # noqa: E402
@@ -100,6 +106,12 @@ def even_articles(squad: list[dict]) -> list[dict]:
     return [a for i, a in enumerate(squad) if i % 2 == 0 and i not in CALIBRATION_POSITIONS]
 
 
+def written_articles() -> list[dict]:
+    """The SQuAD 2.0 articles we wrote for training (never news-a or news-b)."""
+    return [a for pattern in TRAINING_FILES for path in sorted(WRITTEN.glob(pattern))
+            for a in json.loads(path.read_text("utf-8"))["data"]]
+
+
 def perturb(question: str, article_text: str, paragraph: str, pools: dict, rng: random.Random) -> list[tuple[str, str]]:
     """Unanswerable look-alikes of an answerable question (kind, new question), at most one per kind."""
     out = []
@@ -154,6 +166,20 @@ def build(seed: int) -> tuple[list[dict], dict]:
             continue
         for p in a["paragraphs"]:
             impossible[p["context"]] += [q for q in p["qas"] if q.get("is_impossible")]
+    # written questions over a tuning paragraph join its own; written news reports join as articles
+    contexts = {p["context"] for a in tuning for p in a["paragraphs"]}
+    written: dict[str, list[dict]] = collections.defaultdict(list)  # context -> its written answerable questions
+    counts = collections.Counter()
+    for a in written_articles():
+        for p in a["paragraphs"]:
+            impossible[p["context"]] += [dict(q, written=True) for q in p["qas"] if q.get("is_impossible")]
+            written[p["context"]] += [dict(q, written=True) for q in p["qas"] if not q.get("is_impossible")]
+        if a["title"] in titles:
+            counts["written_context_not_found"] += sum(p["context"] not in contexts for p in a["paragraphs"])
+        else:
+            tuning = tuning + [{"title": a["title"], "paragraphs": [{"context": p["context"], "qas": []}
+                                                                      for p in a["paragraphs"]]}]
+            counts["written_news_articles"] += 1
 
     # every sentence of the half, with its article and paragraph, for hard negatives and other-article questions
     sentences = []  # (article, paragraph, text, stems)
@@ -171,7 +197,7 @@ def build(seed: int) -> tuple[list[dict], dict]:
                          if not any(x in r[2] for x in answers)), reverse=True)
         return [t for overlap, _, t in scored[:n] if overlap > 0 or other]
 
-    examples, counts = [], collections.Counter()
+    examples = []
     for ai, a in enumerate(tuning):
         article_text = "\n\n".join(p["context"] for p in a["paragraphs"])
         pools = {
@@ -183,7 +209,7 @@ def build(seed: int) -> tuple[list[dict], dict]:
             ctx = p["context"]
             spans = split_sentences(ctx)
             texts = [ctx[s:e] for s, e in spans]
-            for qa in p["qas"]:
+            for qa in p["qas"] + written.get(ctx, []):
                 q = qa["question"].strip()
                 answers = [x["text"] if isinstance(x, dict) else x for x in qa.get("answers", [])]
                 answers = [x.strip() for x in answers if x.strip()]
@@ -208,9 +234,10 @@ def build(seed: int) -> tuple[list[dict], dict]:
                          for i, (t, l) in enumerate(zip(texts, labels))]
                 cands += [{"text": t, "label": 0, "span": None, "from": "article"}
                           for t in hard_negatives(ai, pi, q_stems, answers, HARD_NEGATIVES)]
-                examples.append({"question": q, "kind": "squad", "article": a["title"], "answerable": True,
+                kind = "written" if qa.get("written") else "squad"
+                examples.append({"question": q, "kind": kind, "article": a["title"], "answerable": True,
                                  "answers": answers, "candidates": cands})
-                counts["squad"] += 1
+                counts[kind] += 1
                 # look-alikes that the paragraph does not answer: labelled none over its own sentences
                 made = perturb(q, article_text, ctx, pools, rng)
                 if made:
@@ -233,9 +260,10 @@ def build(seed: int) -> tuple[list[dict], dict]:
                 cands = [{"text": t, "label": 0, "span": None, "from": "paragraph"} for t in texts]
                 cands += [{"text": t, "label": 0, "span": None, "from": "article"}
                           for t in hard_negatives(ai, pi, content_stems(q), [], HARD_NEGATIVES)]
-                examples.append({"question": q, "kind": "squad2_impossible", "article": a["title"],
+                kind = "written_impossible" if qa.get("written") else "squad2_impossible"
+                examples.append({"question": q, "kind": kind, "article": a["title"],
                                  "answerable": False, "answers": [], "candidates": cands})
-                counts["squad2_impossible"] += 1
+                counts[kind] += 1
     rng.shuffle(examples)
     counts["articles"] = len(tuning)
     counts["examples"] = len(examples)

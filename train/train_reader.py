@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this reader.pt's weights (a fresh optimiser and schedule): train on")
     ap.add_argument("--bench", type=int, default=0, help="time this many steps and stop")
     args = ap.parse_args()
 
@@ -214,6 +216,9 @@ def main() -> None:
     print(f"{len(examples)} questions, {sum(len(e['items']) for e in examples)} pairs, "
           f"tokenised in {time.time() - t0:.1f} s", flush=True)
     model = Reader(args.layers)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        print(f"starting from {args.init}", flush=True)
     model.bert.embeddings.word_embeddings.weight.requires_grad = False
     head = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
     body = [p for n, p in model.named_parameters() if n.startswith("bert.") and p.requires_grad]

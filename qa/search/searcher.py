@@ -44,6 +44,9 @@ class SearchConfig:
     max_query_chars: int = 1000
     max_k: int = 50
     reader: bool = True  # the trained reader chooses the answer and decides null (else the feature models alone)
+    # The passage the reader's answer comes from leads the hits (it read that passage's sentence against
+    # the question; the fused score only counted words and vectors).
+    reader_leads: bool = True
 
 
 @dataclass
@@ -316,6 +319,8 @@ class Searcher:
             out.answer, out.evidence = self._answer(q, question.idf, groups[:ANSWER_PASSAGES], whole,
                                                     question.sentences_of,
                                                     partial(when.next_passages, self.index, ranked, groups[:ANSWER_PASSAGES]))
+            if out.answer is not None and cfg.reader and cfg.reader_leads and sort == "relevance":
+                groups = _lead_with(groups, out.evidence["best"].pid)
         marks: dict[int, tuple[int, int]] = out.evidence.get("marks", {})
         for r, (row, score, copies) in enumerate(groups[:k], 1):
             if r == 1:  # the mark before answers, made only when `qa eval` asks for it
@@ -539,6 +544,12 @@ def _shown(score: float, rows: list[PassageRow], close: list[float]) -> tuple[Pa
     # A passage that only overlaps the first is never shown in its place: the words shown would change.
     copies = sorted(closest.values(), key=lambda cr: (cr[0] < ALIGNED, _when(cr[1])))
     return copies[0][1], score, sorted((r for _, r in copies[1:]), key=_when)
+
+
+def _lead_with(groups: list, pid: int) -> list:
+    """The groups with the one holding passage `pid` first (unchanged when none does)."""
+    at = next((i for i, g in enumerate(groups) if g[0].id == pid), 0)
+    return [groups[at], *groups[:at], *groups[at + 1:]] if at else groups
 
 
 def _when(row: PassageRow) -> datetime:

@@ -37,6 +37,7 @@ def create_app(test_config: dict | None = None):
         MAX_QUERY_CHARS=defaults.max_query_chars,
         MAX_K=defaults.max_k,
         READER=defaults.reader,  # QA_READER=false: the feature models alone choose the answer and decide null
+        READER_LEADS=defaults.reader_leads,  # QA_READER_LEADS=false: the reader's answer does not move its passage first
         MAX_CONTENT_LENGTH=64 * 1024,
         ADMIN_TOKEN=None,
         EMBEDDER=None,  # tests inject a fake here

@@ -328,6 +328,7 @@ def service_from_config(config) -> Service:
             max_query_chars=int(config["MAX_QUERY_CHARS"]),
             max_k=int(config["MAX_K"]),
             reader=_flag(config.get("READER", True)),
+            reader_leads=_flag(config.get("READER_LEADS", True)),
         ),
         embedder=config.get("EMBEDDER"),
     )
