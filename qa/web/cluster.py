@@ -1,6 +1,6 @@
 """`qa serve --index ROOT --ray ADDRESS`: a sharded index served by Ray Serve.
 
-    HTTP -> Serve's proxy (head node) -> ingress (the Flask app: same API and pages) -> one replica of every shard
+    HTTP -> HAProxy (Serve's, head node) -> ingress (the Flask app: same API and pages) -> one replica of every shard
 
 One deployment per shard (`shard-000` ...) with R replicas, spread over the nodes (at most one replica of a
 shard per node while there are enough nodes); each replica opens its shard folder from a path its node
@@ -35,6 +35,12 @@ APP_NAME = "qa"
 # Serve runs a replica's code on an event loop of its own thread unless told otherwise; on the loop that
 # takes the request, a call costs two thread hand-offs less.
 ON_LOOP = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
+# Serve's high-throughput mode (Ray's docs, "Enable High Throughput on Ray Serve"): HAProxy (shipped with
+# ray[serve]) takes HTTP on the head and hands it straight to the ingress replica, no Python proxy between,
+# and the ingress calls the shards over direct gRPC between replicas instead of Ray's object store. The
+# controller (and the proxy it starts) and every replica read these when their process starts.
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+REPLICA_ENV = {"env_vars": {**ON_LOOP["env_vars"], **SERVE_ENV}}
 CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
 CALL_DEADLINE = 30.0  # ... and all tries of one call together
 STATUS_EVERY = 5.0  # seconds between two looks at which replicas are running, while every shard has one
@@ -322,7 +328,7 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
     handles = []
     for i, (name, folder) in enumerate(zip(names, meta["folders"])):
         # No access log: a question is a call to every shard, and a log line each costs a replica's CPU.
-        opts = dict(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 0.5, "runtime_env": ON_LOOP},
+        opts = dict(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 0.5, "runtime_env": REPLICA_ENV},
                     max_ongoing_requests=32, health_check_period_s=1, health_check_timeout_s=5,
                     graceful_shutdown_timeout_s=1, logging_config={"enable_access_log": False})
         if replicas <= nodes:  # spread: a node lost takes one replica of a shard, not all of them
@@ -330,7 +336,7 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
         handles.append(shard.options(**opts).bind(str(Path(root).resolve() / folder), i, meta["shards"], model))
     ingress = serve.deployment(Ingress).options(
         name="ingress", num_replicas=1, max_ongoing_requests=64, ray_actor_options={
-            "num_cpus": 0.5, "runtime_env": ON_LOOP,
+            "num_cpus": 0.5, "runtime_env": REPLICA_ENV,
             "resources": {"node:__internal_head__": 0.001}})  # beside Serve's proxy, on the head
     return ingress.bind(str(Path(root).resolve()), handles, names, {**config, "MODEL": model})
 
@@ -350,7 +356,8 @@ def run(root: str, address: str, replicas: int, host: str, port: int, config: di
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise QAError(f"cannot join the Ray cluster at {address}: {e}", code="ray_unreachable") from None
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port},
+                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
     app = build(root, replicas, config, nodes)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
