@@ -177,8 +177,8 @@ def build(seed: int) -> tuple[list[dict], dict]:
         if a["title"] in titles:
             counts["written_context_not_found"] += sum(p["context"] not in contexts for p in a["paragraphs"])
         else:
-            tuning = tuning + [{"title": a["title"], "paragraphs": [{"context": p["context"], "qas": []}
-                                                                      for p in a["paragraphs"]]}]
+            tuning.append({"title": a["title"], "paragraphs": [{"context": p["context"], "qas": []}
+                                                               for p in a["paragraphs"]]})
             counts["written_news_articles"] += 1
 
     # every sentence of the half, with its article and paragraph, for hard negatives and other-article questions

@@ -32,15 +32,14 @@ from ..search.sharded import ShardedIndex, ShardedSearcher, ShardReader, ShardUn
 log = logging.getLogger(__name__)
 
 APP_NAME = "qa"
-# Serve runs a replica's code on an event loop of its own thread unless told otherwise; on the loop that
-# takes the request, a call costs two thread hand-offs less.
-ON_LOOP = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
 # Serve's high-throughput mode (Ray's docs, "Enable High Throughput on Ray Serve"): HAProxy (shipped with
 # ray[serve]) takes HTTP on the head and hands it straight to the ingress replica, no Python proxy between,
 # and the ingress calls the shards over direct gRPC between replicas instead of Ray's object store. The
 # controller (and the proxy it starts) and every replica read these when their process starts.
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
-REPLICA_ENV = {"env_vars": {**ON_LOOP["env_vars"], **SERVE_ENV}}
+# Serve runs a replica's code on an event loop of its own thread unless told otherwise; on the loop that
+# takes the request (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0), a call costs two thread hand-offs less.
+REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", **SERVE_ENV}}
 CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
 CALL_DEADLINE = 30.0  # ... and all tries of one call together
 STATUS_EVERY = 5.0  # seconds between two looks at which replicas are running, while every shard has one
@@ -72,7 +71,7 @@ class ShardReplica:
         if not (self.reader.folder / MANIFEST_NAME).exists():
             raise RuntimeError(f"{self.reader.folder} has no index")
 
-    # Coroutines run on the replica's event loop (with ON_LOOP, the loop that takes the request): a call is
+    # Coroutines run on the replica's event loop (REPLICA_ENV: the loop that takes the request): a call is
     # answered without handing it to another thread, which costs a wake-up each way on a busy machine.
     async def info(self):
         return self.reader.info()
@@ -337,7 +336,7 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
     ingress = serve.deployment(Ingress).options(
         name="ingress", num_replicas=1, max_ongoing_requests=64, ray_actor_options={
             "num_cpus": 0.5, "runtime_env": REPLICA_ENV,
-            "resources": {"node:__internal_head__": 0.001}})  # beside Serve's proxy, on the head
+            "resources": {"node:__internal_head__": 0.001}})  # beside Serve's HAProxy, on the head
     return ingress.bind(str(Path(root).resolve()), handles, names, {**config, "MODEL": model})
 
 
