@@ -63,15 +63,18 @@ def export(weights: Path, out: Path) -> dict:
     types = torch.tensor([[0] * 5 + [1] * 8, [0] * 5 + [1] * 3 + [0] * 5])
     mask = (ids != 0).long()
     axes = {0: "batch", 1: "sequence"}
+    # In eval mode, and kept: the exporter gives a module back in the mode it found it in, and a wrapper made
+    # in training mode would turn the reader's dropout back on for the drift check below.
+    graph = Graph(reader).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Graph(reader), (ids, types, mask), str(raw), dynamo=False,
+        torch.onnx.export(graph, (ids, types, mask), str(raw), dynamo=False,
                           input_names=["input_ids", "token_type_ids", "attention_mask"],
                           output_names=["logit", "start_logits", "end_logits"],
                           dynamic_axes={"input_ids": axes, "token_type_ids": axes, "attention_mask": axes,
                                         "logit": {0: "batch"}, "start_logits": axes, "end_logits": axes},
                           opset_version=17, do_constant_folding=True)
-        expected = [t.numpy() for t in Graph(reader)(ids, types, mask)]
+        expected = [t.numpy() for t in graph(ids, types, mask)]
     config = {**reader.bert.config.to_dict(), "num_hidden_layers": layers}
     _fuse_bert(raw, fused, config)
     raw.unlink()
