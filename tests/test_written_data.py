@@ -1,4 +1,5 @@
-"""The news articles and questions we wrote ourselves (train/data/written/): well-formed SQuAD 2.0 files."""
+"""The news articles and questions we wrote ourselves (train/data/written/, and train/data/next/ for a
+later run): well-formed SQuAD 2.0 files."""
 
 import importlib.util
 import json
@@ -10,9 +11,10 @@ from qa.ingest.squad import load_squad
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITTEN = sorted((ROOT / "train" / "data" / "written").glob("*.json"))
+NEXT = sorted((ROOT / "train" / "data" / "next").glob("*.json"))
 
 
-@pytest.mark.parametrize("path", WRITTEN, ids=[p.stem for p in WRITTEN])
+@pytest.mark.parametrize("path", WRITTEN + NEXT, ids=[p.stem for p in WRITTEN + NEXT])
 def test_every_answer_slices_back_and_every_id_is_one_question(path):
     data = json.loads(path.read_text("utf-8"))["data"]
     ids = []
@@ -32,7 +34,7 @@ def test_there_are_written_sets():
     assert len(WRITTEN) >= 2
 
 
-LOOKALIKES = [p for p in WRITTEN if p.name.startswith("lookalike-")]
+LOOKALIKES = [p for p in WRITTEN + NEXT if p.name.startswith("lookalike-")]
 SQUAD = ROOT.parent / "shared" / "eval" / "squad-dev.json"
 
 
