@@ -1,11 +1,17 @@
 """`qa serve --ray` against `qa serve` on the same articles, on a two-node Ray cluster on 127.0.0.1.
 
     .venv/bin/python bench/serve_cluster.py [--articles 200] [--questions 60] [--rounds 2] [--before DIR] [--no-kill]
+                                            [--floor]
 
 Builds a one-folder index and a 2-shard root of the seeds and N generated articles with the real model,
 serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2`, then prints:
 the share of questions with the same top 5 and the same answer, HTTP latency of each path measured in
 alternating blocks (A B A B, one client), and the failures while the second node is killed under load.
+
+`--floor` also prints what any question pays on each path, whatever it asks: GET /healthz (no search)
+through `qa serve` and through HAProxy and the ingress, and one round of trivial calls (`info`) to every
+shard through Serve's handles from a driver on the cluster, then a round of the questions' own `candidates`
+calls, and that work done in this process (each shard's share of a question's search).
 
 `--before DIR` also measures another source tree (a `git worktree` of an earlier revision, say) on the same
 cluster in the same run: each round deploys the earlier tree's `qa serve --ray`, then this tree's, each
@@ -20,6 +26,7 @@ replicas) by 15 unless told otherwise; `--worker-niceness 0` (the default) runs 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -70,6 +77,99 @@ def timed(port: int, qs: list[str]) -> list[float]:
     return out
 
 
+FLOOR = """
+import importlib.util, json, statistics, sys, time
+sys.path.insert(0, sys.argv[3])
+import ray
+from ray import serve
+spec = importlib.util.spec_from_file_location("serve_cluster", sys.argv[3] + "/bench/serve_cluster.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+ray.init(address=sys.argv[1], log_to_driver=False)
+reqs = bench.asked_of(sys.argv[2], json.loads(sys.argv[4]))
+handles = [serve.get_deployment_handle(f"shard-{i:03d}", "qa") for i in range(len(reqs))]
+
+def rounds(call, n):
+    took = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        [r.result() for r in [call(s, h, i) for s, h in enumerate(handles)]]
+        took.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(took)
+
+info = lambda s, h, i: h.info.remote()
+cands = lambda s, h, i: h.candidates.remote(reqs[s][i % len(reqs[s])])
+rounds(info, 20), rounds(cands, 20)
+print(f"{statistics.median([rounds(info, 150), rounds(info, 150)]):.2f} "
+      f"{statistics.median([rounds(cands, 150), rounds(cands, 150)]):.2f}")
+"""
+
+
+def floor(a_port: int, b_port: int, address: str, root: Path, qs: list[str], env: dict, work: Path) -> None:
+    """What every question pays on each path: GET /healthz on both, a round of trivial shard calls."""
+    def healthz(port: int) -> float:
+        took = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            _get(port, "/healthz")
+            took.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(took)
+
+    one, clu = healthz(a_port), healthz(b_port)
+    one, clu = statistics.median([one, healthz(a_port)]), statistics.median([clu, healthz(b_port)])
+    out = subprocess.run([sys.executable, "-c", FLOOR, address, str(root), str(HERE), json.dumps(qs)], cwd=work,
+                         capture_output=True, text=True, timeout=600, env={**env, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"})
+    if out.returncode:
+        print(f"floor: the driver failed: {out.stderr[-500:]}", flush=True)
+        return
+    info, cands = out.stdout.split()[-2:]
+    print(f"floor: GET /healthz p50 qa serve {one:.2f} ms, --ray {clu:.2f} ms (+{clu - one:.2f}); one round of "
+          f"calls to every shard through Serve's handles, from a driver: trivial (`info`) p50 {info} ms, the "
+          f"questions' own `candidates` p50 {cands} ms", flush=True)
+
+
+def asked_of(root: str | Path, qs: list[str]) -> list[list[dict]]:
+    """The `candidates` requests the questions make of each shard (asked in this process)."""
+    from qa.embed.model import get_embedder
+    from qa.search.searcher import SearchConfig
+    from qa.search.sharded import ShardedIndex, ShardedSearcher, local_shards
+
+    shards = local_shards(root)
+    asked: list[list[dict]] = [[] for _ in shards]
+
+    class Keep:  # a LocalShard that keeps the requests it answers
+        def __init__(self, s: int):
+            self.s = s
+
+        def submit(self, method, *args):
+            if method == "candidates":
+                asked[self.s].append(args[0])
+            return shards[self.s].submit(method, *args)
+
+    index = ShardedIndex([Keep(s) for s in range(len(shards))])
+    index.refresh()
+    searcher = ShardedSearcher(index, get_embedder(index.model), SearchConfig())
+    for q in qs:
+        searcher.ask(q)
+    return asked
+
+
+def shard_work(root: Path, qs: list[str]) -> None:
+    """Each shard's `candidates` work for the questions, in this process (what a replica computes a call)."""
+    from qa.search.sharded import local_shards
+
+    shards = local_shards(root)
+    asked = asked_of(root, qs)
+    took = []
+    for _ in range(2):
+        for s, reqs in enumerate(asked):
+            for req in reqs:
+                t0 = time.perf_counter()
+                shards[s].reader.candidates(req)
+                took.append((time.perf_counter() - t0) * 1000)
+    print(f"a shard's `candidates` work in this process: p50 {statistics.median(took):.2f} ms a call", flush=True)
+
+
 def p99(v: list[float]) -> float:
     s = sorted(v)
     return s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
@@ -97,6 +197,7 @@ def main() -> None:
     ap.add_argument("--before", help="another source tree to measure alongside this one (each round: it, then this)")
     ap.add_argument("--worker-niceness", type=int, default=0, help="Ray's worker niceness (Ray's own default: 15)")
     ap.add_argument("--no-kill", action="store_true", help="skip the node kill under load")
+    ap.add_argument("--floor", action="store_true", help="also measure what any question pays on each path")
     args = ap.parse_args()
     work = Path(args.work)
     subprocess.run(["rm", "-rf", str(work)], check=True)
@@ -170,6 +271,9 @@ def main() -> None:
                     lat[name]["added"].append(statistics.median(b_block) - statistics.median(a_block))
                     print(f"[{name}, round {r + 1}] block {b + 1}: qa serve p50 {statistics.median(a_block):6.1f} ms, "
                           f"--ray p50 {statistics.median(b_block):6.1f} ms", flush=True)
+                if args.floor:
+                    floor(a_port, b_port, f"127.0.0.1:{port}", work / "root", qs, env, work)
+                    shard_work(work / "root", qs)
                 if r < args.rounds - 1 or name != versions[-1][0] or args.no_kill:
                     stop(clu)
         for name, v in lat.items():
