@@ -14,10 +14,10 @@ the three kept for fitting the confidence (CALIBRATION_POSITIONS):
   paragraph does not hold, a negation inserted, an antonym swapped;
 - questions asked of another article's sentences (the collection does not answer them);
 - questions we wrote (train/data/written/, TRAINING_FILES): look-alikes written SQuAD 2.0's way over
-  the training articles' own paragraphs (every paragraph of all nine; Super Bowl 50 and Genghis Khan
-  twice), and news reports we wrote with their answerable and look-alike questions (news-a and news-b,
-  the confidence's and the figures' sets, are never read here; train/data/next/ holds sets written for
-  a later run).
+  the even articles' own paragraphs (the three articles squad2-dev lacks, and four others), and news
+  reports we wrote with their answerable and look-alike questions (news-a and news-b, the confidence's and
+  the figures' sets, are never read here). train/data/next/ holds sets written since, not read here: the
+  shipped reader was trained on written/ as it stands (train/runs/).
 
 Each example is one question with its candidate sentences: the paragraph's sentences (split as the
 index splits them, qa.index.text.sentence_spans) plus hard negatives (sentences of the article's other
