@@ -86,14 +86,14 @@ spec = importlib.util.spec_from_file_location("serve_cluster", sys.argv[3] + "/b
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 ray.init(address=sys.argv[1], log_to_driver=False)
-reqs = bench.asked_of(sys.argv[2], json.loads(sys.argv[4]))
+reqs = bench.asked_of(sys.argv[2], json.loads(sys.argv[4]))[1]
 handles = [serve.get_deployment_handle(f"shard-{i:03d}", "qa") for i in range(len(reqs))]
 
 def rounds(call, n):
     took = []
     for i in range(n):
         t0 = time.perf_counter()
-        [r.result() for r in [call(s, h, i) for s, h in enumerate(handles)]]
+        [r.result(timeout_s=30) for r in [call(s, h, i) for s, h in enumerate(handles)]]
         took.append((time.perf_counter() - t0) * 1000)
     return statistics.median(took)
 
@@ -105,8 +105,9 @@ print(f"{statistics.median([rounds(info, 150), rounds(info, 150)]):.2f} "
 """
 
 
-def floor(a_port: int, b_port: int, address: str, root: Path, qs: list[str], env: dict, work: Path) -> None:
-    """What every question pays on each path: GET /healthz on both, a round of trivial shard calls."""
+def floor(a_port: int, b_port: int, address: str, root: Path, qs: list[str], env: dict[str, str], work: Path,
+          label: str) -> None:
+    """Time what a question pays on each path: GET /healthz on both; rounds of trivial and of real shard calls."""
     def healthz(port: int) -> float:
         took = []
         for _ in range(200):
@@ -117,19 +118,24 @@ def floor(a_port: int, b_port: int, address: str, root: Path, qs: list[str], env
 
     one, clu = healthz(a_port), healthz(b_port)
     one, clu = statistics.median([one, healthz(a_port)]), statistics.median([clu, healthz(b_port)])
-    out = subprocess.run([sys.executable, "-c", FLOOR, address, str(root), str(HERE), json.dumps(qs)], cwd=work,
-                         capture_output=True, text=True, timeout=600, env={**env, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"})
+    try:
+        out = subprocess.run([sys.executable, "-c", FLOOR, address, str(root), str(HERE), json.dumps(qs)], cwd=work,
+                             capture_output=True, text=True, timeout=600,
+                             env={**env, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"})
+    except subprocess.TimeoutExpired:
+        print(f"{label} floor: the driver took over 600 s", flush=True)
+        return
     if out.returncode:
-        print(f"floor: the driver failed: {out.stderr[-500:]}", flush=True)
+        print(f"{label} floor: the driver failed: {out.stderr[-500:]}", flush=True)
         return
     info, cands = out.stdout.split()[-2:]
-    print(f"floor: GET /healthz p50 qa serve {one:.2f} ms, --ray {clu:.2f} ms (+{clu - one:.2f}); one round of "
+    print(f"{label} floor: GET /healthz p50 qa serve {one:.2f} ms, --ray {clu:.2f} ms (+{clu - one:.2f}); one round of "
           f"calls to every shard through Serve's handles, from a driver: trivial (`info`) p50 {info} ms, the "
           f"questions' own `candidates` p50 {cands} ms", flush=True)
 
 
-def asked_of(root: str | Path, qs: list[str]) -> list[list[dict]]:
-    """The `candidates` requests the questions make of each shard (asked in this process)."""
+def asked_of(root: str | Path, qs: list[str]) -> tuple[list, list[list[dict]]]:
+    """Return a root's shards, opened in this process, and the `candidates` requests the questions make of each."""
     from qa.embed.model import get_embedder
     from qa.search.searcher import SearchConfig
     from qa.search.sharded import ShardedIndex, ShardedSearcher, local_shards
@@ -137,11 +143,11 @@ def asked_of(root: str | Path, qs: list[str]) -> list[list[dict]]:
     shards = local_shards(root)
     asked: list[list[dict]] = [[] for _ in shards]
 
-    class Keep:  # a LocalShard that keeps the requests it answers
+    class Keep:  # the searcher's own requests, so that the timings replay what a question really asks
         def __init__(self, s: int):
             self.s = s
 
-        def submit(self, method, *args):
+        def submit(self, method: str, *args):
             if method == "candidates":
                 asked[self.s].append(args[0])
             return shards[self.s].submit(method, *args)
@@ -151,15 +157,12 @@ def asked_of(root: str | Path, qs: list[str]) -> list[list[dict]]:
     searcher = ShardedSearcher(index, get_embedder(index.model), SearchConfig())
     for q in qs:
         searcher.ask(q)
-    return asked
+    return shards, asked
 
 
-def shard_work(root: Path, qs: list[str]) -> None:
-    """Each shard's `candidates` work for the questions, in this process (what a replica computes a call)."""
-    from qa.search.sharded import local_shards
-
-    shards = local_shards(root)
-    asked = asked_of(root, qs)
+def shard_work(root: Path, qs: list[str], label: str) -> None:
+    """Time each shard's `candidates` work for the questions in this process (what a replica computes a call)."""
+    shards, asked = asked_of(root, qs)
     took = []
     for _ in range(2):
         for s, reqs in enumerate(asked):
@@ -167,7 +170,7 @@ def shard_work(root: Path, qs: list[str]) -> None:
                 t0 = time.perf_counter()
                 shards[s].reader.candidates(req)
                 took.append((time.perf_counter() - t0) * 1000)
-    print(f"a shard's `candidates` work in this process: p50 {statistics.median(took):.2f} ms a call", flush=True)
+    print(f"{label} a shard's `candidates` work in this process: p50 {statistics.median(took):.2f} ms a call", flush=True)
 
 
 def p99(v: list[float]) -> float:
@@ -271,9 +274,10 @@ def main() -> None:
                     lat[name]["added"].append(statistics.median(b_block) - statistics.median(a_block))
                     print(f"[{name}, round {r + 1}] block {b + 1}: qa serve p50 {statistics.median(a_block):6.1f} ms, "
                           f"--ray p50 {statistics.median(b_block):6.1f} ms", flush=True)
-                if args.floor:
-                    floor(a_port, b_port, f"127.0.0.1:{port}", work / "root", qs, env, work)
-                    shard_work(work / "root", qs)
+                if args.floor and code == HERE:  # this tree's requests: the other tree's may differ
+                    label = f"[{name}, round {r + 1}]"
+                    floor(a_port, b_port, f"127.0.0.1:{port}", work / "root", qs, env, work, label)
+                    shard_work(work / "root", qs, label)
                 if r < args.rounds - 1 or name != versions[-1][0] or args.no_kill:
                     stop(clu)
         for name, v in lat.items():

@@ -32,8 +32,8 @@ import eval_reader as E  # noqa: E402
 from qa.search.reader import Reader  # noqa: E402
 
 
-def auc(pos, neg) -> float:
-    """P(a positive scores above a negative), ties counting half."""
+def auc(pos: list[float], neg: list[float]) -> float:
+    """Return P(a positive scores above a negative), ties counting half."""
     pos, neg = np.sort(np.asarray(pos, dtype=float)), np.asarray(neg, dtype=float)
     below = np.searchsorted(pos, neg, side="right")
     ties = below - np.searchsorted(pos, neg, side="left")
@@ -41,20 +41,21 @@ def auc(pos, neg) -> float:
 
 
 def separation(folder: Path, work: Path) -> None:
+    """Print a reader folder's AUCs over the held-back replays eval_reader.py read with it."""
     held, _ = E.collect_all(work)
     reader = Reader(folder, threads=1)
-    stamp = hashlib.sha1((folder / reader.meta["model"]).read_bytes()).hexdigest()[:12]
-    cache = (work / f"read-{stamp}-top3").with_suffix(".held.pkl")
-    if not cache.exists():
-        raise SystemExit(f"{cache} is missing: run train/eval_reader.py --reader {folder} --top 3 first")
-    E.read_all(held, reader, "held back", 3, cache)
     cal = reader.meta["calibrator"]
+    top = int(cal["candidates"])
+    stamp = hashlib.sha1((folder / reader.meta["model"]).read_bytes()).hexdigest()[:12]
+    cache = (work / f"read-{stamp}-top{top}").with_suffix(".held.pkl")
+    if not cache.exists():
+        raise SystemExit(f"{cache} is missing: run train/eval_reader.py --reader {folder} --top {top} first")
+    E.read_all(held, reader, "held back", top, cache)
     E.CAL_COLUMNS = tuple(cal["columns"])
-    w = np.array(cal["weights"])
     for name, rows in (("squad-dev odd", [r for r in held if not r.get("news")]),
                        ("news-b", [r for r in held if r.get("news")])):
         ch = [E.decide(r, cal["alpha"], cal["candidates"], reader.null_logit) for r in rows]
-        conf = [float(1 / (1 + np.exp(-(c["x"] @ w)))) if c else 0.0 for c in ch]
+        conf = [reader.confidence(c["x"]) if c else 0.0 for c in ch]
         margin = [c["margin"] if c else -99.0 for c in ch]
         right = [i for i, (r, c) in enumerate(zip(rows, ch))
                  if r["kind"] == "inside" and c and E.holds(c["text"], r["answers"])]
@@ -67,6 +68,7 @@ def separation(folder: Path, work: Path) -> None:
 
 
 def int8_against_torch(weights: Path, folder: Path) -> None:
+    """Print the int8 file's separation and drift against the torch weights it was exported from."""
     import torch
     from train_reader import Reader as Trained
 
