@@ -38,16 +38,22 @@ LOOKALIKES = [p for p in WRITTEN + NEXT if p.name.startswith("lookalike-")]
 SQUAD = ROOT.parent / "shared" / "eval" / "squad-dev.json"
 
 
-@pytest.mark.parametrize("path", LOOKALIKES, ids=[p.stem for p in LOOKALIKES])
-def test_written_lookalikes_are_over_the_readers_own_training_paragraphs(path):
-    """Over the tuning half the reader trains on, never a held-back or calibration article."""
+@pytest.fixture(scope="module")
+def training_paragraphs() -> dict[str, set[str]]:
+    """Each training article's paragraphs, as train/make_reader_data.py chooses them (read once)."""
     if not SQUAD.exists():
         pytest.skip(f"{SQUAD} is absent (the tuning set lives beside the repository)")
     spec = importlib.util.spec_from_file_location("make_reader_data", ROOT / "train" / "make_reader_data.py")
     made = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(made)
-    own = {a["title"]: {p["context"] for p in a["paragraphs"]}
-           for a in made.even_articles(json.loads(SQUAD.read_text("utf-8"))["data"])}
+    return {a["title"]: {p["context"] for p in a["paragraphs"]}
+            for a in made.even_articles(json.loads(SQUAD.read_text("utf-8"))["data"])}
+
+
+@pytest.mark.parametrize("path", LOOKALIKES, ids=[p.stem for p in LOOKALIKES])
+def test_written_lookalikes_are_over_the_readers_own_training_paragraphs(path, training_paragraphs):
+    """Over the tuning half the reader trains on, never a held-back or calibration article."""
+    own = training_paragraphs
     for article in json.loads(path.read_text("utf-8"))["data"]:
         assert article["title"] in own, article["title"]
         assert all(p["context"] in own[article["title"]] for p in article["paragraphs"])

@@ -40,9 +40,8 @@ def auc(pos: list[float], neg: list[float]) -> float:
     return float(((len(pos) - below) + 0.5 * ties).sum() / (len(pos) * len(neg)))
 
 
-def separation(folder: Path, work: Path) -> None:
+def separation(folder: Path, work: Path, held: list[dict]) -> None:
     """Print a reader folder's AUCs over the held-back replays eval_reader.py read with it."""
-    held, _ = E.collect_all(work)
     reader = Reader(folder, threads=1)
     cal = reader.meta["calibrator"]
     top = int(cal["candidates"])
@@ -115,11 +114,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "train" / "out" / "eval")
     ap.add_argument("--int8", type=Path, default=None, help="a reader.pt: compare its folder's int8 file with it")
     args = ap.parse_args()
+    held = None if args.int8 else E.collect_all(args.work)[0]
     for folder in args.folders:
         if args.int8:
             int8_against_torch(args.int8, folder)
         else:
-            separation(folder, args.work)
+            separation(folder, args.work, held)
 
 
 if __name__ == "__main__":
