@@ -2,6 +2,7 @@
 
     python bench/reader_cost.py [--size 65000] [--questions 300] [--work /tmp/qa-reader-cost]
     python bench/reader_cost.py --small 600      # squad-dev paragraphs, against the plain path too
+    python bench/reader_cost.py --small 600 --before /tmp/earlier   # and an earlier tree's reader beside it
 
 One index, two `qa serve` processes over it (QA_READER=false and QA_READER=true), every question asked of
 both in turn over keep-alive connections, the order swapped every question (A B, B A, ...), so drift in
@@ -9,7 +10,8 @@ the machine's load hits both alike. `--size`: squad-dev's articles hidden among 
 recombined BBC sentences (bench/scale.py's corpus, kept in --work for the next run). `--small N`: the
 first N squad-dev paragraphs, and a third arm, the plain sentence-transformers path (fp32 encode of the
 question and a FAISS flat search, in process), as bench/speed.py times it. Prints p50 / p90 / p99 in ms
-for each arm and the ratios. Test data only: nothing here is copied into the project.
+for each arm and the ratios. `--before DIR`: one more arm, another source tree's `qa serve` with its reader
+(a `git worktree` of an earlier revision), asked in turn with the others. Test data only: nothing here is copied into the project.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from scale import SHARED, free_port, ingest_parts, pct, squad  # noqa: E402
 
 
-def serve(index: Path, reader: bool) -> tuple[subprocess.Popen, int]:
+def serve(index: Path, reader: bool, tree: Path = ROOT) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "QA_READER": "true" if reader else "false"}
+    if tree != ROOT:  # `python -m qa` from that tree imports its qa, not this checkout's
+        env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(index), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 600
     while True:
@@ -104,6 +108,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-reader-cost"))
+    ap.add_argument("--before", type=Path, default=None, help="another source tree: its reader as one more arm")
     args = ap.parse_args()
 
     plain = None
@@ -123,8 +128,11 @@ def main() -> None:
     procs = []
     try:
         arms = {}
-        for name, reader in (("without the reader", False), ("with the reader", True)):
-            proc, port = serve(index, reader)
+        servers = [("without the reader", False, ROOT), ("with the reader", True, ROOT)]
+        if args.before:
+            servers.append((f"with the reader of {args.before}", True, args.before.resolve()))
+        for name, reader, tree in servers:
+            proc, port = serve(index, reader, tree)
             procs.append(proc)
             arms[name] = asker(port)
         if plain is not None:
@@ -150,9 +158,13 @@ def main() -> None:
             print(f"| {name} | {pct(xs, 50):.1f} | {pct(xs, 90):.1f} | {pct(xs, 99):.1f} | {given} |")
         a, b = pct(lat["without the reader"], 50), pct(lat["with the reader"], 50)
         print(f"the reader adds {b - a:.1f} ms at p50 ({b / a:.2f}x); {spans} answers with a short span")
+        before = pct(lat[names[2]], 50) if args.before else None
+        if before is not None:
+            print(f"the reader of {args.before} adds {before - a:.1f} ms at p50 ({before / a:.2f}x)")
         if plain is not None:
             p = pct(lat["plain path (in process)"], 50)
-            print(f"against the plain path at p50: without the reader {a / p:.2f}x, with it {b / p:.2f}x")
+            print(f"against the plain path at p50: without the reader {a / p:.2f}x, with it {b / p:.2f}x"
+                  + (f", with the reader of {args.before} {before / p:.2f}x" if before is not None else ""))
     finally:
         for proc in procs:
             proc.terminate()

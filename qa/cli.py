@@ -256,7 +256,8 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
                     click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
             t0 = time.perf_counter()
             searcher = wsvc.searcher(wait=True)
-            searcher.search("warm up", 1)  # load the model and touch the index before the first user
+            # load the models (the reader too, its input shapes run once) and touch the index before the first user
+            searcher.ask("warm up", 1)
             from . import alerts
 
             alerts.resume_sending(wsvc.index_dir)  # webhook calls owed from before a restart

@@ -38,7 +38,7 @@ def reader() -> Reader:
 
 def test_shipped_files_are_small_and_in_the_package():
     files = [p for p in DATA.iterdir() if p.is_file()]
-    assert {"reader.json", "reader-int8.onnx"} <= {p.name for p in files}
+    assert {"reader.json", "reader-int8.xml", "reader-int8.bin"} <= {p.name for p in files}
     assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024
 
 
@@ -59,6 +59,27 @@ def test_probabilities_cover_the_candidates_and_the_null(reader):
     assert got.p.shape == (3,) and got.logits.shape == (3,)
     assert got.p.sum() + got.p_null == pytest.approx(1.0)
     assert reader.score("Anything?", []).p_null == 1.0
+
+
+def test_a_sentence_scores_the_same_alone_as_among_others(reader):
+    # int8 with ranges fixed at export: a sentence's logit does not move with the company it is read in,
+    # and the padding a longer companion brings changes nothing
+    question = "When did the 1973 oil crisis begin?"
+    together = reader.score(question, OIL + ODD).logits
+    for i, sentence in enumerate(OIL):
+        assert reader.score(question, [sentence]).logits[0] == pytest.approx(together[i], abs=1e-3)
+
+
+def test_threads_reading_at_once_get_what_one_gets_alone(reader):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["When did the 1973 oil crisis begin?", "What was the price of oil in March 1974?",
+                 "Who won the 2004 Super Bowl?", "What did the crisis affect?"] * 8
+    alone = [reader.score(q, OIL).logits for q in questions]
+    with ThreadPoolExecutor(4) as pool:
+        at_once = list(pool.map(lambda q: reader.score(q, OIL).logits, questions))
+    for a, b in zip(alone, at_once):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_spans_slice_back_into_their_sentence(reader):

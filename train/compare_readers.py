@@ -9,7 +9,7 @@ confidence between right answers and look-alikes, and between right answers and 
 questions, and the AUC of the reader's margin over its null between right answers and look-alikes. The
 figures the issue asks for move with the threshold; these say whether a reader separates better at all.
 
-`--int8`: the answer logit of the torch weights against the folder's int8 ONNX file on news-a's questions
+`--int8`: the answer logit of the torch weights against the folder's int8 model on news-a's questions
 (each with its paragraph's sentences, batched as the service batches them, and one sentence a call).
 """
 
@@ -90,11 +90,11 @@ def int8_against_torch(weights: Path, folder: Path) -> None:
         with torch.no_grad():
             got["torch fp32"].append(model(torch.tensor(ids), torch.tensor(types), torch.tensor(mask))[0].numpy())
         feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-        got["int8, batched"].append(rt.session.run(None, feeds)[0])
+        got["int8, batched"].append(rt._run(feeds)[0].reshape(-1))
         alone = []
         for i in range(len(sents)):
             n = int(mask[i].sum())
-            alone.append(rt.session.run(None, {k: v[i:i + 1, :n] for k, v in feeds.items()})[0][0])
+            alone.append(rt._run({k: v[i:i + 1, :n] for k, v in feeds.items()})[0].reshape(-1)[0])
         got["int8, one a call"].append(np.array(alone))
     impossible = [imp for _, _, imp in rows]
     for name, logits in got.items():

@@ -6,9 +6,9 @@ train/train_reader.py on squad-dev's tuning half) reads `[CLS] question [SEP] se
 unpadded (one question's candidates go in one call, padded only to its longest), and gives an answer
 logit per sentence and start/end logits over the sentence's word pieces. The candidates' logits and a
 learned null logit make one softmax: `p[i]` is the probability that sentence i answers, `p_null` that
-none does (SQuAD 2.0 readers' rule: an answer must beat the null). It ships as an int8 ONNX file in
-qa/search/data/reader/ (train/export_reader.py) and loads offline: the word pieces come from the packaged
-model's tokenizer, nothing from a hub.
+none does (SQuAD 2.0 readers' rule: an answer must beat the null). It ships as an int8 OpenVINO model
+in qa/search/data/reader/ (train/export_reader.py) and loads offline: the word pieces come from the
+packaged model's tokenizer, nothing from a hub.
 
 `reader.json` beside the model may also hold a calibrator fitted by train/eval_reader.py on the tuning
 half's replay: `confidence(...)` turns the reader's evidence into the probability that an answer given
@@ -83,39 +83,32 @@ def _threads() -> int:
         return default
 
 
-class Reader:
-    """The shipped reader, loaded with ONNX Runtime (thread-safe: one session, many callers)."""
+WIDTH_MULTIPLE = 8  # calls padded to a multiple of this many pieces (see PairEncoder.encode)
 
-    def __init__(self, folder: str | os.PathLike = DATA, threads: int | None = None):
-        import onnxruntime as ort
+
+class PairEncoder:
+    """Word pieces of `[CLS] question [SEP] sentence [SEP]` for one question's candidates."""
+
+    def __init__(self, max_tokens: int, max_question_tokens: int):
         from tokenizers import Tokenizer
 
-        folder = Path(folder)
-        self.meta = json.loads((folder / "reader.json").read_text("utf-8"))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or _threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        # Threads that spin between calls take the cores the other requests need: they sleep instead.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(folder / self.meta["model"]), so, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.cls, self.sep = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
-        self.null_logit = float(self.meta["null_logit"])
-        self.max_tokens = int(self.meta["max_tokens"])
-        self.max_question_tokens = int(self.meta["max_question_tokens"])
-        self.calibrator = self.meta.get("calibrator")
+        self.max_tokens, self.max_question_tokens = max_tokens, max_question_tokens
 
     def encode(self, question: str, sentences: list[str]):
-        """Word-piece ids, type ids and mask (padded to the longest pair), the question's length with
-        [CLS] and [SEP], and each sentence's pieces' character offsets."""
+        """Word-piece ids, type ids and mask (padded to the longest pair, rounded up to WIDTH_MULTIPLE),
+        the question's length with [CLS] and [SEP], and each sentence's pieces' character offsets."""
         q = self.tokenizer.encode(question, add_special_tokens=False).ids[:self.max_question_tokens]
         room = max(self.max_tokens - len(q) - 3, 8)
         encs = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
         pieces = [(e.ids[:room], e.offsets[:room]) for e in encs]
         width = len(q) + 3 + max((len(p) for p, _ in pieces), default=0)
+        # The first call of each input shape costs OpenVINO about 2.5x a later one: a few widths, met
+        # (and prepared by Reader.warm) early, instead of one for every length.
+        width = min(-(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max(self.max_tokens, width))
         ids = np.zeros((len(sentences), width), dtype=np.int64)
         types = np.zeros_like(ids)
         mask = np.zeros_like(ids)
@@ -127,13 +120,67 @@ class Reader:
             mask[r, :n] = 1
         return ids, types, mask, len(head), [o for _, o in pieces]
 
+    def feeds(self, question: str, sentences: list[str]) -> dict[str, np.ndarray]:
+        """The model's inputs for one call."""
+        ids, types, mask, _, _ = self.encode(question, sentences)
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def _openvino(path: Path, threads: int):
+    """Run an OpenVINO model: a compiled model, one infer request per calling thread."""
+    from ..embed.openvino_backend import _ov_core
+
+    compiled = _ov_core().compile_model(str(path), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+        # f32 for what stays in floating point: bf16 on a CPU without AMX took 2x as long here
+        "INFERENCE_PRECISION_HINT": "f32",
+        # pinned threads start on the first cores, where another process's may already be
+        "ENABLE_CPU_PINNING": False,
+    })
+    local = threading.local()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        request.infer(feeds)
+        return [request.get_output_tensor(i).data.copy() for i in range(3)]
+
+    return run
+
+
+class Reader:
+    """The shipped reader (thread-safe: one model, many callers)."""
+
+    def __init__(self, folder: str | os.PathLike = DATA, threads: int | None = None):
+        folder = Path(folder)
+        self.meta = json.loads((folder / "reader.json").read_text("utf-8"))
+        self._run = _openvino(folder / self.meta["model"], threads or _threads())
+        self.null_logit = float(self.meta["null_logit"])
+        self.max_tokens = int(self.meta["max_tokens"])
+        self.max_question_tokens = int(self.meta["max_question_tokens"])
+        self.pairs = PairEncoder(self.max_tokens, self.max_question_tokens)
+        self.calibrator = self.meta.get("calibrator")
+        self.warm()
+
+    def warm(self) -> None:
+        """Run each input shape a question's candidates can take once, so no question pays for its first run."""
+        calls = int((self.calibrator or {}).get("candidates", 3))
+        for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
+            for n in range(1, calls + 1):
+                ids = np.full((n, width), self.pairs.sep, dtype=np.int64)
+                self._run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
+
+    def encode(self, question: str, sentences: list[str]):
+        """Encode one question's pairs (PairEncoder.encode)."""
+        return self.pairs.encode(question, sentences)
+
     def score(self, question: str, sentences: list[str]) -> Reading:
         """Read the question with every sentence (one model call) and say which answers, if any."""
         if not sentences:
             return Reading.of(np.zeros(0), self.null_logit, [], np.zeros(0))
         ids, types, mask, q_len, offsets = self.encode(question, sentences)
-        logit, start, end = self.session.run(None, {"input_ids": ids, "token_type_ids": types,
-                                                    "attention_mask": mask})
+        logit, start, end = self._run({"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
         spans, scores = [], np.full(len(sentences), -np.inf)
         for r, (text, offs) in enumerate(zip(sentences, offsets)):
             spans.append(None)

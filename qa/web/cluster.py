@@ -296,7 +296,11 @@ class Ingress:
         self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg)
         self.app.extensions["qa"] = self.service
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")
-        self.service.searcher()  # the model loads before the replica counts as running
+        self.service.searcher()  # the models load before the replica counts as running
+        if self.service.cfg.reader:
+            from ..search.reader import get_reader
+
+            get_reader()  # its input shapes run once here, not in the first questions
 
     async def __call__(self, request):
         from starlette.responses import Response
