@@ -255,9 +255,12 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
                 for f in report.failures:
                     click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
             t0 = time.perf_counter()
+            if wsvc.cfg.reader:  # first: /readyz says ready once the index is loaded, and the reader takes a second
+                from .search.reader import get_reader
+
+                get_reader()  # its input shapes run once here, not in the first questions
             searcher = wsvc.searcher(wait=True)
-            # load the models (the reader too, its input shapes run once) and touch the index before the first user
-            searcher.ask("warm up", 1)
+            searcher.search("warm up", 1)  # load the model and touch the index before the first user
             from . import alerts
 
             alerts.resume_sending(wsvc.index_dir)  # webhook calls owed from before a restart

@@ -214,7 +214,7 @@ def serve_stdio(svc: Service) -> None:
 
     def warm() -> None:
         try:
-            svc.searcher(wait=True).ask("warm up", 1)
+            svc.searcher(wait=True).ask("warm up", 1)  # the reader too
         except Exception:  # noqa: BLE001 - the first tool call reports what is wrong
             pass
 
