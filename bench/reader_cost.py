@@ -10,8 +10,8 @@ the machine's load hits both alike. `--size`: squad-dev's articles hidden among 
 recombined BBC sentences (bench/scale.py's corpus, kept in --work for the next run). `--small N`: the
 first N squad-dev paragraphs, and a third arm, the plain sentence-transformers path (fp32 encode of the
 question and a FAISS flat search, in process), as bench/speed.py times it. Prints p50 / p90 / p99 in ms
-for each arm and the ratios. `--before DIR`: one more arm, another source tree's `qa serve` with its reader
-(a `git worktree` of an earlier revision), asked in turn with the others. Test data only: nothing here is copied into the project.
+for each arm and the ratios. `--before DIR`: two more arms, another source tree's `qa serve` without and with
+its reader (a `git worktree` of an earlier revision), asked in turn with the others. Test data only: nothing here is copied into the project.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-reader-cost"))
-    ap.add_argument("--before", type=Path, default=None, help="another source tree: its reader as one more arm")
+    ap.add_argument("--before", type=Path, default=None, help="another source tree: its two arms beside these")
     args = ap.parse_args()
 
     plain = None
@@ -130,7 +130,8 @@ def main() -> None:
         arms = {}
         servers = [("without the reader", False, ROOT), ("with the reader", True, ROOT)]
         if args.before:
-            servers.append((f"with the reader of {args.before}", True, args.before.resolve()))
+            servers += [(f"without the reader of {args.before}", False, args.before.resolve()),
+                        (f"with the reader of {args.before}", True, args.before.resolve())]
         for name, reader, tree in servers:
             proc, port = serve(index, reader, tree)
             procs.append(proc)
@@ -158,9 +159,10 @@ def main() -> None:
             print(f"| {name} | {pct(xs, 50):.1f} | {pct(xs, 90):.1f} | {pct(xs, 99):.1f} | {given} |")
         a, b = pct(lat["without the reader"], 50), pct(lat["with the reader"], 50)
         print(f"the reader adds {b - a:.1f} ms at p50 ({b / a:.2f}x); {spans} answers with a short span")
-        before = pct(lat[names[2]], 50) if args.before else None
+        before = pct(lat[names[3]], 50) if args.before else None
         if before is not None:
-            print(f"the reader of {args.before} adds {before - a:.1f} ms at p50 ({before / a:.2f}x)")
+            a0 = pct(lat[names[2]], 50)
+            print(f"in {args.before}, the reader adds {before - a0:.1f} ms at p50 ({before / a0:.2f}x)")
         if plain is not None:
             p = pct(lat["plain path (in process)"], 50)
             print(f"against the plain path at p50: without the reader {a / p:.2f}x, with it {b / p:.2f}x"
