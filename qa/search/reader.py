@@ -161,15 +161,16 @@ class Reader:
         self.max_question_tokens = int(self.meta["max_question_tokens"])
         self.pairs = PairEncoder(self.max_tokens, self.max_question_tokens)
         self.calibrator = self.meta.get("calibrator")
+        # Fewer candidates are read as this many rows (the first repeated): each input shape OpenVINO meets
+        # holds 5-7 MB more of the process's memory, and a question nearly always has this many candidates.
+        self.rows = int((self.calibrator or {}).get("candidates", 3))
         self.warm()
 
     def warm(self) -> None:
         """Run each input shape a question's candidates can take once, so no question pays for its first run."""
-        calls = int((self.calibrator or {}).get("candidates", 3))
         for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
-            for n in range(1, calls + 1):
-                ids = np.full((n, width), self.pairs.sep, dtype=np.int64)
-                self._run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
+            ids = np.full((self.rows, width), self.pairs.sep, dtype=np.int64)
+            self._run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
 
     def encode(self, question: str, sentences: list[str]):
         """Encode one question's pairs (PairEncoder.encode)."""
@@ -180,7 +181,10 @@ class Reader:
         if not sentences:
             return Reading.of(np.zeros(0), self.null_logit, [], np.zeros(0))
         ids, types, mask, q_len, offsets = self.encode(question, sentences)
-        logit, start, end = self._run({"input_ids": ids, "token_type_ids": types, "attention_mask": mask})
+        feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+        if len(sentences) < self.rows:
+            feeds = {k: np.concatenate([v, np.repeat(v[:1], self.rows - len(sentences), axis=0)]) for k, v in feeds.items()}
+        logit, start, end = (x[:len(sentences)] for x in self._run(feeds))
         spans, scores = [], np.full(len(sentences), -np.inf)
         for r, (text, offs) in enumerate(zip(sentences, offsets)):
             spans.append(None)
