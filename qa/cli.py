@@ -270,7 +270,7 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
             click.secho(f"Error: {e.message}", fg="red", err=True)
             os._exit(server.BOOT_ERROR)  # the arbiter then stops the whole server, not just this worker
         except Exception as e:  # noqa: BLE001 - a worker that can never be ready must not linger half-alive
-            click.secho(f"Error: could not load the index: {type(e).__name__}: {e}", fg="red", err=True)
+            click.secho(f"Error: could not load the index or the reader: {type(e).__name__}: {e}", fg="red", err=True)
             os._exit(server.BOOT_ERROR)
 
     click.echo(f"Serving on http://{host}:{port} with {workers} processes x {threads} threads "

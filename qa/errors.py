@@ -71,6 +71,12 @@ class NotReady(IndexError_):
     code = "not_ready"
 
 
+class ReaderUnusable(QAError):
+    """The trained reader's folder holds no model this code can run (re-export it with train/export_reader.py)."""
+
+    code = "reader_unusable"
+
+
 class IngestError(QAError):
     """One input file or record could not be ingested; the run goes on."""
 

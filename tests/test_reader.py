@@ -4,6 +4,7 @@ sentence, and it says "none of these" where nothing answers."""
 from __future__ import annotations
 
 import html
+import json
 import os
 import subprocess
 import sys
@@ -68,6 +69,21 @@ def test_a_sentence_scores_the_same_alone_as_among_others(reader):
     together = reader.score(question, OIL + ODD).logits
     for i, sentence in enumerate(OIL):
         assert reader.score(question, [sentence]).logits[0] == pytest.approx(together[i], abs=1e-3)
+    # fewer candidates than the rows a call is padded to: only theirs come back
+    for n in (1, 2):
+        got = reader.score(question, OIL[:n])
+        assert got.logits.shape == got.p.shape == (n,) and len(got.spans) == n
+        np.testing.assert_allclose(got.logits, together[:n], atol=1e-3)
+
+
+def test_a_folder_exported_for_onnx_runtime_says_to_export_again(tmp_path):
+    from qa.errors import ReaderUnusable
+
+    meta = json.loads((DATA / "reader.json").read_text())
+    (tmp_path / "reader.json").write_text(json.dumps({**meta, "model": "reader-int8.onnx"}))
+    (tmp_path / "reader-int8.onnx").write_bytes(b"not a model")
+    with pytest.raises(ReaderUnusable, match="export_reader.py"):
+        Reader(tmp_path)
 
 
 def test_threads_reading_at_once_get_what_one_gets_alone(reader):

@@ -16,7 +16,6 @@ figures the issue asks for move with the threshold; these say whether a reader s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ def separation(folder: Path, work: Path, held: list[dict]) -> None:
     reader = Reader(folder, threads=1)
     cal = reader.meta["calibrator"]
     top = int(cal["candidates"])
-    stamp = hashlib.sha1((folder / reader.meta["model"]).read_bytes()).hexdigest()[:12]
+    stamp = E.reader_stamp(folder, reader.meta)
     cache = (work / f"read-{stamp}-top{top}").with_suffix(".held.pkl")
     if not cache.exists():
         raise SystemExit(f"{cache} is missing: run train/eval_reader.py --reader {folder} --top {top} first")
@@ -90,11 +89,11 @@ def int8_against_torch(weights: Path, folder: Path) -> None:
         with torch.no_grad():
             got["torch fp32"].append(model(torch.tensor(ids), torch.tensor(types), torch.tensor(mask))[0].numpy())
         feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-        got["int8, batched"].append(rt._run(feeds)[0].reshape(-1))
+        got["int8, batched"].append(rt.run(feeds)[0].reshape(-1))
         alone = []
         for i in range(len(sents)):
             n = int(mask[i].sum())
-            alone.append(rt._run({k: v[i:i + 1, :n] for k, v in feeds.items()})[0].reshape(-1)[0])
+            alone.append(rt.run({k: v[i:i + 1, :n] for k, v in feeds.items()})[0].reshape(-1)[0])
         got["int8, one a call"].append(np.array(alone))
     impossible = [imp for _, _, imp in rows]
     for name, logits in got.items():

@@ -250,6 +250,18 @@ def decide(r: dict, alpha: float, top: int, null_logit: float) -> dict | None:
 CAL_COLUMNS = CALIBRATOR_COLUMNS  # --columns picks fewer
 
 
+def reader_stamp(folder: Path, meta: dict) -> str:
+    """A name for a reader's model files, for the caches of what it read: the graph and its weights (an
+    OpenVINO model keeps them in the .bin beside the .xml; two exports can share a graph)."""
+    import hashlib
+
+    model = folder / meta["model"]
+    digest = hashlib.sha1(model.read_bytes())
+    if model.with_suffix(".bin").exists():
+        digest.update(model.with_suffix(".bin").read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def calibration(conf: list[float], right: list[bool], bins: int = 10) -> float:
     from qa.search.evaluate import calibration as cal
 
@@ -342,9 +354,7 @@ def main() -> None:
 
     folder = args.reader or DATA
     reader = Reader(folder, threads=args.threads)
-    import hashlib
-
-    stamp = hashlib.sha1((Path(folder) / reader.meta["model"]).read_bytes()).hexdigest()[:12]
+    stamp = reader_stamp(Path(folder), reader.meta)
     cache = None if args.limit else args.work / f"read-{stamp}-top{args.read_top}"
     read_all(tune, reader, "tuning replay", args.read_top, cache and cache.with_suffix(".tune.pkl"))
     t_read = time.time()

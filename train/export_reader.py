@@ -2,11 +2,11 @@
 
     python train/export_reader.py [--weights train/out/reader.pt] [--out qa/search/data/reader]
 
-The graph takes `input_ids`, `token_type_ids`, `attention_mask` (int64, batch x sequence, padded to
-the batch's longest) and gives `logit` (batch: how likely each sentence answers) and `start_logits`,
+The graph takes `input_ids`, `token_type_ids`, `attention_mask` (int64, batch x sequence; the service pads
+a call to a multiple of 8 word pieces, qa/search/reader.py) and gives `logit` (batch: how likely each sentence answers) and `start_logits`,
 `end_logits` (batch x sequence). It is quantised to int8 as the embedder is (NNCF, static: activation
-ranges measured once on sample pairs, qa/embed/openvino_backend.py), the weights left in floating point
-(the word-piece table) stored as fp16 so the files stay small. The sample pairs are questions we wrote
+ranges measured once on sample pairs, qa/embed/openvino_backend.py); saved, the word-piece table is int8
+too (a scale per row), so the files stay small. The sample pairs are questions we wrote
 (train/data/written/, never the held-back news) with their paragraph's sentences, three at a time as the
 service reads them. `reader.json` beside it holds the null logit and the input limits (and, once
 train/eval_reader.py has fitted it, the confidence's calibrator).
@@ -104,7 +104,7 @@ def export(weights: Path, out: Path) -> dict:
                                   subset_size=len(feeds))
     out.mkdir(parents=True, exist_ok=True)
     final = out / MODEL_FILE
-    ov.save_model(quantized, str(final), compress_to_fp16=True)
+    ov.save_model(quantized, str(final))  # its defaults store the word-piece table as int8
     # how far int8 moves the answer logit, on 50 of the sample calls
     core = ov.Core()
     drift = {}

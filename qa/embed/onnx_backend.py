@@ -85,8 +85,10 @@ class OnnxEmbedder:
         cache_dir: str | Path,
         quantize: bool = True,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir).resolve()
+        self.spin = spin
         self.cache_dir = Path(cache_dir)
         self.quantize = bool(quantize)
 
@@ -133,9 +135,8 @@ class OnnxEmbedder:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        # Threads that spin after a call take the cores what comes next needs: after a question's vector, the
-        # reader's call took 20.3 ms instead of 13.0 while this session's threads spun. They sleep instead.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not self.spin:  # threads that spin after a call take the cores what comes next needs
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # InferenceSession.run is thread-safe: several server threads may call
         # encode() concurrently on one instance.
         self._session = ort.InferenceSession(

@@ -2,8 +2,9 @@
 it, how likely none of them does, and which words of each answer.
 
 A cross-encoder (layers of the packaged all-MiniLM-L6-v2, fine-tuned by
-train/train_reader.py on squad-dev's tuning half) reads `[CLS] question [SEP] sentence [SEP]`, short and
-unpadded (one question's candidates go in one call, padded only to its longest), and gives an answer
+train/train_reader.py on squad-dev's tuning half) reads `[CLS] question [SEP] sentence [SEP]`, short (one
+question's candidates go in one call, padded to its longest rounded up to a multiple of 8 word pieces, and to
+three rows where there are fewer: see Reader.warm), and gives an answer
 logit per sentence and start/end logits over the sentence's word pieces. The candidates' logits and a
 learned null logit make one softmax: `p[i]` is the probability that sentence i answers, `p_null` that
 none does (SQuAD 2.0 readers' rule: an answer must beat the null). It ships as an int8 OpenVINO model
@@ -106,7 +107,7 @@ class PairEncoder:
         encs = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
         pieces = [(e.ids[:room], e.offsets[:room]) for e in encs]
         width = len(q) + 3 + max((len(p) for p, _ in pieces), default=0)
-        # The first call of each input shape costs OpenVINO about 2.5x a later one: a few widths, met
+        # The first call of each input shape costs OpenVINO about 2.4x a later one: a few widths, met
         # (and prepared by Reader.warm) early, instead of one for every length.
         width = min(-(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max(self.max_tokens, width))
         ids = np.zeros((len(sentences), width), dtype=np.int64)
@@ -128,9 +129,13 @@ class PairEncoder:
 
 def _openvino(path: Path, threads: int):
     """Run an OpenVINO model: a compiled model, one infer request per calling thread."""
-    from ..embed.openvino_backend import _ov_core
+    from ..embed.openvino_backend import ov_core
+    from ..errors import ReaderUnusable
 
-    compiled = _ov_core().compile_model(str(path), "CPU", {
+    if path.suffix != ".xml":  # an ONNX Runtime file, as readers were exported before 2026-12-07
+        raise ReaderUnusable(f"{path} is not an OpenVINO model: export the reader again with "
+                             "train/export_reader.py --weights READER.pt --out FOLDER")
+    compiled = ov_core().compile_model(str(path), "CPU", {
         "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
         # f32 for what stays in floating point: bf16 on a CPU without AMX took 2x as long here
         "INFERENCE_PRECISION_HINT": "f32",
@@ -143,8 +148,8 @@ def _openvino(path: Path, threads: int):
         request = getattr(local, "request", None)
         if request is None:
             request = local.request = compiled.create_infer_request()
-        request.infer(feeds)
-        return [request.get_output_tensor(i).data.copy() for i in range(3)]
+        out = request.infer(feeds)  # copies of the outputs: the request's own buffers serve its next call
+        return [out["logit"], out["start_logits"], out["end_logits"]]
 
     return run
 
@@ -162,12 +167,13 @@ class Reader:
         self.pairs = PairEncoder(self.max_tokens, self.max_question_tokens)
         self.calibrator = self.meta.get("calibrator")
         # Fewer candidates are read as this many rows (the first repeated): each input shape OpenVINO meets
-        # holds 5-7 MB more of the process's memory, and a question nearly always has this many candidates.
+        # holds 2-4 MB more of the process's memory, and a question nearly always has this many candidates.
         self.rows = int((self.calibrator or {}).get("candidates", 3))
         self.warm()
 
     def warm(self) -> None:
-        """Run each input shape a question's candidates can take once, so no question pays for its first run."""
+        """Run each input shape of `rows` candidates once, so no question pays for its first run (calls of more
+        candidates, as train/eval_reader.py makes them, meet theirs unprepared)."""
         for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
             ids = np.full((self.rows, width), self.pairs.sep, dtype=np.int64)
             self._run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
@@ -176,6 +182,10 @@ class Reader:
         """Encode one question's pairs (PairEncoder.encode)."""
         return self.pairs.encode(question, sentences)
 
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model on encoded pairs as they are: the answer, start and end logits."""
+        return self._run(feeds)
+
     def score(self, question: str, sentences: list[str]) -> Reading:
         """Read the question with every sentence (one model call) and say which answers, if any."""
         if not sentences:
@@ -183,7 +193,8 @@ class Reader:
         ids, types, mask, q_len, offsets = self.encode(question, sentences)
         feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
         if len(sentences) < self.rows:
-            feeds = {k: np.concatenate([v, np.repeat(v[:1], self.rows - len(sentences), axis=0)]) for k, v in feeds.items()}
+            extra = self.rows - len(sentences)
+            feeds = {k: np.concatenate([v, np.repeat(v[:1], extra, axis=0)]) for k, v in feeds.items()}
         logit, start, end = (x[:len(sentences)] for x in self._run(feeds))
         spans, scores = [], np.full(len(sentences), -np.inf)
         for r, (text, offs) in enumerate(zip(sentences, offsets)):

@@ -293,7 +293,8 @@ class Searcher:
 
     @property
     def reader(self):
-        """The process's trained reader (loaded once, on the first answer), or None when switched off."""
+        """The process's trained reader (loaded once: by the servers as they start, else on the first answer),
+        or None when switched off."""
         return get_reader() if self.cfg.reader else None
 
     def search(self, q: str, k: int = 5, where: Where | None = None, sort: str = "relevance") -> list[Hit]:

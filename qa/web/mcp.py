@@ -214,7 +214,11 @@ def serve_stdio(svc: Service) -> None:
 
     def warm() -> None:
         try:
-            svc.searcher(wait=True).ask("warm up", 1)  # the reader too
+            if svc.cfg.reader:
+                from ..search.reader import get_reader
+
+                get_reader()  # its input shapes run once here, not in the first questions
+            svc.searcher(wait=True).search("warm up", 1)
         except Exception:  # noqa: BLE001 - the first tool call reports what is wrong
             pass
 
