@@ -87,7 +87,8 @@ def export(weights: Path, out: Path) -> dict:
     max_tokens = int(state.get("max_tokens") or state["args"]["max_tokens"])
     # In eval mode, and kept: a wrapper made in training mode would turn the reader's dropout on.
     graph = Graph(reader).eval()
-    enc = PairEncoder(max_tokens, MAX_QUESTION_TOKENS)
+    # unpadded: the ranges are those of the pairs' own word pieces, not of the padding the mask discards
+    enc = PairEncoder(max_tokens, MAX_QUESTION_TOKENS, width_multiple=1)
     feeds = [enc.feeds(q, s) for q, s in sample_pairs()]
     names = ("input_ids", "token_type_ids", "attention_mask")
     with torch.no_grad(), warnings.catch_warnings():

@@ -90,7 +90,7 @@ WIDTH_MULTIPLE = 8  # calls padded to a multiple of this many pieces (see PairEn
 class PairEncoder:
     """Word pieces of `[CLS] question [SEP] sentence [SEP]` for one question's candidates."""
 
-    def __init__(self, max_tokens: int, max_question_tokens: int):
+    def __init__(self, max_tokens: int, max_question_tokens: int, width_multiple: int = WIDTH_MULTIPLE):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
@@ -98,9 +98,10 @@ class PairEncoder:
         self.tokenizer.no_padding()
         self.cls, self.sep = self.tokenizer.token_to_id("[CLS]"), self.tokenizer.token_to_id("[SEP]")
         self.max_tokens, self.max_question_tokens = max_tokens, max_question_tokens
+        self.width_multiple = width_multiple
 
     def encode(self, question: str, sentences: list[str]):
-        """Word-piece ids, type ids and mask (padded to the longest pair, rounded up to WIDTH_MULTIPLE),
+        """Word-piece ids, type ids and mask (padded to the longest pair, rounded up to width_multiple),
         the question's length with [CLS] and [SEP], and each sentence's pieces' character offsets."""
         q = self.tokenizer.encode(question, add_special_tokens=False).ids[:self.max_question_tokens]
         room = max(self.max_tokens - len(q) - 3, 8)
@@ -109,7 +110,7 @@ class PairEncoder:
         width = len(q) + 3 + max((len(p) for p, _ in pieces), default=0)
         # The first call of each input shape costs OpenVINO about 2.4x a later one: a few widths, met
         # (and prepared by Reader.warm) early, instead of one for every length.
-        width = min(-(-width // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, max(self.max_tokens, width))
+        width = min(-(-width // self.width_multiple) * self.width_multiple, max(self.max_tokens, width))
         ids = np.zeros((len(sentences), width), dtype=np.int64)
         types = np.zeros_like(ids)
         mask = np.zeros_like(ids)
