@@ -258,7 +258,7 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
             if wsvc.cfg.reader:  # first: /readyz says ready once the index is loaded, and the reader takes a second
                 from .search.reader import get_reader
 
-                get_reader()  # its input shapes run once here, not in the first questions
+                get_reader(warm=True)  # its input shapes run once here, not in the first questions
             searcher = wsvc.searcher(wait=True)
             searcher.search("warm up", 1)  # load the model and touch the index before the first user
             from . import alerts

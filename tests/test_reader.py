@@ -48,6 +48,7 @@ def test_loads_offline_once_per_process():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HTTPS_PROXY": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9"}
     code = ("from qa.search.reader import get_reader; r = get_reader(); assert r is get_reader(); "
+            "assert not r.warmed and get_reader(warm=True) is r and r.warmed; "
             "x = r.score('When did the oil crisis begin?', ['It began in October 1973.']); "
             "print(round(float(x.p.sum() + x.p_null), 6))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -170,7 +170,7 @@ class Reader:
         # Fewer candidates are read as this many rows (the first repeated): each input shape OpenVINO meets
         # holds 2-4 MB more of the process's memory, and a question nearly always has this many candidates.
         self.rows = int((self.calibrator or {}).get("candidates", 3))
-        self.warm()
+        self.warmed = False
 
     def warm(self) -> None:
         """Run each input shape of `rows` candidates once, so no question pays for its first run (calls of more
@@ -178,6 +178,7 @@ class Reader:
         for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
             ids = np.full((self.rows, width), self.pairs.sep, dtype=np.int64)
             self._run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
+        self.warmed = True
 
     def encode(self, question: str, sentences: list[str]):
         """Encode one question's pairs (PairEncoder.encode)."""
@@ -256,12 +257,15 @@ _reader: Reader | None = None
 _lock = threading.Lock()
 
 
-def get_reader() -> Reader:
-    """The process's reader, loaded once."""
+def get_reader(warm: bool = False) -> Reader:
+    """The process's reader, loaded once; `warm`: its input shapes run too (servers, before their first
+    question; a one-shot command spares the 0.3 s)."""
     global _reader
-    if _reader is None:
+    if _reader is None or (warm and not _reader.warmed):
         with _lock:
             if _reader is None:
                 # QA_READER_DIR: another trained reader's folder (reader.json and its model), e.g. one being measured
                 _reader = Reader(os.environ.get("QA_READER_DIR") or DATA)
+            if warm and not _reader.warmed:
+                _reader.warm()
     return _reader

@@ -300,7 +300,7 @@ class Ingress:
         if self.service.cfg.reader:
             from ..search.reader import get_reader
 
-            get_reader()  # its input shapes run once here, not in the first questions
+            get_reader(warm=True)  # its input shapes run once here, not in the first questions
 
     async def __call__(self, request):
         from starlette.responses import Response

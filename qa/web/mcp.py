@@ -217,7 +217,7 @@ def serve_stdio(svc: Service) -> None:
             if svc.cfg.reader:
                 from ..search.reader import get_reader
 
-                get_reader()  # its input shapes run once here, not in the first questions
+                get_reader(warm=True)  # its input shapes run once here, not in the first questions
             svc.searcher(wait=True).search("warm up", 1)
         except Exception:  # noqa: BLE001 - the first tool call reports what is wrong
             pass
