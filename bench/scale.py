@@ -171,7 +171,7 @@ def right(results: list[dict], art_id: str, answers: list[str], k: int) -> bool:
 def in_process_quality(index: Path, questions, exact: bool) -> tuple[float, float, float]:
     """acc@1, acc@5 and ms a question, in this process, approximate (default) or exact."""
     from qa.embed.model import DEFAULT_MODEL
-    from qa.index import reader, segment
+    from qa.index import reader
     from qa.web.service import Service
 
     svc = Service(index, DEFAULT_MODEL, "openvino-int8")

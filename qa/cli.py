@@ -386,7 +386,6 @@ def eval_(file, k, index, mode, limit, split, distractors, as_json):
     from .ingest.squad import load_squad, split_by_article
     from .search.evaluate import KS, evaluate, evaluate_answers
     from .ingest.pipeline import add_articles
-    from .search.searcher import Searcher
 
     try:
         owners: list[int] = []

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from qa.search.reader import DATA, Reader, get_reader
+from qa.search.reader import DATA, Reader
 
 pytestmark = pytest.mark.slow
 

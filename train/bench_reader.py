@@ -45,7 +45,7 @@ def main() -> None:
     for threads in args.threads:
         reader = Reader(threads=threads)
         for n in args.counts:
-            times, tokens = [], 0
+            times = []
             for q, own, rest in cases:
                 cands = (own + [s for s in rest if s not in own])[:n]
                 t = time.perf_counter()
