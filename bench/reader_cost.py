@@ -11,7 +11,8 @@ recombined BBC sentences (bench/scale.py's corpus, kept in --work for the next r
 first N squad-dev paragraphs, and a third arm, the plain sentence-transformers path (fp32 encode of the
 question and a FAISS flat search, in process), as bench/speed.py times it. Prints p50 / p90 / p99 in ms
 for each arm and the ratios. `--before DIR`: two more arms, another source tree's `qa serve` without and with
-its reader (a `git worktree` of an earlier revision), asked in turn with the others. Test data only: nothing here is copied into the project.
+its reader (a `git worktree` of an earlier revision), asked in turn with the others. Test data only: nothing
+here is copied into the project.
 """
 
 from __future__ import annotations
@@ -129,9 +130,9 @@ def main() -> None:
     try:
         arms = {}
         servers = [("without the reader", False, ROOT), ("with the reader", True, ROOT)]
+        earlier = (f"without the reader of {args.before}", f"with the reader of {args.before}")
         if args.before:
-            servers += [(f"without the reader of {args.before}", False, args.before.resolve()),
-                        (f"with the reader of {args.before}", True, args.before.resolve())]
+            servers += [(earlier[0], False, args.before.resolve()), (earlier[1], True, args.before.resolve())]
         for name, reader, tree in servers:
             proc, port = serve(index, reader, tree)
             procs.append(proc)
@@ -159,9 +160,9 @@ def main() -> None:
             print(f"| {name} | {pct(xs, 50):.1f} | {pct(xs, 90):.1f} | {pct(xs, 99):.1f} | {given} |")
         a, b = pct(lat["without the reader"], 50), pct(lat["with the reader"], 50)
         print(f"the reader adds {b - a:.1f} ms at p50 ({b / a:.2f}x); {spans} answers with a short span")
-        before = pct(lat[names[3]], 50) if args.before else None
+        before = pct(lat[earlier[1]], 50) if args.before else None
         if before is not None:
-            a0 = pct(lat[names[2]], 50)
+            a0 = pct(lat[earlier[0]], 50)
             print(f"in {args.before}, the reader adds {before - a0:.1f} ms at p50 ({before / a0:.2f}x)")
         if plain is not None:
             p = pct(lat["plain path (in process)"], 50)

@@ -161,7 +161,7 @@ class Reader:
     def __init__(self, folder: str | os.PathLike = DATA, threads: int | None = None):
         folder = Path(folder)
         self.meta = json.loads((folder / "reader.json").read_text("utf-8"))
-        self._run = _openvino(folder / self.meta["model"], threads or _threads())
+        self.run = _openvino(folder / self.meta["model"], threads or _threads())  # encoded pairs -> the three logits
         self.null_logit = float(self.meta["null_logit"])
         self.max_tokens = int(self.meta["max_tokens"])
         self.max_question_tokens = int(self.meta["max_question_tokens"])
@@ -177,16 +177,12 @@ class Reader:
         candidates, as train/eval_reader.py makes them, meet theirs unprepared)."""
         for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
             ids = np.full((self.rows, width), self.pairs.sep, dtype=np.int64)
-            self._run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
+            self.run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
         self.warmed = True
 
     def encode(self, question: str, sentences: list[str]):
         """Encode one question's pairs (PairEncoder.encode)."""
         return self.pairs.encode(question, sentences)
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the model on encoded pairs as they are: the answer, start and end logits."""
-        return self._run(feeds)
 
     def score(self, question: str, sentences: list[str]) -> Reading:
         """Read the question with every sentence (one model call) and say which answers, if any."""
@@ -197,7 +193,7 @@ class Reader:
         if len(sentences) < self.rows:
             extra = self.rows - len(sentences)
             feeds = {k: np.concatenate([v, np.repeat(v[:1], extra, axis=0)]) for k, v in feeds.items()}
-        logit, start, end = (x[:len(sentences)] for x in self._run(feeds))
+        logit, start, end = (x[:len(sentences)] for x in self.run(feeds))
         spans, scores = [], np.full(len(sentences), -np.inf)
         for r, (text, offs) in enumerate(zip(sentences, offsets)):
             spans.append(None)
