@@ -293,6 +293,9 @@ class Ingress:
         os.environ.setdefault("QA_MODEL_THREADS", "1")
         self.app = create_app({**config, "INDEX_DIR": root})
         base = self.app.extensions["qa"]
+        # The handles were made in `qa serve`'s process, which does not run in Serve's gRPC mode: without this
+        # they keep calling the shards through Ray's object store (an actor call and a ray.get a shard).
+        handles = [h.options(_by_reference=False) for h in handles]
         self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg)
         self.app.extensions["qa"] = self.service
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")
