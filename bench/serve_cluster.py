@@ -1,12 +1,13 @@
 """`qa serve --ray` against `qa serve` on the same articles, on a two-node Ray cluster on 127.0.0.1.
 
     .venv/bin/python bench/serve_cluster.py [--articles 200] [--questions 60] [--rounds 2] [--before DIR] [--no-kill]
-                                            [--floor]
+                                            [--floor] [--replicas 2]
 
 Builds a one-folder index and a 2-shard root of the seeds and N generated articles with the real model,
-serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2`, then prints:
-the share of questions with the same top 5 and the same answer, HTTP latency of each path measured in
-alternating blocks (A B A B, one client), and the failures while the second node is killed under load.
+serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2` (or
+`--replicas`), then prints: the share of questions with the same top 5 and the same answer, HTTP latency
+of each path measured in alternating blocks (A B A B, one client), and the failures while the second node
+is killed under load.
 
 `--floor` also prints what any question pays on each path, whatever it asks: GET /healthz (no search)
 through `qa serve` and through HAProxy and the ingress, and one round of trivial calls (`info`) to every
@@ -198,6 +199,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/qa-bench-serve-cluster")
     ap.add_argument("--before", help="another source tree to measure alongside this one (each round: it, then this)")
     ap.add_argument("--worker-niceness", type=int, default=0, help="Ray's worker niceness (Ray's own default: 15)")
+    ap.add_argument("--replicas", type=int, default=2, help="replicas of each shard (the node kill needs 2)")
     ap.add_argument("--no-kill", action="store_true", help="skip the node kill under load")
     ap.add_argument("--floor", action="store_true", help="also measure what any question pays on each path")
     args = ap.parse_args()
@@ -253,7 +255,8 @@ def main() -> None:
                                 f"'127.0.0.1:{port}', log_to_driver=False); serve.shutdown()"], cwd=work, env=env,
                                capture_output=True, timeout=300)
                 clu = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(work / "root"), "--ray",
-                                        f"127.0.0.1:{port}", "--replicas", "2", "--port", str(b_port)], cwd=code,
+                                        f"127.0.0.1:{port}", "--replicas", str(args.replicas),
+                                        "--port", str(b_port)], cwd=code,
                                        env={**env, "PYTHONPATH": str(code)},
                                        stdout=open(work / f"cluster-{name}-{r}.log", "w"), stderr=subprocess.STDOUT,
                                        start_new_session=True)
