@@ -71,3 +71,20 @@ def test_counted_texts_are_embedded_from_their_remembered_ids_exactly():
     count = _model_input_counter(e, "Syria: ")
     assert count(texts) == e.count_tokens(texts)  # the prefix's pieces left out
     assert count(["Syria: "]) == e.count_tokens(["Syria: "])
+
+
+def test_questions_run_on_a_session_whose_threads_sleep_and_ingest_on_one_that_spins():
+    """A question's threads must not spin after it (the reader's call needs the cores next); an ingest's may."""
+    e = get_embedder(backend="onnx-int8")
+
+    def spins(session) -> bool:  # ORT spins unless told not to (the entry is absent then)
+        try:
+            return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:
+            return True
+
+    q = "Where did Assad flee to?"
+    ids = np.array([e._tok.encode(q).ids], dtype=np.int64)
+    assert np.array_equal(e.encode([q]), e._run(ids, np.ones_like(ids)))  # the same model, the same vector
+    assert e._quiet is not None and e._quiet is not e._session
+    assert not spins(e._quiet) and spins(e._session)

@@ -129,23 +129,38 @@ class OnnxEmbedder:
     def _open(self, config: dict, threads: int) -> None:
         """Build (first use) or find the cached model file and start the runtime on it."""
         self.model_path: Path = _ensure_model(self.model_dir, self.cache_dir, config, self.quantize)
+        self._threads = threads
+        # InferenceSession.run is thread-safe: several server threads may call
+        # encode() concurrently on one instance.
+        self._session = self._new_session(self.spin)
+        # Questions (one text a call) get a session whose threads sleep after each call: spinning, they
+        # take the cores the reader's call needs next. Opened on the first question, so an ingest never does.
+        self._quiet = None if self.spin else self._session
+        self._quiet_lock = threading.Lock()
+        self._outputs = [_OUTPUT]
+
+    def _new_session(self, spin: bool) -> ort.InferenceSession:
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
+        so.intra_op_num_threads = self._threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        if not self.spin:  # threads that spin after a call take the cores what comes next needs
+        if not spin:  # threads that spin after a call take the cores what comes next needs
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # InferenceSession.run is thread-safe: several server threads may call
-        # encode() concurrently on one instance.
-        self._session = ort.InferenceSession(
+        return ort.InferenceSession(
             str(self.model_path), so, providers=["CPUExecutionProvider"],
             # ORT's SkipLayerNormalization kernel ran 12 fused nodes slower than Add +
             # LayerNormalization: one question 1.34 -> 1.05 ms (int8, one thread), same vectors.
             disabled_optimizers=_DISABLED_OPTIMIZERS,
         )
-        self._outputs = [_OUTPUT]
+
+    def _question_session(self) -> ort.InferenceSession:
+        if self._quiet is None:
+            with self._quiet_lock:
+                if self._quiet is None:
+                    self._quiet = self._new_session(spin=False)
+        return self._quiet
 
     # ------------------------------------------------------------------ API
 
@@ -171,7 +186,7 @@ class OnnxEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if n == 1:  # query fast path: no sorting, no padding, no copies
             ids = np.array([self._tok.encode(texts[0]).ids], dtype=np.int64)
-            return self._run(ids, np.ones_like(ids))
+            return self._run(ids, np.ones_like(ids), self._question_session())
 
         out = np.empty((n, self.dim), dtype=np.float32)
         for idx, ids, mask in self._batches(texts, batch_size, batch_tokens):
@@ -218,8 +233,8 @@ class OnnxEmbedder:
         m = self.max_tokens  # as the tokenizer truncates one sequence: [CLS], the first m - 2, [SEP]
         return [ids if len(ids) <= m else ids[:m - 1] + ids[-1:] for ids in found]
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        (emb,) = self._session.run(self._outputs, {"input_ids": ids, "attention_mask": mask})
+    def _run(self, ids: np.ndarray, mask: np.ndarray, session: ort.InferenceSession | None = None) -> np.ndarray:
+        (emb,) = (session or self._session).run(self._outputs, {"input_ids": ids, "attention_mask": mask})
         return np.asarray(emb, dtype=np.float32)
 
 
