@@ -203,6 +203,8 @@ def main() -> None:
     ap.add_argument("--no-kill", action="store_true", help="skip the node kill under load")
     ap.add_argument("--floor", action="store_true", help="also measure what any question pays on each path")
     args = ap.parse_args()
+    if args.replicas < 2 and not args.no_kill:
+        ap.error("the node kill needs 2 replicas of each shard: add --no-kill, or leave --replicas at 2")
     work = Path(args.work)
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)

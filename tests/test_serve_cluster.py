@@ -144,6 +144,64 @@ def test_the_app_reads_a_sharded_root_on_one_machine(tmp_path):
     assert apps[1].get("/api/articles/late-1").status_code == 200
 
 
+def _call_raising(*errors):
+    """A _Call whose replies raise `errors` in turn (then answer "ok"), and how often it was sent."""
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install -e '.[cluster]')")
+    from qa.web import cluster
+
+    sent = []
+
+    class Reply:
+        def __init__(self, error):
+            self.error = error
+
+        def result(self, timeout_s):
+            if self.error is not None:
+                raise self.error
+            return "ok"
+
+    class Running:
+        def soon(self):
+            pass
+
+        def missing(self):
+            return []
+
+    class Shard:
+        number, name, running = 1, "shard-001", Running()
+
+        def send(self, method, args):
+            sent.append(method)
+            return Reply(errors[len(sent) - 1] if len(sent) <= len(errors) else None)
+
+    return cluster._Call(Shard(), "candidates", ()), sent
+
+
+def test_a_shards_own_error_is_passed_on_at_once_and_a_lost_call_is_sent_again():
+    from ray.exceptions import RayTaskError
+    from qa.errors import BadRequest
+    from qa.search.sharded import ShardUnavailable
+
+    call, sent = _call_raising(BadRequest("no such field", code="bad_filter"))  # over gRPC: the error itself
+    with pytest.raises(BadRequest):
+        call.result()
+    assert sent == ["candidates"]
+    wrapped = RayTaskError("candidates", "traceback", BadRequest("no such field", code="bad_filter"))
+    call, sent = _call_raising(wrapped)  # through the object store: wrapped
+    with pytest.raises(BadRequest):
+        call.result()
+    call, sent = _call_raising(KeyError("rows"))  # a bug in the shard's code: no other replica will do better
+    with pytest.raises(ShardUnavailable, match="shard-001.*failed: KeyError"):
+        call.result()
+    assert sent == ["candidates"]
+
+    class AioRpcError(Exception):  # as grpc.aio names a call that lost its replica
+        __module__ = "grpc.aio._call"
+
+    call, sent = _call_raising(AioRpcError("UNAVAILABLE"), TimeoutError())
+    assert call.result() == "ok" and sent == ["candidates"] * 3
+
+
 # --- on a Ray Serve cluster -------------------------------------------------------------------------------
 
 
@@ -261,6 +319,28 @@ def test_a_new_article_is_found_through_the_cluster_within_5_seconds(served):
             break
         assert time.monotonic() - t0 < 5.0, out
         time.sleep(0.1)
+
+
+CJK = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好"
+
+
+def test_a_long_article_in_a_non_latin_script_comes_back_whole_through_the_cluster(served):
+    """A shard's reply is one gRPC message: this one is past gRPC's own 4 MiB default."""
+    port, root = served["port"], served["root"]
+    rng = random.Random(11)
+    text = "".join("".join(rng.choices(CJK, k=rng.randint(20, 60))) + "。" for _ in range(50_000))[:1_900_000]
+    assert len(text.encode()) > 4 * 1024 * 1024
+    new = root.parent / "long.jsonl"
+    new.write_text(json.dumps({"id": "long-read", "title": "长篇报道", "text": text}, ensure_ascii=False) + "\n")
+    build(root, [new], shards=None)
+    deadline = time.monotonic() + 30
+    while True:
+        status, art = _get(port, "/api/articles/long-read", 60)
+        if status != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200, art
+    assert art["text"] == text and art["passages"]
 
 
 def test_a_node_killed_under_load_costs_at_most_the_questions_in_flight(served):

@@ -34,9 +34,12 @@ log = logging.getLogger(__name__)
 APP_NAME = "qa"
 # Serve's high-throughput mode (Ray's docs, "Enable High Throughput on Ray Serve"): HAProxy (shipped with
 # ray[serve]) takes HTTP on the head and hands it straight to the ingress replica, no Python proxy between,
-# and the ingress calls the shards over direct gRPC between replicas instead of Ray's object store. The
-# controller (and the proxy it starts) and every replica read these when their process starts.
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+# and replicas call each other over direct gRPC instead of Ray's object store (the ingress's handles ask for
+# it themselves: see Ingress). A reply may be a whole article, up to 2 million characters: gRPC's own 4 MiB
+# limit on a message would refuse a long one in a non-Latin script. The controller (and the proxy it starts)
+# and every replica read these when their process starts.
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+             "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(64 * 1024 * 1024)}
 # Serve runs a replica's code on an event loop of its own thread unless told otherwise; on the loop that
 # takes the request (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0), a call costs two thread hand-offs less.
 REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", **SERVE_ENV}}
@@ -144,6 +147,12 @@ class _Running:
         return [s for s, n in enumerate(self.names) if self.counts.get(n, 0) == 0]
 
 
+def _lost(e: BaseException) -> bool:
+    """Whether a call failed on its way (a replica or node gone, a timeout), not in the shard's own code:
+    Ray's and gRPC's own errors, timeouts and broken connections."""
+    return type(e).__module__.split(".")[0] in ("ray", "grpc") or isinstance(e, (TimeoutError, ConnectionError))
+
+
 class _Call:
     def __init__(self, shard: RemoteShard, method: str, args: tuple):
         self.shard, self.method, self.args = shard, method, args
@@ -157,12 +166,15 @@ class _Call:
         while True:
             try:
                 return self.response.result(timeout_s=max(0.1, min(CALL_TIMEOUT, deadline - time.monotonic())))
-            except RayTaskError as e:  # the shard's own code raised: not worth another replica's time
-                cause = e.as_instanceof_cause()
+            except Exception as e:  # noqa: BLE001 - sorted below: the shard's own error, or a lost replica
+                # Over gRPC the shard's own exception arrives as itself; through the object store, wrapped.
+                cause = e.as_instanceof_cause() if isinstance(e, RayTaskError) else e
                 if isinstance(cause, QAError):
                     raise cause from None
-                raise ShardUnavailable(f"shard {self.shard.number} ({self.shard.name}) failed: {cause}") from None
-            except Exception as e:  # noqa: BLE001 - the replica died, or is unreachable: another one, if any
+                if isinstance(e, RayTaskError) or not _lost(e):  # not worth another replica's time
+                    raise ShardUnavailable(f"shard {self.shard.number} ({self.shard.name}) failed: "
+                                           f"{type(cause).__name__}: {cause}") from None
+                # the replica died, or is unreachable: another one, if any
                 tries += 1
                 self.shard.running.soon()
                 if time.monotonic() >= deadline or self.shard.number in self.shard.running.missing():
@@ -295,6 +307,7 @@ class Ingress:
         base = self.app.extensions["qa"]
         # The handles were made in `qa serve`'s process, which does not run in Serve's gRPC mode: without this
         # they keep calling the shards through Ray's object store (an actor call and a ray.get a shard).
+        # `_by_reference` is Serve's own (private) name for that choice: a Ray upgrade may rename it.
         handles = [h.options(_by_reference=False) for h in handles]
         self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg)
         self.app.extensions["qa"] = self.service
