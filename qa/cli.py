@@ -255,10 +255,9 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
                 for f in report.failures:
                     click.echo(f"  failed: {f.origin}: {f.reason}", err=True)
             t0 = time.perf_counter()
-            if wsvc.cfg.reader:  # first: /readyz says ready once the index is loaded, and the reader takes a second
-                from .search.reader import get_reader
+            from .search.reader import warm_up
 
-                get_reader(warm=True)  # its input shapes run once here, not in the first questions
+            warm_up(wsvc.cfg.reader)  # first: /readyz says ready once the index is loaded, and this takes a second
             searcher = wsvc.searcher(wait=True)
             searcher.search("warm up", 1)  # load the model and touch the index before the first user
             from . import alerts

@@ -265,3 +265,10 @@ def get_reader(warm: bool = False) -> Reader:
             if warm and not _reader.warmed:
                 _reader.warm()
     return _reader
+
+
+def warm_up(on: bool) -> None:
+    """Load the process's reader and run its input shapes once, where answers use it (`on`): the servers call
+    this before their first question, so no question pays for a first run."""
+    if on:
+        get_reader(warm=True)

@@ -313,10 +313,9 @@ class Ingress:
         self.app.extensions["qa"] = self.service
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")
         self.service.searcher()  # the models load before the replica counts as running
-        if self.service.cfg.reader:
-            from ..search.reader import get_reader
+        from ..search.reader import warm_up
 
-            get_reader(warm=True)  # its input shapes run once here, not in the first questions
+        warm_up(self.service.cfg.reader)
 
     async def __call__(self, request):
         from starlette.responses import Response

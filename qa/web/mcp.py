@@ -214,10 +214,9 @@ def serve_stdio(svc: Service) -> None:
 
     def warm() -> None:
         try:
-            if svc.cfg.reader:
-                from ..search.reader import get_reader
+            from ..search.reader import warm_up
 
-                get_reader(warm=True)  # its input shapes run once here, not in the first questions
+            warm_up(svc.cfg.reader)
             svc.searcher(wait=True).search("warm up", 1)
         except Exception:  # noqa: BLE001 - the first tool call reports what is wrong
             pass
