@@ -211,3 +211,24 @@ def test_the_passage_the_reader_answers_from_leads_the_results(seeded_index, fak
     assert [h.passage_id for h in led.hits] == [lower] + [i for i in fused if i != lower]
     assert [h.rank for h in led.hits] == list(range(1, len(fused) + 1))
     assert [h.passage_id for h in stay.ask(q, 5).hits] == fused  # QA_READER_LEADS=false: as fused
+
+
+def test_the_calibrators_rescale_keeps_every_decision_and_fixes_an_overconfident_scale():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_reader", Path(__file__).resolve().parent.parent / "train" / "eval_reader.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    rng = np.random.default_rng(5)
+    x = np.column_stack([np.ones(4000), rng.normal(size=(4000, 2))])
+    truth = np.array([-0.5, 1.0, -0.7])
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(x @ truth)))).astype(float)
+    w, at = truth * 2.0, 0.3  # twice too sure of itself
+    scaled, at2 = ev.rescale(w, at, x, y)
+    before, after = 1 / (1 + np.exp(-(x @ w))), 1 / (1 + np.exp(-(x @ scaled)))
+    assert ((before >= at) == (after >= at2)).all()  # the same answers given
+    shown = after >= at2
+    err = lambda p: abs(p[shown].mean() - y[shown].mean())  # noqa: E731
+    assert err(after) < 0.02 < err(before)
