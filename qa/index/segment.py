@@ -329,7 +329,12 @@ class Segment:
         held = self.s_terms[at]
         pos = np.minimum(np.searchsorted(qhash, held), len(qhash) - 1)
         w = np.where(qhash[pos] == held, qweight[pos], 0.0)
-        sums = np.add.reduceat(np.append(w, 0.0), np.minimum(firsts, len(w))) if len(w) else np.zeros(len(srows))
+        # Each sentence sums its own weights and nothing else, so a sentence scores the same to the last bit
+        # whichever passages it is read with (a shard reads other batches than one folder does). A trailing
+        # empty sentence needs an index inside w: a 0.0 after the last sentence's weights, only then.
+        if sizes[-1] == 0:
+            w = np.append(w, 0.0)
+        sums = np.add.reduceat(w, np.minimum(firsts, len(w) - 1))
         return np.where(sizes > 0, sums, 0.0)
 
     # --- lexical -----------------------------------------------------------------------

@@ -271,6 +271,11 @@ class _Asked:
             self.sentences = sentences
         return ranked, whole
 
+    def read_sentences(self, pids) -> None:
+        """Read the sentences of those of `pids` among the candidates in one pass (the answer's passages)."""
+        if self.sentences is not None:
+            self._full.update(self.sentences.full_many([p for p in pids if p not in self._full]))
+
     def sentences_of(self, pid: int) -> tuple:
         """A passage's sentences with their scores (SentenceScores.full), read once."""
         if pid not in self._full:
@@ -317,6 +322,7 @@ class Searcher:
         groups = self._collapse(ranked, max(k, ANSWER_PASSAGES if with_answer else k))
         out = Answered([], None, facets)
         if with_answer and groups:
+            question.read_sentences([g[0].id for g in groups[:ANSWER_PASSAGES]])
             out.answer, out.evidence = self._answer(q, question.idf, groups[:ANSWER_PASSAGES], whole,
                                                     question.sentences_of,
                                                     partial(when.next_passages, self.index, ranked, groups[:ANSWER_PASSAGES]))

@@ -163,7 +163,7 @@ class ShardReader:
             # and 16th here), so the best SIDE_BEST of each side have their sentences sent too.
             sides = [i for side in mine[5:] for i in heapq.nlargest(SIDE_BEST, side, key=side.get)]
             full = list(dict.fromkeys([*mine_ranked[:pre["full"]], *sides]))
-            got["full"] = {global_id(i, *g): sentences.full(i) for i in full if i in sentences.where}
+            got["full"] = {global_id(i, *g): v for i, v in sentences.full_many(full).items()}
             for row in rows.values():
                 row.id = global_id(row.id, *g)
             got["rows"] = {row.id: row for row in rows.values()}
@@ -182,7 +182,7 @@ class ShardReader:
             if req.get("full"):
                 local = self._local(req["full"])
                 sc = idx.sentences(req["qvec"], req["idf"], local)
-                got["full"] = {global_id(i, self.shard, self.shards): sc.full(i) for i in local if i in sc.where}
+                got["full"] = {global_id(i, self.shard, self.shards): v for i, v in sc.full_many(local).items()}
             if req.get("sources"):
                 got["sources"] = {global_id(i, self.shard, self.shards): v
                                   for i, v in idx.sources_of(self._local(req["sources"])).items()}
@@ -457,6 +457,9 @@ class _Sentences(SentenceScores):
 
     def full(self, pid: int):
         return self.index.full(pid, self.qv, self.weights)
+
+    def full_many(self, pids) -> dict[int, tuple]:
+        return {pid: self.full(pid) for pid in pids}
 
 
 class ShardedSearcher(Searcher):
