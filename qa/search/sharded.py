@@ -23,6 +23,7 @@ Passage ids are global (`local * shards + shard`, qa/index/shards.py) from the s
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import os
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..errors import IndexCorrupt, QAError
 from ..index import MANIFEST_NAME, Index, Where
-from ..index.reader import Collection, SentenceScores
+from ..index.reader import Collection, PassageRow, SentenceScores
 from ..index.shards import global_id, read_root, shard_of, split_id
 from .searcher import Searcher, fuse
 
@@ -163,10 +164,8 @@ class ShardReader:
             # and 16th here), so the best SIDE_BEST of each side have their sentences sent too.
             sides = [i for side in mine[5:] for i in heapq.nlargest(SIDE_BEST, side, key=side.get)]
             full = list(dict.fromkeys([*mine_ranked[:pre["full"]], *sides]))
-            got["full"] = {global_id(i, *g): v for i, v in sentences.full_many(full).items()}
-            for row in rows.values():
-                row.id = global_id(row.id, *g)
-            got["rows"] = {row.id: row for row in rows.values()}
+            got["full"] = {global_id(i, *g): _wire_full(v) for i, v in sentences.full_many(full).items()}
+            got["rows"] = {global_id(i, *g): _wire_row(row, global_id(i, *g)) for i, row in rows.items()}
             got["sources"] = out(sources)
         return got
 
@@ -177,12 +176,12 @@ class ShardReader:
         with idx.reading():
             if req.get("rows"):
                 for pid, row in idx.passages(self._local(req["rows"])).items():
-                    row.id = global_id(pid, self.shard, self.shards)
-                    got["rows"][row.id] = row
+                    gid = global_id(pid, self.shard, self.shards)
+                    got["rows"][gid] = _wire_row(row, gid)
             if req.get("full"):
                 local = self._local(req["full"])
                 sc = idx.sentences(req["qvec"], req["idf"], local)
-                got["full"] = {global_id(i, self.shard, self.shards): v for i, v in sc.full_many(local).items()}
+                got["full"] = {global_id(i, self.shard, self.shards): _wire_full(v) for i, v in sc.full_many(local).items()}
             if req.get("sources"):
                 got["sources"] = {global_id(i, self.shard, self.shards): v
                                   for i, v in idx.sources_of(self._local(req["sources"])).items()}
@@ -194,6 +193,30 @@ class ShardReader:
             for p in art["passages"]:
                 p["id"] = global_id(p["id"], self.shard, self.shards)
         return art
+
+
+# A reply crosses to the fusing side as plain tuples, lists and bytes: Serve pickles it (cloudpickle), which
+# asks about every object that is not a plain type; 50 rows as dataclasses took 0.15 ms against 0.03 as tuples,
+# the sentences' stem keys as arrays 0.31 ms against 0.03 as bytes, and the reading side pays half as much again.
+ROW_FIELDS = tuple(f.name for f in dataclasses.fields(PassageRow))
+
+
+def _wire_row(row: PassageRow, gid: int) -> tuple:
+    return (gid, *(getattr(row, f) for f in ROW_FIELDS[1:]))
+
+
+def _rows(wire: dict[int, tuple]) -> dict[int, PassageRow]:
+    return {i: PassageRow(*t) for i, t in wire.items()}
+
+
+def _wire_full(full: tuple) -> tuple:
+    spans, terms, dense, held, links, central = full
+    return spans, terms, dense, [np.ascontiguousarray(h, dtype=np.uint32).tobytes() for h in held], links, central
+
+
+def _full(wire: dict[int, tuple]) -> dict[int, tuple]:
+    return {i: (spans, terms, dense, [np.frombuffer(h, dtype=np.uint32) for h in held], links, central)
+            for i, (spans, terms, dense, held, links, central) in wire.items()}
 
 
 # --- the fusing side ------------------------------------------------------------------------------------
@@ -413,8 +436,8 @@ class ShardedIndex:
         if by:
             self.rounds["fetch"] += 1
         for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
-            q.rows.update(got["rows"])
-            q.full.update(got["full"])
+            q.rows.update(_rows(got["rows"]))
+            q.full.update(_full(got["full"]))
             q.sources.update(got["sources"])
         for i in rows:  # asked for and not there (deleted meanwhile): not asked again
             q.rows.setdefault(i, None)
@@ -441,7 +464,7 @@ class ShardedIndex:
                 by.setdefault(split_id(i, self.n)[0], {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
             self.rounds["fetch"] += 1
             for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
-                q.full.update(got["full"])
+                q.full.update(_full(got["full"]))
             for i in ids:
                 q.full.setdefault(i, None)
         return q.full.get(pid) or ([], [], [], [], [], [])
@@ -506,8 +529,8 @@ class ShardedSearcher(Searcher):
         for g in got:
             for d, key in zip(merged, ("lexical", "coarse", "exact", "bm25", "best_dense", "best_terms")):
                 d.update(g[key])
-            q.rows.update(g.get("rows", {}))
-            q.full.update(g.get("full", {}))
+            q.rows.update(_rows(g.get("rows", {})))
+            q.full.update(_full(g.get("full", {})))
             q.sources.update(g.get("sources", {}))
         ranked, whole, candidates, best_dense, best_terms, _, _ = fusion(*merged, cfg, n, dense_n, qvec is not None,
                                                                          among is not None)
