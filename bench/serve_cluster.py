@@ -6,8 +6,9 @@
 Builds a one-folder index and a 2-shard root of the seeds and N generated articles with the real model,
 serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2` (or
 `--replicas`), then prints: the share of questions with the same top 5 and the same answer, HTTP latency
-of each path measured in alternating blocks (A B A B, one client), and the failures while the second node
-is killed under load.
+of each path measured in alternating blocks (A B A B, one client) and then question by question (each
+question asked of both, the order swapped each time: the median of the differences), and the failures while
+the second node is killed under load.
 
 `--floor` also prints what any question pays on each path, whatever it asks: GET /healthz (no search)
 through `qa serve` and through HAProxy and the ingress, and one round of trivial calls (`info`) to every
@@ -247,7 +248,7 @@ def main() -> None:
         procs.append(one)
         wait_ready(a_port, one)
         qs = questions(args.questions, seed=9)
-        lat = {name: {"one": [], "cluster": [], "added": []} for name, _ in versions}
+        lat = {name: {"one": [], "cluster": [], "added": [], "paired": []} for name, _ in versions}
         clu = None
         for r in range(args.rounds):
             for name, code in versions:
@@ -278,6 +279,16 @@ def main() -> None:
                     lat[name]["added"].append(statistics.median(b_block) - statistics.median(a_block))
                     print(f"[{name}, round {r + 1}] block {b + 1}: qa serve p50 {statistics.median(a_block):6.1f} ms, "
                           f"--ray p50 {statistics.median(b_block):6.1f} ms", flush=True)
+                # A B A B question by question (the order swapped each time): the machine's drift between two
+                # blocks of 60 questions (qa serve alone moved 24-37 ms at p50 from one block to the next) cancels.
+                diffs = []
+                for i, q in enumerate(qs * 2):
+                    first, second = (a_port, b_port) if i % 2 == 0 else (b_port, a_port)
+                    t_first, t_second = timed(first, [q])[0], timed(second, [q])[0]
+                    diffs.append(t_second - t_first if first == a_port else t_first - t_second)
+                lat[name]["paired"] += diffs
+                print(f"[{name}, round {r + 1}] question by question: --ray minus qa serve, median "
+                      f"{statistics.median(diffs):.1f} ms over {len(diffs)} pairs", flush=True)
                 if args.floor and code == HERE:  # this tree's requests: the other tree's may differ
                     label = f"[{name}, round {r + 1}]"
                     floor(a_port, b_port, f"127.0.0.1:{port}", work / "root", qs, env, work, label)
@@ -290,7 +301,8 @@ def main() -> None:
                   f"{p50['cluster'] - p50['one']:.1f} ms (per block pair: "
                   f"{', '.join(f'{x:.1f}' for x in v['added'])}); p99 qa serve {p99(v['one']):.1f} ms, "
                   f"--ray {p99(v['cluster']):.1f} ms, added {p99(v['cluster']) - p99(v['one']):.1f} ms "
-                  f"(target: added p50 <= 8 ms)", flush=True)
+                  f"(target: added p50 <= 8 ms); question by question, the median of --ray minus qa serve "
+                  f"{statistics.median(v['paired']):.1f} ms over {len(v['paired'])} pairs", flush=True)
         if args.no_kill:
             return
         # The node kill under load, on the last deployment: 2 clients, the second node killed 3 s in.
