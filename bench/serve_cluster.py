@@ -1,7 +1,7 @@
 """`qa serve --ray` against `qa serve` on the same articles, on a two-node Ray cluster on 127.0.0.1.
 
     .venv/bin/python bench/serve_cluster.py [--articles 200] [--questions 60] [--rounds 2] [--before DIR] [--no-kill]
-                                            [--floor] [--replicas 2]
+                                            [--floor] [--replicas 2] [--ingress-replicas 1]
 
 Builds a one-folder index and a 2-shard root of the seeds and N generated articles with the real model,
 serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2` (or
@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--before", help="another source tree to measure alongside this one (each round: it, then this)")
     ap.add_argument("--worker-niceness", type=int, default=0, help="Ray's worker niceness (Ray's own default: 15)")
     ap.add_argument("--replicas", type=int, default=2, help="replicas of each shard (the node kill needs 2)")
+    ap.add_argument("--ingress-replicas", type=int, default=1,
+                    help="replicas of the ingress (2: one on each node, so the node kill takes one)")
     ap.add_argument("--no-kill", action="store_true", help="skip the node kill under load")
     ap.add_argument("--floor", action="store_true", help="also measure what any question pays on each path")
     args = ap.parse_args()
@@ -259,6 +261,8 @@ def main() -> None:
                                capture_output=True, timeout=300)
                 clu = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(work / "root"), "--ray",
                                         f"127.0.0.1:{port}", "--replicas", str(args.replicas),
+                                        *(["--ingress-replicas", str(args.ingress_replicas)]
+                                          if args.ingress_replicas > 1 else []),
                                         "--port", str(b_port)], cwd=code,
                                        env={**env, "PYTHONPATH": str(code)},
                                        stdout=open(work / f"cluster-{name}-{r}.log", "w"), stderr=subprocess.STDOUT,

@@ -222,7 +222,11 @@ def watch(urls, index, every, rounds, quiet):
                    "see docs/cluster.md.")
 @click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True,
               help="With --ray: replicas of each shard, spread over the nodes.")
-def serve(index, host, port, workers, threads, ray_address, replicas):
+@click.option("--ingress-replicas", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With --ray: replicas of the ingress (the HTTP side: the question's embedding, fusion, the "
+                   "answer): one sits beside HAProxy on the head; more are spread one a node while there are "
+                   "nodes enough, and HAProxy shares the questions out.")
+def serve(index, host, port, workers, threads, ray_address, replicas, ingress_replicas):
     """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
     from .web import server
 
@@ -231,7 +235,7 @@ def serve(index, host, port, workers, threads, ray_address, replicas):
         from .web import cluster
 
         try:
-            cluster.run(str(svc.index_dir), ray_address, replicas, host, port)
+            cluster.run(str(svc.index_dir), ray_address, replicas, host, port, ingress_replicas=ingress_replicas)
         except QAError as e:
             _fail(e)
         return

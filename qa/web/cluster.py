@@ -331,7 +331,7 @@ class Ingress:
         return resp
 
 
-def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
+def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1, ingress_replicas: int = 1):
     """The Serve application for a sharded root: one deployment per shard, and the ingress."""
     from ray import serve
 
@@ -352,14 +352,22 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1):
         if replicas <= nodes:  # spread: a node lost takes one replica of a shard, not all of them
             opts["max_replicas_per_node"] = 1
         handles.append(shard.options(**opts).bind(str(Path(root).resolve() / folder), i, meta["shards"], model))
-    ingress = serve.deployment(Ingress).options(
-        name="ingress", num_replicas=1, max_ongoing_requests=64, ray_actor_options={
-            "num_cpus": 0.5, "runtime_env": REPLICA_ENV,
-            "resources": {"node:__internal_head__": 0.001}})  # beside Serve's HAProxy, on the head
+    # One ingress replica sits beside Serve's HAProxy on the head. More take questions on other nodes too (one
+    # ingress holds one interpreter lock: 50-65 questions a second here, docs/cluster.md), spread one a node
+    # while there are nodes enough, so that a node lost takes at most one of them; HAProxy sends a question
+    # whose connection is refused to another.
+    ingress_opts: dict = dict(name="ingress", num_replicas=ingress_replicas, max_ongoing_requests=64,
+                              ray_actor_options={"num_cpus": 0.5, "runtime_env": REPLICA_ENV})
+    if ingress_replicas == 1:
+        ingress_opts["ray_actor_options"]["resources"] = {"node:__internal_head__": 0.001}
+    elif ingress_replicas <= nodes:
+        ingress_opts["max_replicas_per_node"] = 1
+    ingress = serve.deployment(Ingress).options(**ingress_opts)
     return ingress.bind(str(Path(root).resolve()), handles, names, {**config, "MODEL": model})
 
 
-def run(root: str, address: str, replicas: int, host: str, port: int, config: dict | None = None) -> None:
+def run(root: str, address: str, replicas: int, host: str, port: int, config: dict | None = None,
+        ingress_replicas: int = 1) -> None:
     """Deploy on the cluster at `address` and serve until stopped (Ctrl+C or SIGTERM takes the app down)."""
     import signal
 
@@ -376,13 +384,13 @@ def run(root: str, address: str, replicas: int, host: str, port: int, config: di
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port},
                 controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
-    app = build(root, replicas, config, nodes)
+    app = build(root, replicas, config, nodes, ingress_replicas)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     print(f"Serving {root} on http://{host}:{port} (Ray Serve, {replicas} replica(s) of each shard, "
-          f"{nodes} node(s))", file=sys.stderr, flush=True)
+          f"{ingress_replicas} of the ingress, {nodes} node(s))", file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:
