@@ -7,7 +7,7 @@ Builds a one-folder index and a 2-shard root of the seeds and N generated articl
 serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2` (or
 `--replicas`), then prints: the share of questions with the same top 5 and the same answer, HTTP latency
 of each path measured in alternating blocks (A B A B, one client) and then question by question (each
-question asked of both, the order swapped each time: the median of the differences), and the failures while
+question asked of both twice, once in each order: the median of the differences), and the failures while
 the second node is killed under load.
 
 `--floor` also prints what any question pays on each path, whatever it asks: GET /healthz (no search)
@@ -262,7 +262,7 @@ def main() -> None:
                 clu = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(work / "root"), "--ray",
                                         f"127.0.0.1:{port}", "--replicas", str(args.replicas),
                                         *(["--ingress-replicas", str(args.ingress_replicas)]
-                                          if args.ingress_replicas > 1 else []),
+                                          if args.ingress_replicas > 1 and code == HERE else []),
                                         "--port", str(b_port)], cwd=code,
                                        env={**env, "PYTHONPATH": str(code)},
                                        stdout=open(work / f"cluster-{name}-{r}.log", "w"), stderr=subprocess.STDOUT,
@@ -283,13 +283,13 @@ def main() -> None:
                     lat[name]["added"].append(statistics.median(b_block) - statistics.median(a_block))
                     print(f"[{name}, round {r + 1}] block {b + 1}: qa serve p50 {statistics.median(a_block):6.1f} ms, "
                           f"--ray p50 {statistics.median(b_block):6.1f} ms", flush=True)
-                # A B A B question by question (the order swapped each time): the machine's drift between two
+                # A B, then B A, question by question: the machine's drift between two
                 # blocks of 60 questions (qa serve alone moved 24-37 ms at p50 from one block to the next) cancels.
                 diffs = []
-                for i, q in enumerate(qs * 2):
-                    first, second = (a_port, b_port) if i % 2 == 0 else (b_port, a_port)
-                    t_first, t_second = timed(first, [q])[0], timed(second, [q])[0]
-                    diffs.append(t_second - t_first if first == a_port else t_first - t_second)
+                for q in qs:
+                    for first, second in ((a_port, b_port), (b_port, a_port)):
+                        t_first, t_second = timed(first, [q])[0], timed(second, [q])[0]
+                        diffs.append(t_second - t_first if first == a_port else t_first - t_second)
                 lat[name]["paired"] += diffs
                 print(f"[{name}, round {r + 1}] question by question: --ray minus qa serve, median "
                       f"{statistics.median(diffs):.1f} ms over {len(diffs)} pairs", flush=True)

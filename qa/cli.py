@@ -224,8 +224,8 @@ def watch(urls, index, every, rounds, quiet):
               help="With --ray: replicas of each shard, spread over the nodes.")
 @click.option("--ingress-replicas", type=click.IntRange(1, 64), default=1, show_default=True,
               help="With --ray: replicas of the ingress (the HTTP side: the question's embedding, fusion, the "
-                   "answer): one sits beside HAProxy on the head; more are spread one a node while there are "
-                   "nodes enough, and HAProxy shares the questions out.")
+                   "answer). 1: on the head, beside HAProxy; N > 1: at most one a node while there are N nodes "
+                   "(not necessarily on the head), HAProxy sharing the questions out.")
 def serve(index, host, port, workers, threads, ray_address, replicas, ingress_replicas):
     """Serve the search page and the JSON API (builds the index from seeds/ when it is empty)."""
     from .web import server

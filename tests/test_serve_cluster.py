@@ -346,25 +346,35 @@ def test_a_long_article_in_a_non_latin_script_comes_back_whole_through_the_clust
 
 
 def test_two_ingress_replicas_run_one_on_each_node_and_both_answer(served):
-    script = ("import ray; from ray import serve\n"
+    # /readyz answers once one ingress replica runs: wait for both (Serve's own count)
+    script = ("import time, ray; from ray import serve\n"
               f"ray.init(address='{served['address']}', log_to_driver=False)\n"
-              "states = serve.status().applications['qa'].deployments['ingress'].replica_states\n"
-              "print(sum(v for k, v in states.items() if str(getattr(k, 'value', k)) == 'RUNNING'))")
-    out = subprocess.run([sys.executable, "-c", script], env=served["env"], capture_output=True, text=True, timeout=120)
+              "deadline = time.monotonic() + 90\n"
+              "while True:\n"
+              "    states = serve.status().applications['qa'].deployments['ingress'].replica_states\n"
+              "    n = sum(v for k, v in states.items() if str(getattr(k, 'value', k)) == 'RUNNING')\n"
+              "    if n >= 2 or time.monotonic() > deadline: break\n"
+              "    time.sleep(0.5)\n"
+              "print(n)")
+    out = subprocess.run([sys.executable, "-c", script], env=served["env"], capture_output=True, text=True, timeout=150)
     assert out.stdout.split() and out.stdout.split()[-1] == "2", out.stdout + out.stderr[-2000:]
     # Ray names a replica's process after its deployment; each node's processes are in its session
+    nodes = {served["head"].pid, served["node"].pid}
     pids, sessions = [], set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            with open(f"/proc/{pid}/stat") as f:
+                sid = int(f.read().rsplit(")", 1)[1].split()[3])
+            if sid not in nodes:  # another cluster's, if any
+                continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"ServeReplica:qa:ingress" not in f.read():
                     continue
-            with open(f"/proc/{pid}/stat") as f:
-                sessions.add(int(f.read().rsplit(")", 1)[1].split()[3]))
+            sessions.add(sid)
             pids.append(int(pid))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
-    assert len(pids) == 2 and sessions == {served["head"].pid, served["node"].pid}, (pids, sessions)
+    assert len(pids) == 2 and sessions == nodes, (pids, sessions)
     # HAProxy shares the questions out: each ingress process spends CPU time on them (each reads its share
     # with the real reader, ~10 ms of CPU a question), well beyond what it spends idle.
     def cpu(pid: int) -> int:  # clock ticks (10 ms) of user and system time

@@ -19,7 +19,7 @@
    combine to choose the sentence, the calibrator (a logistic over the reader's probability, its margin
    over the null, the null's probability, the sentence model's probability and today's gate), and the
    confidence below which the answer is null (an answer kept for 95% of inside questions whose top
-   passage is right).
+   passage is right); then the calibrator's scale refitted on the answers above that line (`rescale`).
 4. Report held back: the reader's figures beside today's.
 """
 
@@ -317,19 +317,19 @@ def span_figures(rows: list[dict], choices: list[dict | None], given: list[bool]
 
 
 def rescale(w: np.ndarray, answer_at: float, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """The calibrator's scale refitted on the answers it is shown on (Platt's a and b over its logit).
-
-    The logistic is fitted over every question with a candidate, most of them below the answer line;
-    above it, where people read the confidence, it was about a tenth too sure of itself (held back on
-    squad-dev: calibration error 0.081, answers at >= 0.9 right 0.878). The map is monotone and the
-    answer line moves with it, so the same answers are given, with the confidence they deserve."""
+    """Refit the calibrator's scale on the answers it is shown on (Platt's a and b over its logit)."""
+    # The logistic is fitted over every question with a candidate, most of them below the answer line;
+    # above it, where people read the confidence, it was too sure of itself (docs/quality.md). The map is
+    # monotone (a > 0) and the line moves with it, so the same answers are given.
     z = x @ w
-    shown = z >= np.log(answer_at / (1 - answer_at))
+    line = np.log(answer_at / (1 - answer_at))
+    shown = z >= line
     a, b = fit_logistic(np.column_stack([np.ones(shown.sum()), z[shown]]), y[shown], l2=0.0)[::-1]
+    assert a > 0, f"the refitted scale would reverse the confidence (a = {a})"
     scaled = a * w
     scaled[0] += b
     print(f"confidence rescaled on {int(shown.sum())} shown answers: logit x {a:.3f} {b:+.3f}", file=sys.stderr)
-    return scaled, float(sigmoid(a * np.log(answer_at / (1 - answer_at)) + b))
+    return scaled, float(sigmoid(a * line + b))
 
 
 def baseline(rows: list[dict]):

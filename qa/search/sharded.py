@@ -181,7 +181,8 @@ class ShardReader:
             if req.get("full"):
                 local = self._local(req["full"])
                 sc = idx.sentences(req["qvec"], req["idf"], local)
-                got["full"] = {global_id(i, self.shard, self.shards): _wire_full(v) for i, v in sc.full_many(local).items()}
+                got["full"] = {global_id(i, self.shard, self.shards): _wire_full(v)
+                               for i, v in sc.full_many(local).items()}
             if req.get("sources"):
                 got["sources"] = {global_id(i, self.shard, self.shards): v
                                   for i, v in idx.sources_of(self._local(req["sources"])).items()}
@@ -482,6 +483,7 @@ class _Sentences(SentenceScores):
         return self.index.full(pid, self.qv, self.weights)
 
     def full_many(self, pids) -> dict[int, tuple]:
+        """`full` of each of `pids` (a passage no shard knows gets empty lists, as from `full`)."""
         return {pid: self.full(pid) for pid in pids}
 
 
