@@ -110,17 +110,26 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of a session: a node started with start_new_session (its raylet, GCS, and the
-    workers, which Ray puts in process groups of their own)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+def session_pids(sid: int) -> list[int]:
+    """The processes of a session (a node started with start_new_session: its raylet, GCS, and the workers,
+    which Ray puts in process groups of their own)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
-                    os.kill(int(pid), signal.SIGKILL)
+                    out.append(int(pid))
         except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of a session."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
             pass
 
 

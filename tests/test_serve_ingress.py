@@ -5,13 +5,13 @@ ports, so two Serve applications with it cannot run on one machine at once)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
+from .conftest import session_pids
 from .test_serve_cluster import ask, questions, serve_cluster
 
 pytestmark = pytest.mark.slow
@@ -38,19 +38,15 @@ def test_two_ingress_replicas_run_one_on_each_node_and_both_answer(served):
     # Ray names a replica's process after its deployment; each node's processes are in its session
     nodes = {served["head"].pid, served["node"].pid}
     pids, sessions = [], set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                sid = int(f.read().rsplit(")", 1)[1].split()[3])
-            if sid not in nodes:  # another cluster's, if any
+    for sid in nodes:
+        for pid in session_pids(sid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"ServeReplica:qa:ingress" in f.read():
+                        pids.append(pid)
+                        sessions.add(sid)
+            except OSError:
                 continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"ServeReplica:qa:ingress" not in f.read():
-                    continue
-            sessions.add(sid)
-            pids.append(int(pid))
-        except (OSError, ValueError, IndexError):
-            continue
     assert len(pids) == 2 and sessions == nodes, (pids, sessions)
     # HAProxy shares the questions out: each ingress process spends CPU time on them (each reads its share
     # with the real reader, ~10 ms of CPU a question), well beyond what it spends idle.

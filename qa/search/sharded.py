@@ -164,8 +164,8 @@ class ShardReader:
             # and 16th here), so the best SIDE_BEST of each side have their sentences sent too.
             sides = [i for side in mine[5:] for i in heapq.nlargest(SIDE_BEST, side, key=side.get)]
             full = list(dict.fromkeys([*mine_ranked[:pre["full"]], *sides]))
-            got["full"] = {global_id(i, *g): _wire_full(v) for i, v in sentences.full_many(full).items()}
-            got["rows"] = {global_id(i, *g): _wire_row(row, global_id(i, *g)) for i, row in rows.items()}
+            got["full"] = _wire_full(sentences.full_many(full), *g)
+            got["rows"] = _wire_rows(rows, *g)
             got["sources"] = out(sources)
         return got
 
@@ -175,14 +175,11 @@ class ShardReader:
         got: dict = {"rows": {}, "full": {}, "sources": {}}
         with idx.reading():
             if req.get("rows"):
-                for pid, row in idx.passages(self._local(req["rows"])).items():
-                    gid = global_id(pid, self.shard, self.shards)
-                    got["rows"][gid] = _wire_row(row, gid)
+                got["rows"] = _wire_rows(idx.passages(self._local(req["rows"])), self.shard, self.shards)
             if req.get("full"):
                 local = self._local(req["full"])
                 sc = idx.sentences(req["qvec"], req["idf"], local)
-                got["full"] = {global_id(i, self.shard, self.shards): _wire_full(v)
-                               for i, v in sc.full_many(local).items()}
+                got["full"] = _wire_full(sc.full_many(local), self.shard, self.shards)
             if req.get("sources"):
                 got["sources"] = {global_id(i, self.shard, self.shards): v
                                   for i, v in idx.sources_of(self._local(req["sources"])).items()}
@@ -202,17 +199,24 @@ class ShardReader:
 ROW_FIELDS = tuple(f.name for f in dataclasses.fields(PassageRow))
 
 
-def _wire_row(row: PassageRow, gid: int) -> tuple:
-    return (gid, *(getattr(row, f) for f in ROW_FIELDS[1:]))
+def _wire_rows(rows: dict[int, PassageRow], shard: int, shards: int) -> dict[int, tuple]:
+    """A shard's rows by global id, each a tuple of PassageRow's fields with the global id first."""
+    out = {}
+    for pid, row in rows.items():
+        gid = global_id(pid, shard, shards)
+        out[gid] = (gid, *(getattr(row, f) for f in ROW_FIELDS[1:]))
+    return out
 
 
 def _rows(wire: dict[int, tuple]) -> dict[int, PassageRow]:
     return {i: PassageRow(*t) for i, t in wire.items()}
 
 
-def _wire_full(full: tuple) -> tuple:
-    spans, terms, dense, held, links, central = full
-    return spans, terms, dense, [np.ascontiguousarray(h, dtype=np.uint32).tobytes() for h in held], links, central
+def _wire_full(full: dict[int, tuple], shard: int, shards: int) -> dict[int, tuple]:
+    """A shard's `full_many` by global id, each sentence's stem keys as bytes."""
+    return {global_id(pid, shard, shards): (spans, terms, dense, [np.ascontiguousarray(h, dtype=np.uint32).tobytes()
+                                                                  for h in held], links, central)
+            for pid, (spans, terms, dense, held, links, central) in full.items()}
 
 
 def _full(wire: dict[int, tuple]) -> dict[int, tuple]:
