@@ -193,6 +193,16 @@ def write_segment(folder: Path, name: str, arrays: dict[str, np.ndarray], meta: 
             "bytes": size + path.stat().st_size}
 
 
+def term_spans(t_hash: np.ndarray, t_ptr: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each stem's postings start and stop in a segment's term table (empty for a stem it lacks)."""
+    if not len(t_hash):
+        return np.zeros(len(hashes), np.int64), np.zeros(len(hashes), np.int64)
+    at = np.minimum(np.searchsorted(t_hash, hashes), len(t_hash) - 1)
+    found = t_hash[at] == hashes
+    # t_ptr holds one more entry than t_hash, so at + 1 is always inside it.
+    return (np.where(found, t_ptr[at], 0).astype(np.int64), np.where(found, t_ptr[at + 1], 0).astype(np.int64))
+
+
 class Segment:
     """A segment opened for reading: memory-mapped arrays and vector index."""
 
@@ -346,13 +356,7 @@ class Segment:
 
     def spans(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each stem's postings start and stop (an empty run for a stem this segment lacks)."""
-        if not len(self.t_hash):
-            return np.zeros(len(hashes), np.int64), np.zeros(len(hashes), np.int64)
-        at = np.minimum(np.searchsorted(self.t_hash, hashes), len(self.t_hash) - 1)
-        found = self.t_hash[at] == hashes
-        # t_ptr holds one more entry than t_hash, so at + 1 is always inside it.
-        return (np.where(found, self.t_ptr[at], 0).astype(np.int64),
-                np.where(found, self.t_ptr[at + 1], 0).astype(np.int64))
+        return term_spans(self.t_hash, self.t_ptr, hashes)
 
     def bm25(self, sel: np.ndarray, prow: np.ndarray, idf: np.ndarray, bm: BM25) -> np.ndarray:
         """The BM25 contributions of the postings at `sel` (rows `prow`), each with its stem's idf."""

@@ -1,12 +1,15 @@
 """Search over a sharded index root: every shard finds its own candidates, one searcher fuses them.
 
 A question is one round to every shard at once (a shard may be a folder in this process or a Ray
-Serve deployment, qa/web/cluster.py), two when one of the question's stems is new to a shard:
+Serve deployment, qa/web/cluster.py), two when one of the question's stems is new to a shard whose
+folder this process cannot read:
 
 1. `stats` (only for stems a shard has not been asked about at its current generation): the stems'
    document frequencies and the shard's passage and token counts, summed into the collection's BM25
    statistics (Elasticsearch's dfs_query_then_fetch). The fusing side keeps each shard's answers per
-   shard generation, so a question whose stems were all asked before needs no round for them;
+   shard generation, so a question whose stems were all asked before needs no round for them; where it
+   can read the shard's folder (the replicas' shared file system), it reads them there instead
+   (qa/index/freqs.py), and asks no round at all;
 2. `candidates`: with those statistics every shard scores exactly as one folder holding all the
    passages would, and returns its own best passages by BM25 and by int8 vector, and for each of
    them what fusion reads (exact cosine, BM25, best sentence by cosine and by stems). The best of
@@ -34,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexCorrupt, QAError
+from ..errors import IndexBusy, IndexCorrupt, QAError
 from ..index import MANIFEST_NAME, Index, Where
+from ..index.freqs import FolderFreqs
 from ..index.reader import Collection, PassageRow, SentenceScores
 from ..index.shards import global_id, read_root, shard_of, split_id
 from .searcher import Searcher, fuse
@@ -296,8 +300,11 @@ class ShardedIndex:
     """What a Searcher reads of an Index, over every shard of a root: each call asks the shards."""
 
     def __init__(self, shards: list, names: list[str] | None = None, model: str | None = None,
-                 call: Callable | None = None):
+                 call: Callable | None = None, freqs: list[FolderFreqs] | None = None):
         self.shards, self.n = shards, len(shards)
+        # Each shard's folder read here for the statistics (where this process can read it): a question's
+        # new stems then cost a look in the folder's term tables, not a round of calls before the candidates.
+        self.freqs: list[FolderFreqs | None] = list(freqs) if freqs else [None] * self.n
         self.names = names or [f"shard-{i:03d}" for i in range(self.n)]
         self.model = model
         self._call = call  # (shard number, method, args) -> result; default: submit to every shard, then wait
@@ -403,6 +410,19 @@ class ShardedIndex:
                           {t: df[t] for t in stems})
             except KeyError:
                 ask[s] = (stems,)
+        for s in [s for s in ask if self.freqs[s] is not None]:
+            try:
+                st = self.freqs[s].stats(stems)
+            except IndexBusy:  # a writer merging fast: its replicas answer this time
+                continue
+            except Exception as e:  # noqa: BLE001 - any failure to read the folder: ask the shard, from now on
+                log.warning("shard %d (%s): cannot read its statistics from %s (%s: %s); asking its replicas "
+                            "instead", s, self.names[s], self.freqs[s].folder, type(e).__name__, e)
+                self.freqs[s] = None
+                continue
+            self.learn(s, st)
+            per[s] = (st["generation"], st["passages"], st["rows"], st["tokens"], st["articles"], st["df"])
+            del ask[s]
         if ask:
             self.rounds["stats"] += 1
             for s, st in self.ask_some("stats", ask).items():

@@ -39,6 +39,7 @@ def create_app(test_config: dict | None = None):
         READER=defaults.reader,  # QA_READER=false: the feature models alone choose the answer and decide null
         READER_LEADS=defaults.reader_leads,  # QA_READER_LEADS=false: the reader's answer does not move its passage first
         MAX_CONTENT_LENGTH=64 * 1024,
+        STATS_FROM_FOLDERS=True,  # `qa serve --ray`: BM25 statistics read from the shard folders (false: asked)
         ADMIN_TOKEN=None,
         EMBEDDER=None,  # tests inject a fake here
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import QAError
 from ..index import MANIFEST_NAME
+from ..index.freqs import FolderFreqs
 from ..index.shards import read_root
 from ..search.sharded import ShardedIndex, ShardedSearcher, ShardReader, ShardUnavailable
 
@@ -203,12 +204,17 @@ class RemoteShard:
 class ClusterService:
     """What the Flask app reads of its Service (qa/web/service.py), over the shard deployments."""
 
-    def __init__(self, root: str, handles: list, names: list[str], model: str, backend: str, cfg, embedder=None):
+    def __init__(self, root: str, handles: list, names: list[str], model: str, backend: str, cfg, embedder=None,
+                 stats_from_folders: bool = True):
         self.index_dir = Path(root)
         self.model, self.backend, self.cfg = model, backend, cfg
         self.running = _Running(names)
+        # The ingress reads each shard's statistics from its folder (the path its replicas open, on the file
+        # system they share): a question's new stems then cost no round of calls before the candidates.
+        meta = read_root(root) if stats_from_folders else None
+        freqs = [FolderFreqs(self.index_dir / f) for f in meta["folders"]] if meta else None
         self.index = ShardedIndex([RemoteShard(h, i, n, self.running) for i, (h, n) in enumerate(zip(handles, names))],
-                                  names, model)
+                                  names, model, freqs=freqs)
         self._embedder = embedder
         self._searcher: ShardedSearcher | None = None
         self.reload_error: str | None = None
@@ -309,7 +315,8 @@ class Ingress:
         # they keep calling the shards through Ray's object store (an actor call and a ray.get a shard).
         # `_by_reference` is Serve's own (private) name for that choice: a Ray upgrade may rename it.
         handles = [h.options(_by_reference=False) for h in handles]
-        self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg)
+        self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg,
+                                      stats_from_folders=bool(self.app.config["STATS_FROM_FOLDERS"]))
         self.app.extensions["qa"] = self.service
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")
         self.service.searcher()  # the models load before the replica counts as running

@@ -1,0 +1,86 @@
+"""A folder's BM25 statistics read from its segments' term tables alone, without opening the index.
+
+A sharded search sums every shard's document frequencies before it asks the shards for candidates
+(qa/search/sharded.py). Where the fusing side can read the shard folders (the shared file system the
+replicas read, or one disk), it reads them here instead of asking every shard a round of calls for a
+question's new stems: a stem costs a binary search in each segment's memory-mapped term table. The numbers
+are those the shard's own Index gives for the same generation (postings of deleted rows count until a merge
+drops them, as there); a shard serving another generation says so, and the question asks it again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexBusy, IndexCorrupt
+from .files import read_arrays
+from .manifest import MANIFEST_NAME, read_manifest
+from .segment import term_spans
+from .terms import term_hash
+
+
+class _Tables:
+    """One segment's term table (hashes and postings offsets, mapped) and its counts."""
+
+    __slots__ = ("t_hash", "t_ptr", "rows", "tokens")
+
+    def __init__(self, folder: Path, entry: dict):
+        meta, a = read_arrays(folder / f"{entry['name']}.arrays")
+        if meta.get("name") != entry["name"] or len(a["pids"]) != entry["passages"]:
+            raise ValueError(f"{entry['name']}.arrays does not match the manifest")
+        self.t_hash, self.t_ptr = a["t_hash"], a["t_ptr"]
+        self.rows, self.tokens = len(a["pids"]), int(meta["tokens"])
+
+
+class FolderFreqs:
+    """The newest published generation's statistics of one index folder, as `stats(stems)` gives them."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._stamp = None
+        self._now: tuple[dict, list[_Tables]] | None = None
+        self._lock = threading.Lock()
+
+    def stats(self, stems: Sequence[str]) -> dict:
+        """The stems' document frequencies and the folder's counts, in the shape ShardReader.stats answers."""
+        manifest, tables = self._current()
+        hashes = np.fromiter((term_hash(t) for t in stems), dtype=np.uint64, count=len(stems))
+        counts = np.zeros(len(stems), dtype=np.int64)
+        for t in tables:
+            lo, hi = term_spans(t.t_hash, t.t_ptr, hashes)
+            counts += hi - lo
+        return {"df": dict(zip(stems, counts.tolist())), "passages": int(manifest["passages"]),
+                "rows": sum(t.rows for t in tables), "tokens": sum(t.tokens for t in tables),
+                "generation": int(manifest["generation"]), "articles": int(manifest["articles"])}
+
+    def _current(self) -> tuple[dict, list[_Tables]]:
+        """The published generation's manifest and tables (one stat a call; a new manifest maps only new segments)."""
+        try:
+            st = (self.folder / MANIFEST_NAME).stat()
+            stamp = st.st_mtime_ns, st.st_size, st.st_ino
+        except FileNotFoundError:
+            raise IndexCorrupt(f"no index in {self.folder}", code="index_missing") from None
+        now = self._now
+        if now is not None and stamp == self._stamp:
+            return now
+        with self._lock:
+            if self._now is None or stamp != self._stamp:
+                held = {} if self._now is None else dict(zip((e["name"] for e in self._now[0]["segments"]),
+                                                             self._now[1]))
+                for _ in range(5):
+                    manifest = read_manifest(self.folder)
+                    if manifest is None:
+                        raise IndexCorrupt(f"no index in {self.folder}", code="index_missing")
+                    try:
+                        tables = [held.get(e["name"]) or _Tables(self.folder, e) for e in manifest["segments"]]
+                        break
+                    except FileNotFoundError:  # a merge retired a segment after the manifest was read: read it again
+                        continue
+                else:
+                    raise IndexBusy(f"{self.folder} changed five times while its statistics were read; try again")
+                self._now, self._stamp = (manifest, tables), stamp
+            return self._now
