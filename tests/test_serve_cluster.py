@@ -165,7 +165,16 @@ def test_statistics_read_from_the_shard_folders_save_the_stats_round_and_change_
                                           freqs=[FolderFreqs(tmp_path / "nowhere"), FolderFreqs(folders[1])]),
                              s1.embedder, s1.cfg)
     assert all(shown(broken.ask(q, 5).to_dict()) == shown(asked.ask(q, 5).to_dict()) for q in qs[:10])
-    assert broken.index.rounds["stats"] >= 1 and broken.index.freqs[0] is None
+    assert broken.index.rounds["stats"] >= 1 and 0 in broken.index._freqs_off and 1 not in broken.index._freqs_off
+    # The folder is back (restored, mounted again): it is read again once the retry time has come.
+    import shutil
+
+    shutil.copytree(folders[0], tmp_path / "nowhere")
+    broken.index._freqs_off[0] = 0.0
+    before = broken.index.rounds["stats"]
+    q = "Which harbour ferry resumed?"
+    assert shown(broken.ask(q, 5).to_dict()) == shown(asked.ask(q, 5).to_dict())
+    assert broken.index.rounds["stats"] == before and 0 not in broken.index._freqs_off
 
 
 def test_the_app_reads_a_sharded_root_on_one_machine(tmp_path):
@@ -183,6 +192,10 @@ def test_the_app_reads_a_sharded_root_on_one_machine(tmp_path):
         assert shown(a.get_json()) == shown(b.get_json())
     ready = apps[1].get("/readyz").get_json()
     assert ready["articles"] == one.searcher().index.article_count
+    page = apps[1].get("/metrics").get_data(as_text=True)
+    rounds = shard_rounds(page)  # shards in process: asked, and counted
+    assert rounds["candidates"] >= 15 and rounds["stats"] >= 1, rounds
+    assert f"qa_index_passages {float(ready['passages'])}" in page and "qa_index_segments 2.0" in page
     fresh = tmp_path / "fresh.jsonl"
     fresh.write_text(json.dumps({"id": "late-1", "title": "Late news", "source": "Courier",
                                  "text": "The harbour lighthouse was repainted bright orange on Friday."}) + "\n")
@@ -265,6 +278,16 @@ def _get(port: int, path: str, timeout: float = 30) -> tuple[int, dict | str]:
             return resp.status, body
     finally:
         conn.close()
+
+
+def shard_rounds(metrics: str) -> dict[str, float]:
+    """qa_shard_rounds_total by kind, from a /metrics page."""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith("qa_shard_rounds_total{"):
+            kind = line.split('kind="')[1].split('"')[0]
+            out[kind] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def ask(port: int, q: str, k: int = 5) -> tuple[int, dict]:
@@ -353,6 +376,11 @@ def test_the_cluster_answers_as_one_folder(served):
         assert status == 200, out
         same += shown(out) == shown(one.ask(q, 5).to_dict())
     assert same >= 0.99 * len(qs)
+    # One round of candidates a question; the ingress read the shards' statistics from their folders.
+    status, page = _get(port, "/metrics")
+    rounds = shard_rounds(page)
+    assert status == 200 and rounds.get("candidates", 0) >= len(qs) and rounds.get("stats", 0) == 0, rounds
+    assert f"qa_index_passages {float(ready['passages'])}" in page
     status, art = _get(port, "/api/articles/story-21-5")
     assert status == 200 and art["text"][art["passages"][0]["start"]:art["passages"][0]["end"]]
     status, page = _get(port, "/?q=Where+did+Assad+flee+to%3F")

@@ -191,6 +191,10 @@ class Index:
     def article_count(self) -> int:
         return int(self.manifest["articles"])
 
+    @property
+    def segment_count(self) -> int:
+        return len(self.parts)
+
     def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
         """Rows for the given passage ids (with text), keyed by id."""
         if not ids:

@@ -31,6 +31,7 @@ import heapq
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -50,6 +51,7 @@ PREFETCH_ROWS = 40  # the best passages whose rows come with the candidates (col
 PREFETCH_SENTENCES = 8  # ... and whose sentences (the answer reads 5 or more, the results k)
 DF_CACHE_STEMS = 200_000  # stems whose document frequency is kept per shard (for its newest generation)
 SIDE_BEST = 2  # ... and the sentences of each side's best on a shard, whatever its fused rank there
+FREQS_RETRY = 30  # seconds a shard whose folder could not be read here has its statistics asked instead
 STALE_TRIES = 2  # a question starts again at most this often when a shard published meanwhile
 
 
@@ -105,7 +107,7 @@ class ShardReader:
     def info(self) -> dict:
         idx = self.index
         return {"shard": self.shard, "generation": idx.generation, "articles": idx.article_count,
-                "passages": idx.passage_count, "model": idx.manifest.get("model")}
+                "passages": idx.passage_count, "segments": idx.segment_count, "model": idx.manifest.get("model")}
 
     def stats(self, stems: list[str]) -> dict:
         return self._stats(self.index, stems)
@@ -305,6 +307,7 @@ class ShardedIndex:
         # Each shard's folder read here for the statistics (where this process can read it): a question's
         # new stems then cost a look in the folder's term tables, not a round of calls before the candidates.
         self.freqs: list[FolderFreqs | None] = list(freqs) if freqs else [None] * self.n
+        self._freqs_off: dict[int, float] = {}  # shard -> when to try its folder again, after it failed
         self.names = names or [f"shard-{i:03d}" for i in range(self.n)]
         self.model = model
         self._call = call  # (shard number, method, args) -> result; default: submit to every shard, then wait
@@ -313,6 +316,12 @@ class ShardedIndex:
         self.path = None
         self._known: dict[int, _Known] = {}  # per shard: its newest generation seen, and what is known of it
         self.rounds = {"stats": 0, "candidates": 0, "fetch": 0, "stale": 0}  # rounds asked (the benchmark reads it)
+        self.on_round: Callable[[str], None] = lambda kind: None  # the server counts them (/metrics)
+
+    def counted(self, kind: str) -> None:
+        """Count one round of calls of a kind: stats, candidates, fetch, or stale (a question started again)."""
+        self.rounds[kind] += 1
+        self.on_round(kind)
 
     # --- asking the shards ---
 
@@ -353,7 +362,8 @@ class ShardedIndex:
         infos = self.ask_all("info")
         self.totals = {"generation": sum(i["generation"] for i in infos),
                        "articles": sum(i["articles"] for i in infos),
-                       "passages": sum(i["passages"] for i in infos)}
+                       "passages": sum(i["passages"] for i in infos),
+                       "segments": sum(i.get("segments", 0) for i in infos)}
         if self.model is None:
             self.model = infos[0]["model"]
         return self.totals
@@ -371,6 +381,10 @@ class ShardedIndex:
     @property
     def passage_count(self) -> int:
         return self.totals["passages"]
+
+    @property
+    def segment_count(self) -> int:
+        return self.totals.get("segments", 0)  # as of the last refresh (/readyz, /metrics)
 
     @property
     def manifest(self) -> dict:
@@ -410,21 +424,29 @@ class ShardedIndex:
                           {t: df[t] for t in stems})
             except KeyError:
                 ask[s] = (stems,)
-        for s in [s for s in ask if self.freqs[s] is not None]:
+        now = time.monotonic()
+        for s in [s for s in ask if self.freqs[s] is not None and self._freqs_off.get(s, 0.0) <= now]:
             try:
                 st = self.freqs[s].stats(stems)
             except IndexBusy:  # a writer merging fast: its replicas answer this time
                 continue
-            except Exception as e:  # noqa: BLE001 - any failure to read the folder: ask the shard, from now on
-                log.warning("shard %d (%s): cannot read its statistics from %s (%s: %s); asking its replicas "
-                            "instead", s, self.names[s], self.freqs[s].folder, type(e).__name__, e)
-                self.freqs[s] = None
+            except Exception as e:  # noqa: BLE001 - any failure to read the folder: ask the shard for a while
+                if s not in self._freqs_off:
+                    log.warning("shard %d (%s): cannot read its statistics from %s (%s: %s); asking its replicas "
+                                "instead, and trying the folder again every %d s", s, self.names[s],
+                                self.freqs[s].folder, type(e).__name__, e, FREQS_RETRY)
+                self._freqs_off[s] = now + FREQS_RETRY
                 continue
+            if self._freqs_off.pop(s, None) is not None:
+                log.info("shard %d (%s): reading its statistics from %s again", s, self.names[s], self.freqs[s].folder)
+            known = self._known.get(s)
+            if known is not None and st["generation"] < known.generation:
+                continue  # the folder here is older than the one its replicas serve (a copy): ask them
             self.learn(s, st)
             per[s] = (st["generation"], st["passages"], st["rows"], st["tokens"], st["articles"], st["df"])
             del ask[s]
         if ask:
-            self.rounds["stats"] += 1
+            self.counted("stats")
             for s, st in self.ask_some("stats", ask).items():
                 self.learn(s, st)
                 per[s] = (st["generation"], st["passages"], st["rows"], st["tokens"], st["articles"], st["df"])
@@ -438,7 +460,7 @@ class ShardedIndex:
         rows, tokens = sum(g[2] for g in got), sum(g[3] for g in got)
         self.q.stats = Collection(df, n, tokens / rows if rows else 1.0)
         self.q.generations = [g[0] for g in got]
-        self.totals = {"generation": sum(g[0] for g in got), "articles": sum(g[4] for g in got), "passages": n}
+        self.totals.update(generation=sum(g[0] for g in got), articles=sum(g[4] for g in got), passages=n)
         return df, n
 
     def lexical(self, *args, **kw) -> dict[int, float]:
@@ -459,7 +481,7 @@ class ShardedIndex:
                 by.setdefault(split_id(i, self.n)[0], {"rows": [], "full": [], "sources": [], "qvec": q.qvec,
                                                         "idf": q.idf or {}})[kind].append(i)
         if by:
-            self.rounds["fetch"] += 1
+            self.counted("fetch")
         for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
             q.rows.update(_rows(got["rows"]))
             q.full.update(_full(got["full"]))
@@ -487,7 +509,7 @@ class ShardedIndex:
             by: dict[int, dict] = {}
             for i in ids:
                 by.setdefault(split_id(i, self.n)[0], {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
-            self.rounds["fetch"] += 1
+            self.counted("fetch")
             for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
                 q.full.update(_full(got["full"]))
             for i in ids:
@@ -543,11 +565,11 @@ class ShardedSearcher(Searcher):
                "generations": q.generations if q.check else None, "among": among, "cfg": cfg,
                "prefetch": {"rows": _share(PREFETCH_ROWS, index.n), "full": _share(PREFETCH_SENTENCES, index.n),
                             "sources": _share(max(n, cfg.candidates), index.n)}}
-        index.rounds["candidates"] += 1
+        index.counted("candidates")
         got = index.ask_all("candidates", lambda s: (req,))
         stale = [(s, g["stale"]) for s, g in enumerate(got) if "stale" in g]
         if stale:  # a shard published since its statistics were kept: the question starts again
-            index.rounds["stale"] += 1
+            index.counted("stale")
             for s, st in stale:
                 index.learn(s, st)
             raise _Stale()

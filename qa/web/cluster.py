@@ -220,6 +220,8 @@ class ClusterService:
         self.reload_error: str | None = None
         self.published_at: float | None = None
         self.on_reload_error = lambda: None
+        self.on_shard_round = lambda kind: None
+        self.index.on_round = lambda kind: self.on_shard_round(kind)
 
     @property
     def embedder(self):
@@ -318,6 +320,7 @@ class Ingress:
         self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg,
                                       stats_from_folders=bool(self.app.config["STATS_FROM_FOLDERS"]))
         self.app.extensions["qa"] = self.service
+        self.service.on_shard_round = base.on_shard_round  # /metrics counts them (set on the one it replaces)
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")
         self.service.searcher()  # the models load before the replica counts as running
         from ..search.reader import warm_up

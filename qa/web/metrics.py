@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 from flask import Flask, Response, g, request
 
+from ..errors import QAError
 from ..index.stats import RESULTS, read_stats
 from .service import get_service
 
@@ -58,6 +59,11 @@ def metrics() -> SimpleNamespace:
                                     "(kind=null)", ["kind"], registry=reg),
                     reload_errors=Counter("qa_index_reload_errors", "Newer index snapshots that could not be "
                                           "loaded (the older one kept serving)", registry=reg),
+                    shard_rounds=Counter("qa_shard_rounds", "A sharded root's rounds of calls to every shard it "
+                                         "needed, by kind: candidates (one a question), stats (a shard's statistics "
+                                         "for new stems, when its folder is not readable here), fetch (rows the "
+                                         "shards' own best missed), stale (a question started again after a shard "
+                                         "published)", ["kind"], registry=reg),
                 )
     return _metrics
 
@@ -93,11 +99,15 @@ def _index_families(svc) -> Iterator:
     def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, value=value)
 
-    if svc.ready:  # before the first load there is nothing to report (and /readyz says 503)
+    try:
+        ready = svc.ready
+    except QAError:  # a shard with no live replica (/readyz names it): the counters still answer
+        ready = False
+    if ready:  # before the first load there is nothing to report (and /readyz says 503)
         idx = svc.searcher().index  # picks up a newer snapshot, as /readyz does
         yield gauge("qa_index_articles", "Articles in the snapshot being served", idx.article_count)
         yield gauge("qa_index_passages", "Passages in the snapshot being served", idx.passage_count)
-        yield gauge("qa_index_segments", "Segments in the snapshot being served", len(idx.manifest["segments"]))
+        yield gauge("qa_index_segments", "Segments in the snapshot being served", idx.segment_count)
         yield gauge("qa_index_generation", "Generation of the snapshot being served", idx.generation)
         if svc.published_at is not None:
             yield gauge("qa_index_published_timestamp_seconds", "When the snapshot being served was published",
@@ -154,6 +164,7 @@ def init_app(app: Flask) -> None:
     app.after_request(_finish)
     svc = app.extensions["qa"]
     svc.on_reload_error = lambda: metrics().reload_errors.inc()
+    svc.on_shard_round = lambda kind: metrics().shard_rounds.labels(kind).inc()
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ class Service:
         self._retry_at = 0.0
         self.published_at: float | None = None  # when the snapshot being served was published (its manifest's mtime)
         self.on_reload_error = lambda: None  # /metrics counts failed reloads (qa/web/metrics.py)
+        self.on_shard_round = lambda kind: None  # ... and a sharded root's rounds of calls to its shards
         self._alerts_lock = threading.Lock()  # one check of the standing questions at a time
 
     @property
@@ -109,6 +110,7 @@ class Service:
             if self._searcher is None:
                 index = ShardedIndex(local_shards(self.index_dir, self.model), model=self.model)
                 index.path = self.index_dir
+                index.on_round = lambda kind: self.on_shard_round(kind)
                 self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
             self._searcher.index.refresh()  # each shard reloads its own newest snapshot; the totals again here
         else:
