@@ -1,7 +1,8 @@
 """`qa serve --ray` against `qa serve` on the same articles, on a two-node Ray cluster on 127.0.0.1.
 
     .venv/bin/python bench/serve_cluster.py [--articles 200] [--questions 60] [--rounds 2] [--before DIR] [--no-kill]
-                                            [--floor] [--replicas 2] [--ingress-replicas 1]
+                                            [--compare-env QA_KEY=VALUE] [--floor] [--replicas 2]
+                                            [--ingress-replicas 1]
 
 Builds a one-folder index and a 2-shard root of the seeds and N generated articles with the real model,
 serves the folder with `qa serve --workers 1` and the root with `qa serve --ray --replicas 2` (or
@@ -15,6 +16,9 @@ second node is killed under load.
 through `qa serve` and through HAProxy and the ingress, and one round of trivial calls (`info`) to every
 shard through Serve's handles from a driver on the cluster, then a round of the questions' own `candidates`
 calls, and that work done in this process (each shard's share of a question's search).
+
+`--compare-env QA_KEY=VALUE` likewise measures this tree deployed with that setting (`qa serve --ray` hands
+its QA_* settings to the replicas), as the first of each round.
 
 `--before DIR` also measures another source tree (a `git worktree` of an earlier revision, say) on the same
 cluster in the same run: each round deploys the earlier tree's `qa serve --ray`, then this tree's, each
@@ -204,6 +208,8 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=2, help="replicas of each shard (the node kill needs 2)")
     ap.add_argument("--ingress-replicas", type=int, default=1,
                     help="replicas of the ingress (2: one on each node, so the node kill takes one)")
+    ap.add_argument("--compare-env", metavar="QA_KEY=VALUE",
+                    help="also measure this tree with a setting given to `qa serve --ray` (each round: it, then as is)")
     ap.add_argument("--no-kill", action="store_true", help="skip the node kill under load")
     ap.add_argument("--floor", action="store_true", help="also measure what any question pays on each path")
     args = ap.parse_args()
@@ -222,7 +228,12 @@ def main() -> None:
         r = subprocess.run([sys.executable, "-m", "qa", "ingest", str(SEEDS), str(data), "--index", str(work / ix), "-q",
                             *extra], cwd=HERE, env=env, capture_output=True, text=True)
         print(ix, r.stdout.strip(), r.stderr[-500:] if r.returncode else "", flush=True)
-    versions = [("before", Path(args.before).resolve()), ("after", HERE)] if args.before else [("after", HERE)]
+    versions = [("after", HERE, {})]
+    if args.before:
+        versions.insert(0, ("before", Path(args.before).resolve(), {}))
+    if args.compare_env:
+        k, _, v = args.compare_env.partition("=")
+        versions.insert(0, (args.compare_env, HERE, {k: v}))
     port = free_port()
     procs: list[subprocess.Popen] = []
     # Both nodes in sessions of their own (cwd: the work folder, so a replica imports the tree its driver names).
@@ -251,10 +262,10 @@ def main() -> None:
         procs.append(one)
         wait_ready(a_port, one)
         qs = questions(args.questions, seed=9)
-        lat = {name: {"one": [], "cluster": [], "added": [], "paired": [], "first": []} for name, _ in versions}
+        lat = {name: {"one": [], "cluster": [], "added": [], "paired": [], "first": []} for name, _, _ in versions}
         clu = None
         for r in range(args.rounds):
-            for name, code in versions:
+            for name, code, extra in versions:
                 # `python -m qa` in `code` imports that tree, and Ray adds the driver's folder to the path of its
                 # job's workers; the replicas are the Serve controller's, so Serve starts afresh for each tree.
                 subprocess.run([sys.executable, "-c", f"import ray; from ray import serve; ray.init(address="
@@ -265,7 +276,7 @@ def main() -> None:
                                         *(["--ingress-replicas", str(args.ingress_replicas)]
                                           if args.ingress_replicas > 1 and code == HERE else []),
                                         "--port", str(b_port)], cwd=code,
-                                       env={**env, "PYTHONPATH": str(code)},
+                                       env={**env, "PYTHONPATH": str(code), **extra},
                                        stdout=open(work / f"cluster-{name}-{r}.log", "w"), stderr=subprocess.STDOUT,
                                        start_new_session=True)
                 procs.append(clu)

@@ -338,7 +338,7 @@ def serve_cluster(tmp_path_factory, ingress_replicas: int):
             raise AssertionError("the second node never joined")
         serve = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(tmp / "root"), "--ray",
                                   f"127.0.0.1:{port}", "--replicas", "2", "--ingress-replicas", str(ingress_replicas),
-                                  "--port", str(http_port)], cwd=ROOT, env=env,
+                                  "--port", str(http_port)], cwd=ROOT, env={**env, "QA_MAX_K": "40"},
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 240
         while True:
@@ -387,6 +387,9 @@ def test_the_cluster_answers_as_one_folder(served):
     assert status == 200 and "data-answer" in page and "data-result" in page
     status, err = _get(port, "/api/search?q=")
     assert status == 400 and err["error"]["code"] == "empty_query"
+    # QA_* settings given to `qa serve --ray` alone (not to the nodes) reach the ingress: QA_MAX_K=40.
+    status, err = ask(port, "Who leads HTS?", k=41)
+    assert status == 400 and err["error"]["code"] == "invalid_k" and "1 to 40" in err["error"]["message"]
 
 
 def test_a_new_article_is_found_through_the_cluster_within_5_seconds(served):

@@ -44,6 +44,14 @@ SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": 
 # Serve runs a replica's code on an event loop of its own thread unless told otherwise; on the loop that
 # takes the request (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0), a call costs two thread hand-offs less.
 REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", **SERVE_ENV}}
+
+
+def replica_env() -> dict:
+    """The replicas' runtime environment: REPLICA_ENV, and the QA_* settings `qa serve --ray` was started with
+    (a Ray worker inherits its node's environment, not the driver's: QA_READER=false would not reach the
+    ingress otherwise)."""
+    mine = {k: v for k, v in os.environ.items() if k.startswith("QA_") and k != "QA_RAY_ADDRESS"}
+    return {"env_vars": {**REPLICA_ENV["env_vars"], **mine}}
 CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
 CALL_DEADLINE = 30.0  # ... and all tries of one call together
 STATUS_EVERY = 5.0  # seconds between two looks at which replicas are running, while every shard has one
@@ -353,10 +361,11 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1, 
     model = config.get("MODEL") or os.environ.get("QA_MODEL") or meta.get("model")
     names = [f"shard-{i:03d}" for i in range(meta["shards"])]
     shard = serve.deployment(ShardReplica)
+    env = replica_env()
     handles = []
     for i, (name, folder) in enumerate(zip(names, meta["folders"])):
         # No access log: a question is a call to every shard, and a log line each costs a replica's CPU.
-        opts = dict(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 0.5, "runtime_env": REPLICA_ENV},
+        opts = dict(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 0.5, "runtime_env": env},
                     max_ongoing_requests=32, health_check_period_s=1, health_check_timeout_s=5,
                     graceful_shutdown_timeout_s=1, logging_config={"enable_access_log": False})
         if replicas <= nodes:  # spread: a node lost takes one replica of a shard, not all of them
@@ -367,7 +376,7 @@ def build(root: str, replicas: int, config: dict | None = None, nodes: int = 1, 
     # while there are nodes enough, so that a node lost takes at most one of them; HAProxy sends a question
     # whose connection is refused to another.
     ingress_opts: dict = dict(name="ingress", num_replicas=ingress_replicas, max_ongoing_requests=64,
-                              ray_actor_options={"num_cpus": 0.5, "runtime_env": REPLICA_ENV})
+                              ray_actor_options={"num_cpus": 0.5, "runtime_env": env})
     if ingress_replicas == 1:
         ingress_opts["ray_actor_options"]["resources"] = {"node:__internal_head__": 0.001}
     elif ingress_replicas <= nodes:
