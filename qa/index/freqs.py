@@ -57,6 +57,10 @@ class FolderFreqs:
                 "rows": sum(t.rows for t in tables), "tokens": sum(t.tokens for t in tables),
                 "generation": int(manifest["generation"]), "articles": int(manifest["articles"])}
 
+    def generation(self) -> int:
+        """The generation the folder's writer published last (one stat while it stays the same)."""
+        return int(self._current()[0]["generation"])
+
     def _current(self) -> tuple[dict, list[_Tables]]:
         """The published generation's manifest and tables (one stat a call; a new manifest maps only new segments)."""
         try:

@@ -408,24 +408,37 @@ class ShardedIndex:
             known.df.update(st["df"])
         return known
 
+    def _readable(self, s: int, now: float) -> bool:
+        return self.freqs[s] is not None and self._freqs_off.get(s, 0.0) <= now
+
+    def _published_since(self, s: int, generation: int, now: float) -> bool:
+        """Whether shard s's folder holds a newer generation than `generation` (a question asked with the
+        older one's statistics would come back stale, a round of candidates lost)."""
+        if not self._readable(s, now):
+            return False
+        try:
+            return self.freqs[s].generation() > generation
+        except Exception:  # noqa: BLE001 - unreadable now: reading its statistics says so, and asks the shard
+            return True
+
     def doc_freqs(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
         """The collection's document frequencies, passage count and average length: from what is known
         of each shard's generation, asking (round 1) only shards that have not been asked for a stem."""
         stems = list(dict.fromkeys(terms))
         per: dict[int, tuple[int, int, int, int, int, dict[str, int]]] = {}
         ask: dict[int, tuple] = {}
+        now = time.monotonic()
         for s in range(self.n):
             known = self._known.get(s)
             try:
-                if known is None:
+                if known is None or self._published_since(s, known.generation, now):
                     raise KeyError
                 df = known.df
                 per[s] = (known.generation, known.passages, known.rows, known.tokens, known.articles,
                           {t: df[t] for t in stems})
             except KeyError:
                 ask[s] = (stems,)
-        now = time.monotonic()
-        for s in [s for s in ask if self.freqs[s] is not None and self._freqs_off.get(s, 0.0) <= now]:
+        for s in [s for s in ask if self._readable(s, now)]:
             try:
                 st = self.freqs[s].stats(stems)
             except IndexBusy:  # a writer merging fast: its replicas answer this time
