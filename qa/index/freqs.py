@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import IndexBusy, IndexCorrupt
 from .files import read_arrays
-from .manifest import MANIFEST_NAME, read_manifest
+from .manifest import manifest_stamp, read_manifest
 from .segment import term_spans
 from .terms import term_hash
 
@@ -41,8 +41,8 @@ class FolderFreqs:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._stamp = None
-        self._now: tuple[dict, list[_Tables]] | None = None
+        # (manifest stamp, manifest, tables), replaced whole: request threads read it without the lock
+        self._now: tuple[tuple, dict, list[_Tables]] | None = None
         self._lock = threading.Lock()
 
     def stats(self, stems: Sequence[str]) -> dict:
@@ -63,18 +63,16 @@ class FolderFreqs:
 
     def _current(self) -> tuple[dict, list[_Tables]]:
         """The published generation's manifest and tables (one stat a call; a new manifest maps only new segments)."""
-        try:
-            st = (self.folder / MANIFEST_NAME).stat()
-            stamp = st.st_mtime_ns, st.st_size, st.st_ino
-        except FileNotFoundError:
-            raise IndexCorrupt(f"no index in {self.folder}", code="index_missing") from None
+        stamp = manifest_stamp(self.folder)
+        if stamp is None:
+            raise IndexCorrupt(f"no index in {self.folder}", code="index_missing")
         now = self._now
-        if now is not None and stamp == self._stamp:
-            return now
+        if now is not None and now[0] == stamp:
+            return now[1], now[2]
         with self._lock:
-            if self._now is None or stamp != self._stamp:
-                held = {} if self._now is None else dict(zip((e["name"] for e in self._now[0]["segments"]),
-                                                             self._now[1]))
+            now = self._now
+            if now is None or now[0] != stamp:
+                held = {} if now is None else {e["name"]: t for e, t in zip(now[1]["segments"], now[2])}
                 for _ in range(5):
                     manifest = read_manifest(self.folder)
                     if manifest is None:
@@ -85,6 +83,8 @@ class FolderFreqs:
                     except FileNotFoundError:  # a merge retired a segment after the manifest was read: read it again
                         continue
                 else:
-                    raise IndexBusy(f"{self.folder} changed five times while its statistics were read; try again")
-                self._now, self._stamp = (manifest, tables), stamp
-            return self._now
+                    raise IndexBusy(f"{self.folder} changed five times while its statistics were read, or names a "
+                                    "segment that is not there")
+                # The stamp was taken before the manifest was read: a publish in between is read again next call.
+                now = self._now = (stamp, manifest, tables)
+            return now[1], now[2]

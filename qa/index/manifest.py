@@ -20,6 +20,15 @@ MANIFEST_KEYS = ("model", "dim", "generation", "passages", "articles", "segments
 GRACE_SECONDS = 60.0  # a retired segment's files stay this long, for readers still opening the manifest before
 
 
+def manifest_stamp(folder: Path) -> tuple[int, int, int] | None:
+    """What changes when a writer publishes (the manifest's mtime, size and inode), None without one."""
+    try:
+        st = (folder / MANIFEST_NAME).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def read_manifest(path: Path) -> dict | None:
     """The manifest of an index folder, None when there is none; IndexCorrupt when it is unusable."""
     try:

@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexBusy, IndexCorrupt, QAError
-from ..index import MANIFEST_NAME, Index, Where
+from ..errors import IndexCorrupt, QAError
+from ..index import Index, Where
 from ..index.freqs import FolderFreqs
+from ..index.manifest import manifest_stamp
 from ..index.reader import Collection, PassageRow, SentenceScores
 from ..index.shards import global_id, read_root, shard_of, split_id
 from .searcher import Searcher, fuse
@@ -72,17 +73,10 @@ class ShardReader:
         self._stamp = None
         self._lock = threading.Lock()
 
-    def _stamp_now(self):
-        try:
-            st = (self.folder / MANIFEST_NAME).stat()
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
     @property
     def index(self) -> Index:
         """The newest published snapshot (one stat a call; a snapshot that fails to load keeps the last)."""
-        stamp = self._stamp_now()
+        stamp = manifest_stamp(self.folder)
         if self._index is not None and stamp == self._stamp:
             return self._index
         with self._lock:
@@ -408,6 +402,20 @@ class ShardedIndex:
             known.df.update(st["df"])
         return known
 
+    def served(self, s: int, st: dict) -> None:
+        """Keep the statistics of the generation shard s's replica serves (a `stale` answer), older or newer
+        than what was known: the question asks again with them. A folder here ahead of the replica (which
+        could not load it yet, or reads through a slower cache) is not read until FREQS_RETRY has passed,
+        else every question would come back stale."""
+        known = self._known.get(s)
+        if known is not None and known.generation != st["generation"]:
+            del self._known[s]
+        self.learn(s, st)
+        if self._readable(s, time.monotonic()) and self._published_since(s, st["generation"], time.monotonic()):
+            log.info("shard %d (%s): its replica serves generation %d, its folder here holds a newer one; asking "
+                     "the replica for statistics for %d s", s, self.names[s], st["generation"], FREQS_RETRY)
+            self._freqs_off[s] = time.monotonic() + FREQS_RETRY
+
     def _readable(self, s: int, now: float) -> bool:
         return self.freqs[s] is not None and self._freqs_off.get(s, 0.0) <= now
 
@@ -441,8 +449,6 @@ class ShardedIndex:
         for s in [s for s in ask if self._readable(s, now)]:
             try:
                 st = self.freqs[s].stats(stems)
-            except IndexBusy:  # a writer merging fast: its replicas answer this time
-                continue
             except Exception as e:  # noqa: BLE001 - any failure to read the folder: ask the shard for a while
                 if s not in self._freqs_off:
                     log.warning("shard %d (%s): cannot read its statistics from %s (%s: %s); asking its replicas "
@@ -454,7 +460,8 @@ class ShardedIndex:
                 log.info("shard %d (%s): reading its statistics from %s again", s, self.names[s], self.freqs[s].folder)
             known = self._known.get(s)
             if known is not None and st["generation"] < known.generation:
-                continue  # the folder here is older than the one its replicas serve (a copy): ask them
+                self._freqs_off[s] = now + FREQS_RETRY  # the folder here is older than its replicas' (a copy): ask them
+                continue
             self.learn(s, st)
             per[s] = (st["generation"], st["passages"], st["rows"], st["tokens"], st["articles"], st["df"])
             del ask[s]
@@ -584,7 +591,7 @@ class ShardedSearcher(Searcher):
         if stale:  # a shard published since its statistics were kept: the question starts again
             index.counted("stale")
             for s, st in stale:
-                index.learn(s, st)
+                index.served(s, st)
             raise _Stale()
         merged = [{} for _ in range(6)]
         for g in got:

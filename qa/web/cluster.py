@@ -46,11 +46,17 @@ SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": 
 REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", **SERVE_ENV}}
 
 
+# `qa serve`'s own settings, not the replicas' (the ingress is given the root; HAProxy takes host and port).
+DRIVER_ONLY = {"QA_RAY_ADDRESS", "QA_HOST", "QA_PORT", "QA_WORKERS", "QA_INDEX_DIR"}
+
+
 def replica_env() -> dict:
     """The replicas' runtime environment: REPLICA_ENV, and the QA_* settings `qa serve --ray` was started with
     (a Ray worker inherits its node's environment, not the driver's: QA_READER=false would not reach the
-    ingress otherwise)."""
-    mine = {k: v for k, v in os.environ.items() if k.startswith("QA_") and k != "QA_RAY_ADDRESS"}
+    ingress otherwise). Never a secret: Ray keeps a runtime environment in its cluster state and shows it on
+    its dashboard, and the cluster, read-only, has no use for the admin token."""
+    mine = {k: v for k, v in os.environ.items() if k.startswith("QA_") and k not in DRIVER_ONLY
+            and not any(w in k for w in ("TOKEN", "SECRET", "PASSWORD"))}
     return {"env_vars": {**REPLICA_ENV["env_vars"], **mine}}
 CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
 CALL_DEADLINE = 30.0  # ... and all tries of one call together
@@ -219,8 +225,18 @@ class ClusterService:
         self.running = _Running(names)
         # The ingress reads each shard's statistics from its folder (the path its replicas open, on the file
         # system they share): a question's new stems then cost no round of calls before the candidates.
-        meta = read_root(root) if stats_from_folders else None
-        freqs = [FolderFreqs(self.index_dir / f) for f in meta["folders"]] if meta else None
+        freqs = None
+        if stats_from_folders:
+            try:
+                meta = read_root(root)
+            except (OSError, QAError) as e:
+                meta, why = None, str(e)
+            else:
+                why = "no shards.json there"
+            if meta is not None:
+                freqs = [FolderFreqs(self.index_dir / f) for f in meta["folders"]]
+            else:  # the root is not mounted on this ingress's node: the shards are asked for their statistics
+                log.warning("cannot read the shard folders under %s (%s); asking the shards for statistics", root, why)
         self.index = ShardedIndex([RemoteShard(h, i, n, self.running) for i, (h, n) in enumerate(zip(handles, names))],
                                   names, model, freqs=freqs)
         self._embedder = embedder

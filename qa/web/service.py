@@ -17,7 +17,9 @@ from ..errors import IndexCorrupt, IndexLocked, NotReady
 from ..ingest.pipeline import Report, add_articles, iter_articles
 from ..ingest.articles import Article
 from ..search.searcher import SearchConfig, Searcher
-from ..index import MANIFEST_NAME, Index, Writer, lock_index, read_manifest
+from ..index import Index, Writer, lock_index, read_manifest
+from ..index.freqs import FolderFreqs
+from ..index.manifest import manifest_stamp
 from ..index.shards import is_root, shard_folders
 from ..index.stats import record_ingest
 from ..search.sharded import ShardedIndex, ShardedSearcher, local_shards
@@ -63,14 +65,7 @@ class Service:
         return self._shards or [self.index_dir]
 
     def _manifest_stamp(self) -> tuple | None:
-        stamps = []
-        for folder in self._folders():
-            try:
-                st = (folder / MANIFEST_NAME).stat()
-            except FileNotFoundError:
-                stamps.append(None)
-                continue
-            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        stamps = [manifest_stamp(folder) for folder in self._folders()]
         if not any(stamps):
             return None
         # the newest publish first (published_at reads it), then every folder's own stamp
@@ -108,7 +103,10 @@ class Service:
     def _load(self, stamp: tuple | None) -> None:
         if self._shards:  # a sharded root on this machine: one searcher over every shard, fused as one folder
             if self._searcher is None:
-                index = ShardedIndex(local_shards(self.index_dir, self.model), model=self.model)
+                shards = local_shards(self.index_dir, self.model)
+                # Statistics from the folders: the shards answer in this process anyway, but a shard's newer
+                # generation is then seen before its candidates are asked (no question starts again).
+                index = ShardedIndex(shards, model=self.model, freqs=[FolderFreqs(s.reader.folder) for s in shards])
                 index.path = self.index_dir
                 index.on_round = lambda kind: self.on_shard_round(kind)
                 self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
