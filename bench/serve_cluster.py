@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
 from tests.conftest import SEEDS, free_port  # noqa: E402
-from tests.test_serve_cluster import _get, ask, kill_session, questions, shown, wait_port  # noqa: E402
+from tests.test_serve_cluster import _get, ask, kill_session, questions, shard_rounds, shown, wait_port  # noqa: E402
 from tests.test_cluster import corpus  # noqa: E402
 
 RAY = Path(sys.executable).parent / "ray"
@@ -292,11 +292,14 @@ def main() -> None:
                     clu_out[q] = ask(b_port, q)[1]
                     first.append((time.perf_counter() - t1) * 1000 - (t1 - t0) * 1000)
                 lat[name]["first"] += first
+                status, page = _get(b_port, "/metrics")
+                rounds = shard_rounds(page) if status == 200 else {}
                 same = sum(key(one_out[q]) == key(clu_out[q]) for q in qs)
                 exact = sum(shown(one_out[q]) == shown(clu_out[q]) for q in qs)
                 print(f"[{name}, round {r + 1}] same top 5 and answer: {same}/{len(qs)} = {same / len(qs):.3f}; "
                       f"identical scores, marks and facets too: {exact}/{len(qs)}; each question's first asking: "
-                      f"--ray minus qa serve, median {statistics.median(first):.1f} ms", flush=True)
+                      f"--ray minus qa serve, median {statistics.median(first):.1f} ms; the ingress's rounds of shard "
+                      f"calls so far: {rounds or 'not counted by this tree'}", flush=True)
                 timed(a_port, qs[:10]), timed(b_port, qs[:10])  # warm both
                 for b in range(2):  # A B A B
                     a_block, b_block = timed(a_port, qs), timed(b_port, qs)
