@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 EVAL = ROOT.parent / "shared" / "eval"
 WRITTEN = ROOT / "train" / "data" / "written"
 TRAINING_FILES = ("lookalike-*.json", "train-news-*.json")
+NEXT = ROOT / "train" / "data" / "next"  # sets written since the shipped reader (--with-next)
 
 from qa.index.text import sentence_spans  # noqa: E402
 from qa.index.terms import STOPWORDS, stems  # noqa: E402
@@ -107,9 +108,10 @@ def even_articles(squad: list[dict]) -> list[dict]:
     return [a for i, a in enumerate(squad) if i % 2 == 0 and i not in CALIBRATION_POSITIONS]
 
 
-def written_articles() -> list[dict]:
+def written_articles(with_next: bool = False) -> list[dict]:
     """The SQuAD 2.0 articles we wrote for training (never news-a or news-b)."""
-    return [a for pattern in TRAINING_FILES for path in sorted(WRITTEN.glob(pattern))
+    folders = [WRITTEN, *([NEXT] if with_next else [])]
+    return [a for folder in folders for pattern in TRAINING_FILES for path in sorted(folder.glob(pattern))
             for a in json.loads(path.read_text("utf-8"))["data"]]
 
 
@@ -155,7 +157,7 @@ def perturb(question: str, article_text: str, paragraph: str, pools: dict, rng: 
     return out
 
 
-def build(seed: int) -> tuple[list[dict], dict]:
+def build(seed: int, with_next: bool = False) -> tuple[list[dict], dict]:
     rng = random.Random(seed)
     squad = json.loads((EVAL / "squad-dev.json").read_text("utf-8"))["data"]
     squad2 = json.loads((EVAL / "squad2-dev.json").read_text("utf-8"))["data"]
@@ -171,7 +173,7 @@ def build(seed: int) -> tuple[list[dict], dict]:
     contexts = {p["context"] for a in tuning for p in a["paragraphs"]}
     written: dict[str, list[dict]] = collections.defaultdict(list)  # context -> its written answerable questions
     counts = collections.Counter()
-    for a in written_articles():
+    for a in written_articles(with_next):
         for p in a["paragraphs"]:
             impossible[p["context"]] += [dict(q, written=True) for q in p["qas"] if q.get("is_impossible")]
             written[p["context"]] += [dict(q, written=True) for q in p["qas"] if not q.get("is_impossible")]
@@ -276,8 +278,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "train" / "out" / "reader-data.jsonl")
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--with-next", action="store_true", help="also the sets in train/data/next/")
     args = ap.parse_args()
-    examples, counts = build(args.seed)
+    examples, counts = build(args.seed, args.with_next)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:
         for e in examples:

