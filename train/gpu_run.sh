@@ -32,7 +32,7 @@ run)
   out=${OUT:-/tmp/gpu-out}
   mkdir -p "$out" /tmp/gpu-train /tmp/gpu-base
   export QA_READER_BASE=/tmp/gpu-base HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-  xz -dkf .gpu/reader-data.jsonl.xz
+  "$PY" -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/reader-data.jsonl.xz'), open('.gpu/reader-data.jsonl', 'wb'))"
   "$PY" train/gpu_weights.py base .gpu/base /tmp/gpu-base
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt" || true
   "$PY" train/train_reader.py --layers 6 --data .gpu/reader-data.jsonl --out /tmp/gpu-train --epochs "${EPOCHS:-8}" \
