@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexBusy, IndexCorrupt
-from .files import read_arrays
 from .manifest import manifest_stamp, read_manifest
-from .segment import term_spans
+from .segment import segment_arrays, term_spans
 from .terms import term_hash
 
 
@@ -29,9 +28,7 @@ class _Tables:
     __slots__ = ("t_hash", "t_ptr", "rows", "tokens")
 
     def __init__(self, folder: Path, entry: dict):
-        meta, a = read_arrays(folder / f"{entry['name']}.arrays")
-        if meta.get("name") != entry["name"] or len(a["pids"]) != entry["passages"]:
-            raise ValueError(f"{entry['name']}.arrays does not match the manifest")
+        meta, a = segment_arrays(folder, entry)
         self.t_hash, self.t_ptr = a["t_hash"], a["t_ptr"]
         self.rows, self.tokens = len(a["pids"]), int(meta["tokens"])
 

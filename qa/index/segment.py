@@ -203,14 +203,20 @@ def term_spans(t_hash: np.ndarray, t_ptr: np.ndarray, hashes: np.ndarray) -> tup
     return (np.where(found, t_ptr[at], 0).astype(np.int64), np.where(found, t_ptr[at + 1], 0).astype(np.int64))
 
 
+def segment_arrays(folder: Path, entry: dict, scattered: tuple[str, ...] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+    """Map the arrays of the segment a manifest entry names (ValueError when they are not that segment's)."""
+    meta, a = read_arrays(folder / f"{entry['name']}.arrays", scattered=scattered)
+    if meta.get("name") != entry["name"] or len(a["pids"]) != entry["passages"]:
+        raise ValueError(f"{entry['name']}.arrays does not match the manifest")
+    return meta, a
+
+
 class Segment:
     """A segment opened for reading: memory-mapped arrays and vector index."""
 
     def __init__(self, folder: Path, entry: dict):
         self.name = entry["name"]
-        self.meta, a = read_arrays(folder / f"{self.name}.arrays", scattered=SCATTERED)
-        if self.meta.get("name") != self.name or len(a["pids"]) != entry["passages"]:
-            raise ValueError(f"{self.name}.arrays does not match the manifest")
+        self.meta, a = segment_arrays(folder, entry, SCATTERED)
         self.scale = float(self.meta["scale"])
         self.pids, self.p_lo, self.p_hi, self.p_len = a["pids"], a["p_lo"], a["p_hi"], a["p_len"]
         self.s_codes = a["s_codes"]  # (a segment written before 2026-12-03 also holds p_codes: unread)

@@ -106,6 +106,11 @@ class ShardReader:
     def stats(self, stems: list[str]) -> dict:
         return self._stats(self.index, stems)
 
+    def generation(self) -> int:
+        """The newest published generation (as FolderFreqs.generation: a ShardReader in this process serves as
+        the fusing side's view of its own folder)."""
+        return self.index.generation
+
     @staticmethod
     def _stats(idx: Index, stems: list[str]) -> dict:
         df, n = idx.doc_freqs(stems)
@@ -296,11 +301,11 @@ class ShardedIndex:
     """What a Searcher reads of an Index, over every shard of a root: each call asks the shards."""
 
     def __init__(self, shards: list, names: list[str] | None = None, model: str | None = None,
-                 call: Callable | None = None, freqs: list[FolderFreqs] | None = None):
+                 call: Callable | None = None, freqs: list[FolderFreqs | ShardReader] | None = None):
         self.shards, self.n = shards, len(shards)
         # Each shard's folder read here for the statistics (where this process can read it): a question's
         # new stems then cost a look in the folder's term tables, not a round of calls before the candidates.
-        self.freqs: list[FolderFreqs | None] = list(freqs) if freqs else [None] * self.n
+        self.freqs: list[FolderFreqs | ShardReader | None] = list(freqs) if freqs else [None] * self.n
         self._freqs_off: dict[int, float] = {}  # shard -> when to try its folder again, after it failed
         self.names = names or [f"shard-{i:03d}" for i in range(self.n)]
         self.model = model
@@ -411,10 +416,11 @@ class ShardedIndex:
         if known is not None and known.generation != st["generation"]:
             del self._known[s]
         self.learn(s, st)
-        if self._readable(s, time.monotonic()) and self._published_since(s, st["generation"], time.monotonic()):
+        now = time.monotonic()
+        if self._published_since(s, st["generation"], now):
             log.info("shard %d (%s): its replica serves generation %d, its folder here holds a newer one; asking "
                      "the replica for statistics for %d s", s, self.names[s], st["generation"], FREQS_RETRY)
-            self._freqs_off[s] = time.monotonic() + FREQS_RETRY
+            self._freqs_off[s] = now + FREQS_RETRY
 
     def _readable(self, s: int, now: float) -> bool:
         return self.freqs[s] is not None and self._freqs_off.get(s, 0.0) <= now

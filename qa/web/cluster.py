@@ -44,10 +44,12 @@ SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": 
 # Serve runs a replica's code on an event loop of its own thread unless told otherwise; on the loop that
 # takes the request (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0), a call costs two thread hand-offs less.
 REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", **SERVE_ENV}}
-
-
 # `qa serve`'s own settings, not the replicas' (the ingress is given the root; HAProxy takes host and port).
 DRIVER_ONLY = {"QA_RAY_ADDRESS", "QA_HOST", "QA_PORT", "QA_WORKERS", "QA_INDEX_DIR"}
+CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
+CALL_DEADLINE = 30.0  # ... and all tries of one call together
+STATUS_EVERY = 5.0  # seconds between two looks at which replicas are running, while every shard has one
+STATUS_SOON = 0.5  # ... while one has none, or after a call failed
 
 
 def replica_env() -> dict:
@@ -58,10 +60,6 @@ def replica_env() -> dict:
     mine = {k: v for k, v in os.environ.items() if k.startswith("QA_") and k not in DRIVER_ONLY
             and not any(w in k for w in ("TOKEN", "SECRET", "PASSWORD"))}
     return {"env_vars": {**REPLICA_ENV["env_vars"], **mine}}
-CALL_TIMEOUT = 10.0  # seconds one call to a shard replica may take before it is sent again
-CALL_DEADLINE = 30.0  # ... and all tries of one call together
-STATUS_EVERY = 5.0  # seconds between two looks at which replicas are running, while every shard has one
-STATUS_SOON = 0.5  # ... while one has none, or after a call failed
 
 
 def test_embedder(model: str):
@@ -215,6 +213,22 @@ class RemoteShard:
         return _Call(self, method, args)
 
 
+def folder_freqs(root: Path) -> list[FolderFreqs] | None:
+    """Each shard folder's statistics, read where the ingress runs (the path its replicas open, on the file system
+    they share): a question's new stems then cost no round of calls before its candidates. None, and the
+    shards are asked, where this node does not have the root."""
+    try:
+        meta = read_root(root)
+    except (OSError, QAError) as e:
+        meta, why = None, str(e)
+    else:
+        why = "no shards.json there"
+    if meta is None:
+        log.warning("cannot read the shard folders under %s (%s); asking the shards for statistics", root, why)
+        return None
+    return [FolderFreqs(root / f) for f in meta["folders"]]
+
+
 class ClusterService:
     """What the Flask app reads of its Service (qa/web/service.py), over the shard deployments."""
 
@@ -223,22 +237,8 @@ class ClusterService:
         self.index_dir = Path(root)
         self.model, self.backend, self.cfg = model, backend, cfg
         self.running = _Running(names)
-        # The ingress reads each shard's statistics from its folder (the path its replicas open, on the file
-        # system they share): a question's new stems then cost no round of calls before the candidates.
-        freqs = None
-        if stats_from_folders:
-            try:
-                meta = read_root(root)
-            except (OSError, QAError) as e:
-                meta, why = None, str(e)
-            else:
-                why = "no shards.json there"
-            if meta is not None:
-                freqs = [FolderFreqs(self.index_dir / f) for f in meta["folders"]]
-            else:  # the root is not mounted on this ingress's node: the shards are asked for their statistics
-                log.warning("cannot read the shard folders under %s (%s); asking the shards for statistics", root, why)
         self.index = ShardedIndex([RemoteShard(h, i, n, self.running) for i, (h, n) in enumerate(zip(handles, names))],
-                                  names, model, freqs=freqs)
+                                  names, model, freqs=folder_freqs(self.index_dir) if stats_from_folders else None)
         self._embedder = embedder
         self._searcher: ShardedSearcher | None = None
         self.reload_error: str | None = None

@@ -18,7 +18,6 @@ from ..ingest.pipeline import Report, add_articles, iter_articles
 from ..ingest.articles import Article
 from ..search.searcher import SearchConfig, Searcher
 from ..index import Index, Writer, lock_index, read_manifest
-from ..index.freqs import FolderFreqs
 from ..index.manifest import manifest_stamp
 from ..index.shards import is_root, shard_folders
 from ..index.stats import record_ingest
@@ -104,9 +103,9 @@ class Service:
         if self._shards:  # a sharded root on this machine: one searcher over every shard, fused as one folder
             if self._searcher is None:
                 shards = local_shards(self.index_dir, self.model)
-                # Statistics from the folders: the shards answer in this process anyway, but a shard's newer
-                # generation is then seen before its candidates are asked (no question starts again).
-                index = ShardedIndex(shards, model=self.model, freqs=[FolderFreqs(s.reader.folder) for s in shards])
+                # The shards' own snapshots give the statistics in this process: no stats round, and a shard's
+                # newer generation is seen before its candidates are asked (no question starts again).
+                index = ShardedIndex(shards, model=self.model, freqs=[s.reader for s in shards])
                 index.path = self.index_dir
                 index.on_round = lambda kind: self.on_shard_round(kind)
                 self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
