@@ -165,3 +165,49 @@ def test_qa_serve_over_an_ivf_segment_past_the_real_threshold_survives_filters_a
             assert all(r["citation"]["article_id"] != "a17" for r in body["results"])
         log.seek(0)
         assert "SIGSEGV" not in log.read()
+
+
+def test_statistics_read_from_an_ivf_folder_match_its_index_while_a_writer_deletes_and_updates(ivf_index, tmp_path):
+    """What a sharded search's fusing side reads of a shard folder (qa/index/freqs.py) is what the folder's own
+    Index gives, on a big IVF segment with tombstones and a new segment, read while a writer publishes."""
+    import shutil
+    import threading
+
+    from qa.errors import IndexBusy
+    from qa.index.freqs import FolderFreqs
+    from qa.search.sharded import ShardReader
+
+    index = tmp_path / "ix"
+    shutil.copytree(ivf_index, index)
+    stems = ["river", "bridg", "mayor", "harbour", "stori", "nosuchstem"]
+    freqs, reader = FolderFreqs(index), ShardReader(index, 0, 1, "fake")
+    assert freqs.stats(stems) == reader.stats(stems)
+    svc = Service(index, "fake", embedder=FakeEmbedder())
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps({"id": f"a{i}", "title": f"Story {i}", "text": f"The harbour ferry {i} sank."})
+                               + "\n" for i in range(10, 20)))
+    done, seen, errors = threading.Event(), [], []
+
+    def read() -> None:  # statistics read over and over while the writer publishes
+        while not done.is_set():
+            try:
+                seen.append(freqs.stats(stems)["generation"])
+            except IndexBusy:
+                pass
+            except Exception as e:  # noqa: BLE001 - anything else fails the test
+                errors.append(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    try:
+        for i in range(5):
+            svc.delete(f"a{i}")
+        svc.ingest([changed])
+    finally:
+        done.set()
+        t.join()
+    assert not errors and seen and seen == sorted(seen)  # never an older generation after a newer one
+    parts = Index.load(index, "fake", 64).parts
+    assert parts[0].seg.kind == "ivf" and (~parts[0].live).sum() == 15 and len(parts) > 1
+    assert freqs.stats(stems) == reader.stats(stems)
+    assert freqs.stats(stems)["generation"] == reader.generation() > seen[0]
