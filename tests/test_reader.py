@@ -235,3 +235,28 @@ def test_the_calibrators_rescale_keeps_every_decision_and_fixes_an_overconfident
     shown = after >= at2
     err = lambda p: abs(p[shown].mean() - y[shown].mean())  # noqa: E731
     assert err(after) < 0.02 < err(before)
+
+
+def test_only_the_best_candidate_is_read_where_the_sentence_model_is_sure_of_it(reader, monkeypatch):
+    # one_at (train/eval_reader.py): at or above it, the other candidates could not win the choice, so one row is
+    # read (half the cost of three); below it, the three likeliest
+    from qa.search import answer as answers
+
+    assert reader.calibrator["one_at"] < 1.0
+    texts = OIL + ODD
+    read_with = []
+    real = reader.score
+    monkeypatch.setattr(reader, "score", lambda q, sentences: read_with.append(list(sentences)) or real(q, sentences))
+
+    def cands(best_p: float) -> list:
+        rest = (1.0 - best_p) / (len(texts) - 1)
+        return [answers.Sentence(pid=1, rank=1, start=0, end=len(t), text=t, held=0.0, features=np.zeros(1),
+                                 p=best_p if i == 1 else rest) for i, t in enumerate(texts)]
+
+    sure = answers.read(reader, "When did the 1973 oil crisis begin?", cands(reader.calibrator["one_at"]), 0.5, 100)
+    assert read_with[-1] == [texts[1]] and sure.best.text == texts[1]
+    assert set(sure.prob.values()) == {1.0}
+    unsure = answers.read(reader, "When did the 1973 oil crisis begin?", cands(reader.calibrator["one_at"] - 0.01),
+                          0.5, 100)
+    assert len(read_with[-1]) == 3 and read_with[-1][0] == texts[1]
+    assert 0.0 < unsure.confidence < 1.0 and len(unsure.prob) == 3

@@ -52,6 +52,9 @@ from tune_answers import fit as fit_logistic  # noqa: E402  (logistic regression
 from qa.search.evaluate import answer_f1, holds, normalize_answer  # noqa: E402
 
 KEEP_TOP_RIGHT = 0.95  # the answer is kept for this share of inside questions whose top passage is right
+ONE_AT_GRID = (0.99, 0.97, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # descending: the first that fails ends the search
+ONE_CHANGED = 0.01  # ... at most this share of the tuning replay's questions chosen otherwise
+ONE_LOST = 0.003  # ... and a right single sentence for at most this share fewer (the grid above allows as much)
 
 
 # ---------------------------------------------------------------- collect
@@ -222,15 +225,18 @@ def answer_text(cands: list[dict], best: int, prob: np.ndarray) -> str:
     return cands[a]["text"] + " " + cands[b]["text"]
 
 
-def decide(r: dict, alpha: float, top: int, null_logit: float) -> dict | None:
-    """The reader's choice among the `top` candidates the sentence model rates highest: the sentence
-    maximising reader logit + alpha * log(sentence model p), as qa.search.answer.read chooses; its
-    probabilities and the calibrator's inputs (Reading.features, as the service reads them)."""
+def decide(r: dict, alpha: float, top: int, null_logit: float, one_at: float = np.inf) -> dict | None:
+    """The reader's choice among the `top` candidates the sentence model rates highest (only its best where
+    the sentence model gives it `one_at` or more): the sentence maximising reader logit + alpha * log(sentence
+    model p), as qa.search.answer.read chooses; its probabilities and the calibrator's inputs
+    (Reading.features, as the service reads them)."""
     cands = r["cands"]
     if not cands:
         return None
     fp = np.array([c["p"] for c in cands])
     keep = np.argsort(-fp, kind="stable")[:top]
+    if fp[keep[0]] >= one_at:
+        keep = keep[:1]
     reading = Reading.of(r["logits"][keep], null_logit, span_scores=r["span_scores"][keep])
     z = reading.logits + alpha * np.log(np.maximum(fp[keep], 1e-12))
     k = int(np.argmax(z))
@@ -244,7 +250,7 @@ def decide(r: dict, alpha: float, top: int, null_logit: float) -> dict | None:
     return {"best": best, "text": answer_text(cands, best, prob),
             "short": cands[best]["text"][span[0]:span[1]] if span else "",
             "x": np.array([have[c] for c in CAL_COLUMNS]), "sentence": cands[best]["text"],
-            "margin": have["reader_margin"]}
+            "margin": have["reader_margin"], "read": len(keep)}
 
 
 CAL_COLUMNS = CALIBRATOR_COLUMNS  # --columns picks fewer
@@ -393,9 +399,29 @@ def main() -> None:
     _, neg_top, alpha = max(g for g in grid if g[0] >= best_single - 0.003)  # fewest candidates near the best
     top = -neg_top
     print(f"chosen: the {top} likeliest candidates, alpha {alpha}", file=sys.stderr)
+    # Where the sentence model is sure of its best candidate, the reader reads that one alone (one row costs
+    # about half of three): the lowest such probability at which the tuning replay's choices stay those of
+    # reading all `top` (a right single sentence for no fewer questions, at most ONE_CHANGED of them chosen
+    # otherwise).
+    full = [decide(r, alpha, top, null) for r in tune]
+    one_at = np.inf
+    for at in ONE_AT_GRID:
+        ch = [decide(r, alpha, top, null, at) for r in tune]
+        changed = np.mean([a is not None and a["best"] != b["best"] for a, b in zip(full, ch)])
+        inside_right = [holds(c["sentence"], r["answers"]) for r, c in zip(tune, ch) if r["kind"] == "inside" and c]
+        before = [holds(c["sentence"], r["answers"]) for r, c in zip(tune, full) if r["kind"] == "inside" and c]
+        one = np.mean([c is not None and c["read"] == 1 for c in ch])
+        ok = changed <= ONE_CHANGED and np.mean(inside_right) >= np.mean(before) - ONE_LOST
+        print(f"  tuning: one candidate read from p >= {at}: {one:.2f} of questions, {changed:.3f} chosen otherwise, "
+              f"a right single sentence {np.mean(inside_right):.3f} against {np.mean(before):.3f}"
+              f"{'' if ok else ' (not taken)'}", file=sys.stderr)
+        if not ok:
+            break
+        one_at = at
+    print(f"chosen: one candidate read where the sentence model gives it {one_at} or more", file=sys.stderr)
 
     def run(rows):
-        return [decide(r, alpha, top, null) for r in rows]
+        return [decide(r, alpha, top, null, one_at) for r in rows]
 
     tc = run(tune)
     have = [(r, c) for r, c in zip(tune, tc) if c is not None]
@@ -413,7 +439,7 @@ def main() -> None:
         given = [c is not None and p >= answer_at for c, p in zip(ch, conf)]
         return given, conf
 
-    report = {"choice": {"top": top, "alpha": alpha}, "calibrator": dict(zip(CAL_COLUMNS, map(float, w))),
+    report = {"choice": {"top": top, "alpha": alpha, "one_at": one_at}, "calibrator": dict(zip(CAL_COLUMNS, map(float, w))),
               "answer_at": answer_at}
     parts = [("tuning replay (fitted there)", tune), ("held back", [r for r in held if not r.get("news")])]
     if any(r.get("news") for r in held):
@@ -444,6 +470,7 @@ def main() -> None:
         meta = json.loads(meta_path.read_text())
         meta["calibrator"] = {"columns": list(CAL_COLUMNS), "weights": [round(float(v), 5) for v in w],
                               "answer_at": round(answer_at, 5), "candidates": top, "alpha": alpha,
+                              **({"one_at": one_at} if np.isfinite(one_at) else {}),
                               "fitted_on": "train/eval_reader.py tuning replay: squad-dev even articles "
                                            f"{list(CALIBRATION_POSITIONS)} (unseen by the reader) and "
                                            "train/data/written/news-a.json (never trained on)"}

@@ -298,11 +298,16 @@ class Read:
 def read(reader, question: str, cands: list[Sentence], gate_p: float, passages: int) -> Read:
     """Let the reader choose among the candidates the sentence model rates highest and judge the answer:
     the sentence maximising the reader's logit + alpha * log(the sentence model's p), as
-    train/eval_reader.py fitted `candidates` and `alpha` (squad-dev's unseen tuning articles and news-a)."""
+    train/eval_reader.py fitted `candidates`, `alpha` and `one_at` (above it, only the best is read) on
+    squad-dev's unseen tuning articles and news-a."""
     fitted = reader.calibrator or {}
     top, alpha = int(fitted.get("candidates", 20)), float(fitted.get("alpha", 0.0))
     fp = np.array([c.p for c in cands])
     keep = np.argsort(-fp, kind="stable")[:top]
+    if fp[keep[0]] >= float(fitted.get("one_at", math.inf)):
+        # The sentence model is sure of its best: the others would need a reader logit higher by alpha times
+        # the log of the odds to win, which the tuning replay never showed; reading one costs half of three.
+        keep = keep[:1]
     got = reader.score(question, [cands[i].text for i in keep])
     z = got.logits + alpha * np.log(np.maximum(fp[keep], 1e-12))
     k = int(np.argmax(z))

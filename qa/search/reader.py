@@ -3,8 +3,8 @@ it, how likely none of them does, and which words of each answer.
 
 A cross-encoder (layers of the packaged all-MiniLM-L6-v2, fine-tuned by
 train/train_reader.py on squad-dev's tuning half) reads `[CLS] question [SEP] sentence [SEP]`, short (one
-question's candidates go in one call, padded to its longest rounded up to a multiple of 8 word pieces, and to
-three rows where there are fewer: see Reader.warm), and gives an answer
+question's candidates go in one call, padded to its longest rounded up to a multiple of 8 word pieces, and
+two candidates to three rows: see Reader.warm), and gives an answer
 logit per sentence and start/end logits over the sentence's word pieces. The candidates' logits and a
 learned null logit make one softmax: `p[i]` is the probability that sentence i answers, `p_null` that
 none does (SQuAD 2.0 readers' rule: an answer must beat the null). It ships as an int8 OpenVINO model
@@ -167,17 +167,19 @@ class Reader:
         self.max_question_tokens = int(self.meta["max_question_tokens"])
         self.pairs = PairEncoder(self.max_tokens, self.max_question_tokens)
         self.calibrator = self.meta.get("calibrator")
-        # Fewer candidates are read as this many rows (the first repeated): each input shape OpenVINO meets
-        # holds 2-4 MB more of the process's memory, and a question nearly always has this many candidates.
+        # Between one and this many candidates are read as this many rows (the first repeated): each input shape
+        # OpenVINO meets holds 2-4 MB more of the process's memory. One candidate alone is read as one row (half
+        # the time of three): answer.read reads only the best where the sentence model is sure of it.
         self.rows = int((self.calibrator or {}).get("candidates", 3))
         self.warmed = False
 
     def warm(self) -> None:
-        """Run each input shape of `rows` candidates once, so no question pays for its first run (calls of more
-        candidates, as train/eval_reader.py makes them, meet theirs unprepared)."""
-        for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
-            ids = np.full((self.rows, width), self.pairs.sep, dtype=np.int64)
-            self.run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
+        """Run each input shape of one and of `rows` candidates once, so no question pays for its first run
+        (calls of more candidates, as train/eval_reader.py makes them, meet theirs unprepared)."""
+        for rows in sorted({1, self.rows}):
+            for width in range(WIDTH_MULTIPLE, self.max_tokens + 1, WIDTH_MULTIPLE):
+                ids = np.full((rows, width), self.pairs.sep, dtype=np.int64)
+                self.run({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)})
         self.warmed = True
 
     def encode(self, question: str, sentences: list[str]):
@@ -190,7 +192,7 @@ class Reader:
             return Reading.of(np.zeros(0), self.null_logit, [], np.zeros(0))
         ids, types, mask, q_len, offsets = self.encode(question, sentences)
         feeds = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-        if len(sentences) < self.rows:
+        if 1 < len(sentences) < self.rows:
             extra = self.rows - len(sentences)
             feeds = {k: np.concatenate([v, np.repeat(v[:1], extra, axis=0)]) for k, v in feeds.items()}
         logit, start, end = (x[:len(sentences)] for x in self.run(feeds))
