@@ -242,11 +242,14 @@ def test_only_the_best_candidate_is_read_where_the_sentence_model_is_sure_of_it(
     # read (half the cost of three); below it, the three likeliest
     from qa.search import answer as answers
 
-    assert reader.calibrator["one_at"] < 1.0
+    assert reader.calibrator.get("one_at", 1.0) < 1.0, "reader.json has no one_at: train/eval_reader.py --write-calibrator"
     texts = OIL + ODD
     read_with = []
     real = reader.score
     monkeypatch.setattr(reader, "score", lambda q, sentences: read_with.append(list(sentences)) or real(q, sentences))
+    rows = []  # the rows each model call runs: one candidate is one row, not padded to three
+    run = reader.run
+    monkeypatch.setattr(reader, "run", lambda feeds: rows.append(feeds["input_ids"].shape[0]) or run(feeds))
 
     def cands(best_p: float) -> list:
         rest = (1.0 - best_p) / (len(texts) - 1)
@@ -254,9 +257,9 @@ def test_only_the_best_candidate_is_read_where_the_sentence_model_is_sure_of_it(
                                  p=best_p if i == 1 else rest) for i, t in enumerate(texts)]
 
     sure = answers.read(reader, "When did the 1973 oil crisis begin?", cands(reader.calibrator["one_at"]), 0.5, 100)
-    assert read_with[-1] == [texts[1]] and sure.best.text == texts[1]
+    assert read_with[-1] == [texts[1]] and sure.best.text == texts[1] and rows[-1] == 1
     assert set(sure.prob.values()) == {1.0}
     unsure = answers.read(reader, "When did the 1973 oil crisis begin?", cands(reader.calibrator["one_at"] - 0.01),
                           0.5, 100)
-    assert len(read_with[-1]) == 3 and read_with[-1][0] == texts[1]
+    assert len(read_with[-1]) == 3 and read_with[-1][0] == texts[1] and rows[-1] == 3
     assert 0.0 < unsure.confidence < 1.0 and len(unsure.prob) == 3

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 from make_reader_data import CALIBRATION_POSITIONS  # noqa: E402
 
-from qa.search.answer import _WORD, MAX_PAIR_WORDS, PAIR_AT, SHORT_PAIR_WORDS, sigmoid, unmatched  # noqa: E402
+from qa.search.answer import _WORD, MAX_PAIR_WORDS, PAIR_AT, SHORT_PAIR_WORDS, shortlist, sigmoid, unmatched  # noqa: E402
 from qa.search.reader import CALIBRATOR_COLUMNS, Reading  # noqa: E402
 from tune_answers import fit as fit_logistic  # noqa: E402  (logistic regression by Newton's method)
 from qa.search.evaluate import answer_f1, holds, normalize_answer  # noqa: E402
@@ -54,7 +54,7 @@ from qa.search.evaluate import answer_f1, holds, normalize_answer  # noqa: E402
 KEEP_TOP_RIGHT = 0.95  # the answer is kept for this share of inside questions whose top passage is right
 ONE_AT_GRID = (0.99, 0.97, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)  # descending: the first that fails ends the search
 ONE_CHANGED = 0.01  # ... at most this share of the tuning replay's questions chosen otherwise
-ONE_LOST = 0.003  # ... and a right single sentence for at most this share fewer (the grid above allows as much)
+ONE_LOST = 0.003  # ... and a right single sentence for at most this share fewer (as the choice of alpha allows)
 
 
 # ---------------------------------------------------------------- collect
@@ -234,9 +234,7 @@ def decide(r: dict, alpha: float, top: int, null_logit: float, one_at: float = n
     if not cands:
         return None
     fp = np.array([c["p"] for c in cands])
-    keep = np.argsort(-fp, kind="stable")[:top]
-    if fp[keep[0]] >= one_at:
-        keep = keep[:1]
+    keep = shortlist(fp, top, one_at)  # the logits cached from calls of `top` rows: one row reads the same (int8, 1e-3)
     reading = Reading.of(r["logits"][keep], null_logit, span_scores=r["span_scores"][keep])
     z = reading.logits + alpha * np.log(np.maximum(fp[keep], 1e-12))
     k = int(np.argmax(z))
@@ -400,16 +398,16 @@ def main() -> None:
     top = -neg_top
     print(f"chosen: the {top} likeliest candidates, alpha {alpha}", file=sys.stderr)
     # Where the sentence model is sure of its best candidate, the reader reads that one alone (one row costs
-    # about half of three): the lowest such probability at which the tuning replay's choices stay those of
-    # reading all `top` (a right single sentence for no fewer questions, at most ONE_CHANGED of them chosen
-    # otherwise).
+    # about half of three): going down ONE_AT_GRID, the last probability before the first at which the tuning
+    # replay's choices move from those of reading all `top` (more than ONE_CHANGED of its questions chosen
+    # otherwise, or a right single sentence for more than ONE_LOST fewer).
     full = [decide(r, alpha, top, null) for r in tune]
+    before = [holds(c["sentence"], r["answers"]) for r, c in zip(tune, full) if r["kind"] == "inside" and c]
     one_at = np.inf
     for at in ONE_AT_GRID:
         ch = [decide(r, alpha, top, null, at) for r in tune]
         changed = np.mean([a is not None and a["best"] != b["best"] for a, b in zip(full, ch)])
         inside_right = [holds(c["sentence"], r["answers"]) for r, c in zip(tune, ch) if r["kind"] == "inside" and c]
-        before = [holds(c["sentence"], r["answers"]) for r, c in zip(tune, full) if r["kind"] == "inside" and c]
         one = np.mean([c is not None and c["read"] == 1 for c in ch])
         ok = changed <= ONE_CHANGED and np.mean(inside_right) >= np.mean(before) - ONE_LOST
         print(f"  tuning: one candidate read from p >= {at}: {one:.2f} of questions, {changed:.3f} chosen otherwise, "
@@ -439,7 +437,7 @@ def main() -> None:
         given = [c is not None and p >= answer_at for c, p in zip(ch, conf)]
         return given, conf
 
-    report = {"choice": {"top": top, "alpha": alpha, "one_at": one_at}, "calibrator": dict(zip(CAL_COLUMNS, map(float, w))),
+    report = {"choice": {"top": top, "alpha": alpha, "one_at": one_at if np.isfinite(one_at) else None}, "calibrator": dict(zip(CAL_COLUMNS, map(float, w))),
               "answer_at": answer_at}
     parts = [("tuning replay (fitted there)", tune), ("held back", [r for r in held if not r.get("news")])]
     if any(r.get("news") for r in held):

@@ -167,7 +167,7 @@ class Reader:
         self.max_question_tokens = int(self.meta["max_question_tokens"])
         self.pairs = PairEncoder(self.max_tokens, self.max_question_tokens)
         self.calibrator = self.meta.get("calibrator")
-        # Between one and this many candidates are read as this many rows (the first repeated): each input shape
+        # Two up to this many candidates are read as this many rows (the first repeated): each input shape
         # OpenVINO meets holds 2-4 MB more of the process's memory. One candidate alone is read as one row (half
         # the time of three): answer.read reads only the best where the sentence model is sure of it.
         self.rows = int((self.calibrator or {}).get("candidates", 3))
