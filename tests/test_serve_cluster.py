@@ -200,6 +200,68 @@ def test_statistics_read_from_the_shard_folders_save_the_stats_round_and_change_
     assert broken.index.rounds["stats"] == before and 0 not in broken.index._freqs_off
 
 
+def test_rows_and_sentences_read_from_the_shard_folders_change_nothing_and_shrink_the_shards_replies(tmp_path):
+    import pickle
+    import statistics
+
+    from qa.index.shards import read_root
+    from qa.search.sharded import LocalShard, ShardedIndex, ShardedSearcher, ShardReader, local_shards
+
+    data = corpus(tmp_path / "news.jsonl", 120, seed=16)
+    one, _ = build(tmp_path / "one", [SEEDS, data], shards=None)
+    root = tmp_path / "root"
+    build(root, [SEEDS, data], shards=2)
+    folders = [root / f for f in read_root(root)["folders"]]
+    s1 = one.searcher()
+    calls: list[tuple[dict, dict]] = []  # each `candidates` request a shard got, and its reply
+
+    class Watched(LocalShard):
+        def submit(self, method, *args):
+            got = super().submit(method, *args)
+            if method == "candidates":
+                calls.append((args[0], got.value))
+            return got
+
+    def searcher(replicas: list[Path], readers: list | None):
+        shards = [Watched(ShardReader(f, i, 2, "fake")) for i, f in enumerate(replicas)]
+        return ShardedSearcher(ShardedIndex(shards, freqs=readers, readers=readers), s1.embedder, s1.cfg)
+
+    sent = searcher(folders, None)  # the shards send their best passages' rows and sentences
+    read = searcher(folders, [ShardReader(f, i, 2, "fake") for i, f in enumerate(folders)])
+    qs = questions(60, seed=6)
+    sizes: dict[str, list[int]] = {"sent": [], "read": []}
+    for q in qs:
+        want = shown(s1.ask(q, 5).to_dict())
+        for name, s in (("sent", sent), ("read", read)):
+            calls.clear()
+            assert shown(s.ask(q, 5).to_dict()) == want, (name, q)
+            assert all((req["prefetch"] is None) == (name == "read") for req, _ in calls)
+            sizes[name] += [len(pickle.dumps(reply)) for _, reply in calls]
+    assert read.index.rounds["fetch"] == 0 and read.index.rounds["candidates"] == len(qs)
+    assert statistics.median(sizes["read"]) < statistics.median(sizes["sent"]) / 4, sizes
+    # A replica behind the folder read here (a copy from before the shard's writer published again): its stale
+    # answer is taken, that folder is not read for a while, and the replica sends rows and sentences again.
+    behind = tmp_path / "behind"
+    shutil.copytree(folders[0], behind)
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text("\n".join(json.dumps({"id": f"late-{i}", "title": "Ferry", "source": "Gazette",
+                                           "text": f"The harbour ferry number {i} resumed sailing on Monday."})
+                                for i in range(6)) + "\n")
+    build(root, [newer], shards=None)
+    stuck = searcher([behind, folders[1]], [ShardReader(f, i, 2, "fake") for i, f in enumerate(folders)])
+    reference = searcher([behind, folders[1]], None)
+    for q in qs[:6]:
+        calls.clear()
+        assert shown(stuck.ask(q, 5).to_dict()) == shown(reference.ask(q, 5).to_dict()), q
+    assert stuck.index.rounds["stale"] == 1 and 0 in stuck.index._freqs_off
+    assert calls[0][0]["prefetch"] is not None and calls[1][0]["prefetch"] is None  # shard 0 sends, shard 1 not
+    # A folder that cannot be opened here: its shard sends them, the answers stay the same.
+    lost = searcher(folders, [ShardReader(tmp_path / "nowhere", 0, 2, "fake"), ShardReader(folders[1], 1, 2, "fake")])
+    for q in qs[:6]:
+        assert shown(lost.ask(q, 5).to_dict()) == shown(sent.ask(q, 5).to_dict()), q
+    assert 0 in lost.index._freqs_off and 1 not in lost.index._freqs_off
+
+
 def test_qa_settings_go_to_the_replicas_but_no_secret_and_not_the_drivers_own(monkeypatch):
     from qa.web.cluster import REPLICA_ENV, replica_env
 

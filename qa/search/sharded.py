@@ -17,9 +17,12 @@ folder this process cannot read:
    The request names the generation each shard's statistics came from; a shard that has published
    another since answers `stale` with its new statistics, and the question starts again. With its
    candidates each shard sends the rows (text, citation), sentences and sources of its best passages
-   as it would fuse them alone, which are nearly always those the fused ranking reads;
-3. `fetch` (only for what the shards' own best missed): rows, sentences and sources of the best fused
-   passages, for collapsing, the answer step and the facets, which then run here as on one folder.
+   as it would fuse them alone, which are nearly always those the fused ranking reads, unless this
+   process has that generation of the shard's folder open itself (`readers`): then it reads them there,
+   and the shard's work and its reply are half as big;
+3. `fetch` (only for what the shards' own best missed, from a shard whose folder is not read here):
+   rows, sentences and sources of the best fused passages, for collapsing, the answer step and the
+   facets, which then run here as on one folder.
 
 Passage ids are global (`local * shards + shard`, qa/index/shards.py) from the shards' answers on.
 """
@@ -176,19 +179,7 @@ class ShardReader:
 
     def fetch(self, req: dict) -> dict:
         """Rows, sentences (as SentenceScores.full gives them) and sources of some passages."""
-        idx = self.index
-        got: dict = {"rows": {}, "full": {}, "sources": {}}
-        with idx.reading():
-            if req.get("rows"):
-                got["rows"] = _wire_rows(idx.passages(self._local(req["rows"])), self.shard, self.shards)
-            if req.get("full"):
-                local = self._local(req["full"])
-                sc = idx.sentences(req["qvec"], req["idf"], local)
-                got["full"] = _wire_full(sc.full_many(local), self.shard, self.shards)
-            if req.get("sources"):
-                got["sources"] = {global_id(i, self.shard, self.shards): v
-                                  for i, v in idx.sources_of(self._local(req["sources"])).items()}
-        return got
+        return fetch_from(self.index, self.shard, self.shards, req)
 
     def article(self, article_id: str) -> dict | None:
         art = self.index.article(article_id)
@@ -202,6 +193,22 @@ class ShardReader:
 # asks about every object that is not a plain type; 50 rows as dataclasses took 0.15 ms against 0.03 as tuples,
 # the sentences' stem keys as arrays 0.31 ms against 0.03 as bytes, and the reading side pays half as much again.
 ROW_FIELDS = tuple(f.name for f in dataclasses.fields(PassageRow))
+
+
+def fetch_from(idx: Index, shard: int, shards: int, req: dict) -> dict:
+    """Rows, sentences and sources of some passages (global ids) of one snapshot of shard `shard`."""
+    local = lambda gids: [split_id(g, shards)[1] for g in gids]  # noqa: E731
+    got: dict = {"rows": {}, "full": {}, "sources": {}}
+    with idx.reading():
+        if req.get("rows"):
+            got["rows"] = _wire_rows(idx.passages(local(req["rows"])), shard, shards)
+        if req.get("full"):
+            mine = local(req["full"])
+            sc = idx.sentences(req["qvec"], req["idf"], mine)
+            got["full"] = _wire_full(sc.full_many(mine), shard, shards)
+        if req.get("sources"):
+            got["sources"] = {global_id(i, shard, shards): v for i, v in idx.sources_of(local(req["sources"])).items()}
+    return got
 
 
 def _wire_rows(rows: dict[int, PassageRow], shard: int, shards: int) -> dict[int, tuple]:
@@ -273,13 +280,14 @@ class _Question(threading.local):
     rows: dict
     full: dict
     sources: dict
+    snapshots: dict  # shard -> the snapshot of its folder read here, the generation its replica answered from
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.stats, self.generations, self.qvec, self.idf, self.ranked = None, None, None, None, None
-        self.rows, self.full, self.sources = {}, {}, {}
+        self.rows, self.full, self.sources, self.snapshots = {}, {}, {}, {}
 
 
 class _Stale(Exception):
@@ -301,11 +309,16 @@ class ShardedIndex:
     """What a Searcher reads of an Index, over every shard of a root: each call asks the shards."""
 
     def __init__(self, shards: list, names: list[str] | None = None, model: str | None = None,
-                 call: Callable | None = None, freqs: list[FolderFreqs | ShardReader] | None = None):
+                 call: Callable | None = None, freqs: list[FolderFreqs | ShardReader] | None = None,
+                 readers: list[ShardReader] | None = None):
         self.shards, self.n = shards, len(shards)
         # Each shard's folder read here for the statistics (where this process can read it): a question's
         # new stems then cost a look in the folder's term tables, not a round of calls before the candidates.
         self.freqs: list[FolderFreqs | ShardReader | None] = list(freqs) if freqs else [None] * self.n
+        # ... and opened here for rows, sentences and sources (`readers`): a shard then sends its candidates
+        # alone, without those of its best passages (half its work and most of its reply), and no question
+        # needs a `fetch` round from it.
+        self.readers: list[ShardReader | None] = list(readers) if readers else [None] * self.n
         self._freqs_off: dict[int, float] = {}  # shard -> when to try its folder again, after it failed
         self.names = names or [f"shard-{i:03d}" for i in range(self.n)]
         self.model = model
@@ -435,6 +448,34 @@ class ShardedIndex:
         except Exception:  # noqa: BLE001 - unreadable now: reading its statistics says so, and asks the shard
             return True
 
+    def snapshots(self, generations: Sequence[int]) -> dict[int, Index]:
+        """The shards whose folder is open here at the generation the question's statistics came from (which
+        a replica answering `candidates` serves), with that snapshot: their rows and sentences are read here."""
+        now, out = time.monotonic(), {}
+        for s, reader in enumerate(self.readers):
+            if reader is None or not self._readable(s, now):
+                continue
+            try:
+                idx = reader.index
+            except Exception as e:  # noqa: BLE001 - unreadable here now: its replicas send them, for a while
+                log.warning("shard %d (%s): cannot open %s here (%s: %s); its replicas send rows and sentences for "
+                            "%d s", s, self.names[s], reader.folder, type(e).__name__, e, FREQS_RETRY)
+                self._freqs_off[s] = now + FREQS_RETRY
+                continue
+            if idx.generation == generations[s]:
+                out[s] = idx
+        return out
+
+    def _fetch(self, by: dict[int, dict]) -> list[dict]:
+        """`fetch` of each shard's request: from its snapshot read here where there is one, else one round."""
+        snaps = self.q.snapshots
+        got = [fetch_from(snaps[s], s, self.n, req) for s, req in by.items() if s in snaps]
+        remote = {s: (req,) for s, req in by.items() if s not in snaps}
+        if remote:
+            self.counted("fetch")
+            got += list(self.ask_some("fetch", remote).values())
+        return got
+
     def doc_freqs(self, terms: Sequence[str]) -> tuple[dict[str, int], int]:
         """The collection's document frequencies, passage count and average length: from what is known
         of each shard's generation, asking (round 1) only shards that have not been asked for a stem."""
@@ -498,7 +539,10 @@ class ShardedIndex:
         """Round 3: rows, sentences and sources of the best fused passages (and of any asked for), at once."""
         q = self.q
         ranked = q.ranked or []
-        rows = [i for i in dict.fromkeys([*want_rows, *ranked[:PREFETCH_ROWS]]) if i not in q.rows]
+        # The best fused passages' rows come along in the same round; from a folder read here, only those asked for.
+        wanted = set(want_rows)
+        rows = [i for i in dict.fromkeys([*want_rows, *ranked[:PREFETCH_ROWS]])
+                if i not in q.rows and (i in wanted or split_id(i, self.n)[0] not in q.snapshots)]
         full = [i for i in ranked[:PREFETCH_SENTENCES] if i not in q.full] if q.qvec is not None or q.idf else []
         sources = [i for i in want_sources if i not in q.sources]
         by: dict[int, dict] = {}
@@ -506,9 +550,7 @@ class ShardedIndex:
             for i in ids:
                 by.setdefault(split_id(i, self.n)[0], {"rows": [], "full": [], "sources": [], "qvec": q.qvec,
                                                         "idf": q.idf or {}})[kind].append(i)
-        if by:
-            self.counted("fetch")
-        for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
+        for got in self._fetch(by):
             q.rows.update(_rows(got["rows"]))
             q.full.update(_full(got["full"]))
             q.sources.update(got["sources"])
@@ -534,9 +576,11 @@ class ShardedIndex:
             ids = [pid, *(i for i in (q.ranked or [])[:PREFETCH_ROWS] if i not in q.full and i != pid)]
             by: dict[int, dict] = {}
             for i in ids:
-                by.setdefault(split_id(i, self.n)[0], {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
-            self.counted("fetch")
-            for got in self.ask_some("fetch", {s: (req,) for s, req in by.items()}).values():
+                s = split_id(i, self.n)[0]
+                if i == pid or s not in q.snapshots:  # read here, a passage costs no round: only those asked for
+                    by.setdefault(s, {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
+            ids = [i for req in by.values() for i in req["full"]]
+            for got in self._fetch(by):
                 q.full.update(_full(got["full"]))
             for i in ids:
                 q.full.setdefault(i, None)
@@ -591,14 +635,19 @@ class ShardedSearcher(Searcher):
                "generations": q.generations if q.check else None, "among": among, "cfg": cfg,
                "prefetch": {"rows": _share(PREFETCH_ROWS, index.n), "full": _share(PREFETCH_SENTENCES, index.n),
                             "sources": _share(max(n, cfg.candidates), index.n)}}
+        snaps = index.snapshots(q.generations)
+        bare = {**req, "prefetch": None}  # a shard whose folder is read here sends its candidates alone
         index.counted("candidates")
-        got = index.ask_all("candidates", lambda s: (req,))
+        got = index.ask_all("candidates", lambda s: (bare if s in snaps else req,))
         stale = [(s, g["stale"]) for s, g in enumerate(got) if "stale" in g]
         if stale:  # a shard published since its statistics were kept: the question starts again
             index.counted("stale")
             for s, st in stale:
                 index.served(s, st)
             raise _Stale()
+        # (on a question's last try a replica may answer from another generation than the one read here:
+        # its passages are then fetched from it)
+        q.snapshots = {s: idx for s, idx in snaps.items() if got[s]["generation"] == idx.generation}
         merged = [{} for _ in range(6)]
         for g in got:
             for d, key in zip(merged, ("lexical", "coarse", "exact", "bm25", "best_dense", "best_terms")):

@@ -40,6 +40,7 @@ def create_app(test_config: dict | None = None):
         READER_LEADS=defaults.reader_leads,  # QA_READER_LEADS=false: the reader's answer does not move its passage first
         MAX_CONTENT_LENGTH=64 * 1024,
         STATS_FROM_FOLDERS=True,  # `qa serve --ray`: BM25 statistics read from the shard folders (false: asked)
+        ROWS_FROM_FOLDERS=True,  # ... and the best passages' rows and sentences (false: the shards send them)
         ADMIN_TOKEN=None,
         EMBEDDER=None,  # tests inject a fake here
     )

@@ -213,10 +213,9 @@ class RemoteShard:
         return _Call(self, method, args)
 
 
-def folder_freqs(root: Path) -> list[FolderFreqs] | None:
-    """Each shard folder's statistics, read where the ingress runs (the path its replicas open, on the file system
-    they share): a question's new stems then cost no round of calls before its candidates. None, and the
-    shards are asked, where this node does not have the root."""
+def _folders(root: Path) -> dict | None:
+    """The root's shards.json, where the ingress runs (the path its replicas open, on the file system they share);
+    None, with a warning, where this node does not have the root."""
     try:
         meta = read_root(root)
     except (OSError, QAError) as e:
@@ -224,21 +223,47 @@ def folder_freqs(root: Path) -> list[FolderFreqs] | None:
     else:
         why = "no shards.json there"
     if meta is None:
-        log.warning("cannot read the shard folders under %s (%s); asking the shards for statistics", root, why)
+        log.warning("cannot read the shard folders under %s (%s); asking the shards for statistics, rows and "
+                    "sentences", root, why)
+    return meta
+
+
+def folder_freqs(root: Path) -> list[FolderFreqs] | None:
+    """Each shard folder's statistics, read where the ingress runs: a question's new stems then cost no round of
+    calls before its candidates. None, and the shards are asked, where this node does not have the root."""
+    meta = _folders(root)
+    return None if meta is None else [FolderFreqs(root / f) for f in meta["folders"]]
+
+
+def folder_readers(root: Path, model: str) -> list[ShardReader] | None:
+    """Each shard folder opened where the ingress runs, for its statistics and its passages' rows and sentences:
+    a shard then sends its candidates alone (half its work, a tenth of its reply) and no question needs a round
+    of `fetch` calls. Each opens on its first question (a folder that cannot be read then is asked of its shard
+    for a while: ShardedIndex.snapshots). None where this node does not have the root."""
+    meta = _folders(root)
+    if meta is None:
         return None
-    return [FolderFreqs(root / f) for f in meta["folders"]]
+    return [ShardReader(root / f, i, meta["shards"], model) for i, f in enumerate(meta["folders"])]
 
 
 class ClusterService:
     """What the Flask app reads of its Service (qa/web/service.py), over the shard deployments."""
 
     def __init__(self, root: str, handles: list, names: list[str], model: str, backend: str, cfg, embedder=None,
-                 stats_from_folders: bool = True):
+                 stats_from_folders: bool = True, rows_from_folders: bool = True):
         self.index_dir = Path(root)
         self.model, self.backend, self.cfg = model, backend, cfg
         self.running = _Running(names)
+        readers = folder_readers(self.index_dir, model) if rows_from_folders else None
+        for r in readers or []:  # opened now, not on the first question (one that fails is retried on questions)
+            try:
+                r.index
+            except Exception as e:  # noqa: BLE001
+                log.warning("cannot open the shard folder %s here (%s: %s); its replicas send its rows and sentences",
+                            r.folder, type(e).__name__, e)
+        freqs = readers or (folder_freqs(self.index_dir) if stats_from_folders and not rows_from_folders else None)
         self.index = ShardedIndex([RemoteShard(h, i, n, self.running) for i, (h, n) in enumerate(zip(handles, names))],
-                                  names, model, freqs=folder_freqs(self.index_dir) if stats_from_folders else None)
+                                  names, model, freqs=freqs, readers=readers)
         self._embedder = embedder
         self._searcher: ShardedSearcher | None = None
         self.reload_error: str | None = None
@@ -342,7 +367,8 @@ class Ingress:
         # `_by_reference` is Serve's own (private) name for that choice: a Ray upgrade may rename it.
         handles = [h.options(_by_reference=False) for h in handles]
         self.service = ClusterService(root, handles, names, base.model, base.backend, base.cfg,
-                                      stats_from_folders=bool(self.app.config["STATS_FROM_FOLDERS"]))
+                                      stats_from_folders=bool(self.app.config["STATS_FROM_FOLDERS"]),
+                                      rows_from_folders=bool(self.app.config["ROWS_FROM_FOLDERS"]))
         self.app.extensions["qa"] = self.service
         self.service.on_shard_round = base.on_shard_round  # /metrics counts them (set on the one it replaces)
         self.pool = ThreadPoolExecutor(16, thread_name_prefix="qa-ingress")

@@ -105,7 +105,9 @@ class Service:
                 shards = local_shards(self.index_dir, self.model)
                 # The shards' own snapshots give the statistics in this process: no stats round, and a shard's
                 # newer generation is seen before its candidates are asked (no question starts again).
-                index = ShardedIndex(shards, model=self.model, freqs=[s.reader for s in shards])
+                # ... and their passages' rows and sentences, without a shard preparing them for its reply.
+                readers = [s.reader for s in shards]
+                index = ShardedIndex(shards, model=self.model, freqs=readers, readers=readers)
                 index.path = self.index_dir
                 index.on_round = lambda kind: self.on_shard_round(kind)
                 self._searcher = ShardedSearcher(index, self.embedder, self.cfg)
