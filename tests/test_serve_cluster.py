@@ -205,7 +205,7 @@ def test_rows_and_sentences_read_from_the_shard_folders_change_nothing_and_shrin
     import statistics
 
     from qa.index.shards import read_root
-    from qa.search.sharded import LocalShard, ShardedIndex, ShardedSearcher, ShardReader, local_shards
+    from qa.search.sharded import LocalShard, ShardedIndex, ShardedSearcher, ShardReader
 
     data = corpus(tmp_path / "news.jsonl", 120, seed=16)
     one, _ = build(tmp_path / "one", [SEEDS, data], shards=None)
@@ -260,6 +260,24 @@ def test_rows_and_sentences_read_from_the_shard_folders_change_nothing_and_shrin
     for q in qs[:6]:
         assert shown(lost.ask(q, 5).to_dict()) == shown(sent.ask(q, 5).to_dict()), q
     assert 0 in lost.index._freqs_off and 1 not in lost.index._freqs_off
+
+
+def test_the_ingress_reads_of_the_shard_folders_what_its_settings_say(tmp_path, caplog):
+    from qa.index.freqs import FolderFreqs
+    from qa.search.sharded import ShardReader
+    from qa.web.cluster import folder_sources
+
+    root = tmp_path / "root"
+    build(root, [SEEDS], shards=2)
+    freqs, readers = folder_sources(root, "fake", stats=True, rows=True)  # the defaults: one reader a folder for both
+    assert freqs is readers and [type(r) for r in readers] == [ShardReader] * 2
+    freqs, readers = folder_sources(root, "fake", stats=False, rows=True)  # QA_STATS_FROM_FOLDERS=false: asked
+    assert freqs is None and len(readers) == 2
+    freqs, readers = folder_sources(root, "fake", stats=True, rows=False)  # QA_ROWS_FROM_FOLDERS=false: sent
+    assert [type(f) for f in freqs] == [FolderFreqs] * 2 and readers is None
+    assert folder_sources(root, "fake", stats=False, rows=False) == (None, None)
+    assert folder_sources(tmp_path / "nowhere", "fake", stats=True, rows=True) == (None, None)  # not mounted here
+    assert "cannot read the shard folders" in caplog.text
 
 
 def test_qa_settings_go_to_the_replicas_but_no_secret_and_not_the_drivers_own(monkeypatch):

@@ -246,6 +246,19 @@ def folder_readers(root: Path, model: str) -> list[ShardReader] | None:
     return [ShardReader(root / f, i, meta["shards"], model) for i, f in enumerate(meta["folders"])]
 
 
+def folder_sources(root: Path, model: str, stats: bool, rows: bool) -> tuple[list | None, list[ShardReader] | None]:
+    """Open what the ingress reads of the shard folders here: statistics (`stats`), rows and sentences (`rows`)."""
+    readers = folder_readers(root, model) if rows else None
+    for r in readers or []:  # opened now, not on the first question (one that fails is retried on questions)
+        try:
+            r.index
+        except Exception as e:  # noqa: BLE001
+            log.warning("cannot open the shard folder %s here (%s: %s); its replicas send its rows and sentences",
+                        r.folder, type(e).__name__, e)
+    # The readers give the statistics too (one mapping of each folder's term tables), unless they are asked.
+    return (readers if rows else folder_freqs(root)) if stats else None, readers
+
+
 class ClusterService:
     """What the Flask app reads of its Service (qa/web/service.py), over the shard deployments."""
 
@@ -254,14 +267,7 @@ class ClusterService:
         self.index_dir = Path(root)
         self.model, self.backend, self.cfg = model, backend, cfg
         self.running = _Running(names)
-        readers = folder_readers(self.index_dir, model) if rows_from_folders else None
-        for r in readers or []:  # opened now, not on the first question (one that fails is retried on questions)
-            try:
-                r.index
-            except Exception as e:  # noqa: BLE001
-                log.warning("cannot open the shard folder %s here (%s: %s); its replicas send its rows and sentences",
-                            r.folder, type(e).__name__, e)
-        freqs = readers or (folder_freqs(self.index_dir) if stats_from_folders and not rows_from_folders else None)
+        freqs, readers = folder_sources(self.index_dir, model, stats_from_folders, rows_from_folders)
         self.index = ShardedIndex([RemoteShard(h, i, n, self.running) for i, (h, n) in enumerate(zip(handles, names))],
                                   names, model, freqs=freqs, readers=readers)
         self._embedder = embedder
