@@ -19,7 +19,7 @@ folder this process cannot read:
    candidates each shard sends the rows (text, citation), sentences and sources of its best passages
    as it would fuse them alone, which are nearly always those the fused ranking reads, unless this
    process has that generation of the shard's folder open itself (`readers`): then it reads them there,
-   and the shard's work and its reply are half as big;
+   the shard's work halves and its reply is a tenth;
 3. `fetch` (only for what the shards' own best missed, from a shard whose folder is not read here):
    rows, sentences and sources of the best fused passages, for collapsing, the answer step and the
    facets, which then run here as on one folder.
@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ class ShardReader:
         return [global_id(i, self.shard, self.shards) for i in ids]
 
     def _local(self, gids: Sequence[int]) -> list[int]:
-        return [split_id(g, self.shards)[1] for g in gids]
+        return _local(gids, self.shards)
 
     def info(self) -> dict:
         idx = self.index
@@ -195,9 +196,13 @@ class ShardReader:
 ROW_FIELDS = tuple(f.name for f in dataclasses.fields(PassageRow))
 
 
+def _local(gids: Sequence[int], shards: int) -> list[int]:
+    return [split_id(g, shards)[1] for g in gids]
+
+
 def fetch_from(idx: Index, shard: int, shards: int, req: dict) -> dict:
     """Rows, sentences and sources of some passages (global ids) of one snapshot of shard `shard`."""
-    local = lambda gids: [split_id(g, shards)[1] for g in gids]  # noqa: E731
+    local = partial(_local, shards=shards)
     got: dict = {"rows": {}, "full": {}, "sources": {}}
     with idx.reading():
         if req.get("rows"):
@@ -319,7 +324,9 @@ class ShardedIndex:
         # alone, without those of its best passages (half its work and most of its reply), and no question
         # needs a `fetch` round from it.
         self.readers: list[ShardReader | None] = list(readers) if readers else [None] * self.n
-        self._freqs_off: dict[int, float] = {}  # shard -> when to try its folder again, after it failed
+        # shard -> when to read its folder here again (statistics, rows), after it failed or another generation
+        # than its replicas serve was found there
+        self._freqs_off: dict[int, float] = {}
         self.names = names or [f"shard-{i:03d}" for i in range(self.n)]
         self.model = model
         self._call = call  # (shard number, method, args) -> result; default: submit to every shard, then wait
@@ -449,19 +456,23 @@ class ShardedIndex:
             return True
 
     def snapshots(self, generations: Sequence[int]) -> dict[int, Index]:
-        """The shards whose folder is open here at the generation the question's statistics came from (which
-        a replica answering `candidates` serves), with that snapshot: their rows and sentences are read here."""
+        """Give each shard's snapshot open here at the generation a question's statistics came from."""
+        # A replica answering `candidates` serves that generation (else it answers `stale`): these shards'
+        # rows and sentences are read here, and their replicas need not send them.
         now, out = time.monotonic(), {}
         for s, reader in enumerate(self.readers):
-            if reader is None or not self._readable(s, now):
+            if reader is None or self._freqs_off.get(s, 0.0) > now:
                 continue
             try:
                 idx = reader.index
             except Exception as e:  # noqa: BLE001 - unreadable here now: its replicas send them, for a while
-                log.warning("shard %d (%s): cannot open %s here (%s: %s); its replicas send rows and sentences for "
-                            "%d s", s, self.names[s], reader.folder, type(e).__name__, e, FREQS_RETRY)
+                if s not in self._freqs_off:
+                    log.warning("shard %d (%s): cannot open %s here (%s: %s); its replicas send rows and sentences, "
+                                "and it is tried again every %d s", s, self.names[s], reader.folder,
+                                type(e).__name__, e, FREQS_RETRY)
                 self._freqs_off[s] = now + FREQS_RETRY
                 continue
+            self._freqs_off.pop(s, None)
             if idx.generation == generations[s]:
                 out[s] = idx
         return out
@@ -539,7 +550,8 @@ class ShardedIndex:
         """Round 3: rows, sentences and sources of the best fused passages (and of any asked for), at once."""
         q = self.q
         ranked = q.ranked or []
-        # The best fused passages' rows come along in the same round; from a folder read here, only those asked for.
+        # The best fused passages' rows come along in the same round; from a folder read here, only those asked
+        # for (the sentences of the best few, which the answer and the marks read, all the same).
         wanted = set(want_rows)
         rows = [i for i in dict.fromkeys([*want_rows, *ranked[:PREFETCH_ROWS]])
                 if i not in q.rows and (i in wanted or split_id(i, self.n)[0] not in q.snapshots)]
@@ -647,7 +659,10 @@ class ShardedSearcher(Searcher):
             raise _Stale()
         # (on a question's last try a replica may answer from another generation than the one read here:
         # its passages are then fetched from it)
-        q.snapshots = {s: idx for s, idx in snaps.items() if got[s]["generation"] == idx.generation}
+        # The facets' second ranking keeps the first's: the question's rows may come from either.
+        for s, idx in snaps.items():
+            if got[s]["generation"] == idx.generation:
+                q.snapshots.setdefault(s, idx)
         merged = [{} for _ in range(6)]
         for g in got:
             for d, key in zip(merged, ("lexical", "coarse", "exact", "bm25", "best_dense", "best_terms")):

@@ -238,8 +238,8 @@ def folder_freqs(root: Path) -> list[FolderFreqs] | None:
 def folder_readers(root: Path, model: str) -> list[ShardReader] | None:
     """Each shard folder opened where the ingress runs, for its statistics and its passages' rows and sentences:
     a shard then sends its candidates alone (half its work, a tenth of its reply) and no question needs a round
-    of `fetch` calls. Each opens on its first question (a folder that cannot be read then is asked of its shard
-    for a while: ShardedIndex.snapshots). None where this node does not have the root."""
+    of `fetch` calls (a folder that cannot be opened is asked of its shard for a while: ShardedIndex.snapshots).
+    None where this node does not have the root."""
     meta = _folders(root)
     if meta is None:
         return None
