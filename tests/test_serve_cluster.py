@@ -244,6 +244,14 @@ def test_rows_and_sentences_read_from_the_shard_folders_change_nothing_and_shrin
 
     w = Where(sources=("Gazette",))  # facets counted by a second ranking: its rows read here too
     assert all(shown(read.ask(q, 5, w).to_dict()) == shown(s1.ask(q, 5, w).to_dict()) for q in qs[:10])
+    # Statistics asked of the shards (QA_STATS_FROM_FOLDERS=false), rows still read here.
+    asked = ShardedSearcher(ShardedIndex([Watched(ShardReader(f, i, 2, "fake")) for i, f in enumerate(folders)],
+                                         readers=[ShardReader(f, i, 2, "fake") for i, f in enumerate(folders)]),
+                            s1.embedder, s1.cfg)
+    calls.clear()
+    assert all(shown(asked.ask(q, 5).to_dict()) == shown(s1.ask(q, 5).to_dict()) for q in qs[:5])
+    assert asked.index.rounds["stats"] >= 1 and asked.index.rounds["fetch"] == 0
+    assert calls and all(req["prefetch"] is None for req, _ in calls)
     # A replica behind the folder read here (a copy from before the shard's writer published again, updating
     # an article the questions find): its stale answer is taken, that folder is not read for a while, and the
     # replica sends rows and sentences again.
