@@ -37,7 +37,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -202,17 +201,17 @@ def _local(gids: Sequence[int], shards: int) -> list[int]:
 
 def fetch_from(idx: Index, shard: int, shards: int, req: dict) -> dict:
     """Rows, sentences and sources of some passages (global ids) of one snapshot of shard `shard`."""
-    local = partial(_local, shards=shards)
     got: dict = {"rows": {}, "full": {}, "sources": {}}
     with idx.reading():
         if req.get("rows"):
-            got["rows"] = _wire_rows(idx.passages(local(req["rows"])), shard, shards)
+            got["rows"] = _wire_rows(idx.passages(_local(req["rows"], shards)), shard, shards)
         if req.get("full"):
-            mine = local(req["full"])
+            mine = _local(req["full"], shards)
             sc = idx.sentences(req["qvec"], req["idf"], mine)
             got["full"] = _wire_full(sc.full_many(mine), shard, shards)
         if req.get("sources"):
-            got["sources"] = {global_id(i, shard, shards): v for i, v in idx.sources_of(local(req["sources"])).items()}
+            mine = _local(req["sources"], shards)
+            got["sources"] = {global_id(i, shard, shards): v for i, v in idx.sources_of(mine).items()}
     return got
 
 
@@ -442,6 +441,13 @@ class ShardedIndex:
                      "the replica for statistics for %d s", s, self.names[s], st["generation"], FREQS_RETRY)
             self._freqs_off[s] = now + FREQS_RETRY
 
+    def _folder_failed(self, s: int, now: float, what: str, e: Exception) -> None:
+        """Turn shard s's folder off here for FREQS_RETRY (its replicas are asked instead), warning once."""
+        if s not in self._freqs_off:
+            log.warning("shard %d (%s): cannot read %s here (%s: %s); asking its replicas instead, and trying the "
+                        "folder again every %d s", s, self.names[s], what, type(e).__name__, e, FREQS_RETRY)
+        self._freqs_off[s] = now + FREQS_RETRY
+
     def _readable(self, s: int, now: float) -> bool:
         return self.freqs[s] is not None and self._freqs_off.get(s, 0.0) <= now
 
@@ -466,11 +472,7 @@ class ShardedIndex:
             try:
                 idx = reader.index
             except Exception as e:  # noqa: BLE001 - unreadable here now: its replicas send them, for a while
-                if s not in self._freqs_off:
-                    log.warning("shard %d (%s): cannot open %s here (%s: %s); its replicas send rows and sentences, "
-                                "and it is tried again every %d s", s, self.names[s], reader.folder,
-                                type(e).__name__, e, FREQS_RETRY)
-                self._freqs_off[s] = now + FREQS_RETRY
+                self._folder_failed(s, now, f"rows and sentences from {reader.folder}", e)
                 continue
             self._freqs_off.pop(s, None)
             if idx.generation == generations[s]:
@@ -508,11 +510,7 @@ class ShardedIndex:
             try:
                 st = self.freqs[s].stats(stems)
             except Exception as e:  # noqa: BLE001 - any failure to read the folder: ask the shard for a while
-                if s not in self._freqs_off:
-                    log.warning("shard %d (%s): cannot read its statistics from %s (%s: %s); asking its replicas "
-                                "instead, and trying the folder again every %d s", s, self.names[s],
-                                self.freqs[s].folder, type(e).__name__, e, FREQS_RETRY)
-                self._freqs_off[s] = now + FREQS_RETRY
+                self._folder_failed(s, now, f"its statistics from {self.freqs[s].folder}", e)
                 continue
             if self._freqs_off.pop(s, None) is not None:
                 log.info("shard %d (%s): reading its statistics from %s again", s, self.names[s], self.freqs[s].folder)
@@ -585,13 +583,12 @@ class ShardedIndex:
     def full(self, pid: int, qvec, idf) -> tuple:
         q = self.q
         if pid not in q.full:  # this one, and those of the best rows still lacking theirs, in one round
-            ids = [pid, *(i for i in (q.ranked or [])[:PREFETCH_ROWS] if i not in q.full and i != pid)]
+            # (read here, a passage costs no round: from such a shard, only the one asked for)
+            ids = [pid, *(i for i in (q.ranked or [])[:PREFETCH_ROWS] if i not in q.full and i != pid
+                          and split_id(i, self.n)[0] not in q.snapshots)]
             by: dict[int, dict] = {}
             for i in ids:
-                s = split_id(i, self.n)[0]
-                if i == pid or s not in q.snapshots:  # read here, a passage costs no round: only those asked for
-                    by.setdefault(s, {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
-            ids = [i for req in by.values() for i in req["full"]]
+                by.setdefault(split_id(i, self.n)[0], {"full": [], "qvec": qvec, "idf": idf})["full"].append(i)
             for got in self._fetch(by):
                 q.full.update(_full(got["full"]))
             for i in ids:
@@ -657,9 +654,8 @@ class ShardedSearcher(Searcher):
             for s, st in stale:
                 index.served(s, st)
             raise _Stale()
-        # (on a question's last try a replica may answer from another generation than the one read here:
-        # its passages are then fetched from it)
-        # The facets' second ranking keeps the first's: the question's rows may come from either.
+        # On a question's last try a replica may answer from another generation than the one read here: its
+        # passages are then fetched from it. The facets' second ranking keeps the first's snapshots.
         for s, idx in snaps.items():
             if got[s]["generation"] == idx.generation:
                 q.snapshots.setdefault(s, idx)
