@@ -211,3 +211,69 @@ def test_statistics_read_from_an_ivf_folder_match_its_index_while_a_writer_delet
     assert parts[0].seg.kind == "ivf" and (~parts[0].live).sum() == 15 and len(parts) > 1
     assert freqs.stats(stems) == reader.stats(stems)
     assert freqs.stats(stems)["generation"] == reader.generation() > seen[0]
+
+
+def test_a_sharded_root_of_ivf_segments_reads_rows_from_its_folders_as_its_shards_send_them(tmp_path, monkeypatch):
+    """Rows and sentences read from the shard folders (the cluster's ingress, `qa serve` on a root) against the shards
+    sending them: big IVF segments with tombstones, a source filter, and a writer publishing while questions run."""
+    import threading
+
+    from qa.index.reader import Where
+    from qa.index.shards import read_root
+    from qa.search.sharded import ShardedIndex, ShardedSearcher, ShardReader, local_shards
+
+    monkeypatch.setattr(index_segment, "IVF_ABOVE", 500)
+    write_articles(tmp_path / "many.jsonl", 2500)
+    root = tmp_path / "root"
+    svc = Service(root, "fake", embedder=FakeEmbedder())
+    svc.shards = 2
+    svc.ingest([tmp_path / "many.jsonl"])
+    svc.compact()
+    for i in range(0, 40, 3):  # tombstones in both shards' IVF segments
+        svc.delete(f"a{i}")
+    folders = [root / f for f in read_root(root)["folders"]]
+    assert all(Index.load(f, "fake", 64).parts[0].seg.kind == "ivf" for f in folders)
+    emb, cfg = FakeEmbedder(), svc.searcher().cfg
+
+    def searcher(read_here: bool) -> ShardedSearcher:
+        readers = [ShardReader(f, i, 2, "fake") for i, f in enumerate(folders)] if read_here else None
+        return ShardedSearcher(ShardedIndex(local_shards(root, "fake"), freqs=readers, readers=readers), emb, cfg)
+
+    read, sent = searcher(True), searcher(False)
+    qs = [f"What happened in story {i}?" for i in range(0, 60, 2)] + ["Which harbour ferry sank?"]
+    alpha = Where(sources=("Alpha",))
+    for q in qs:
+        for where in (None, alpha):
+            a, b = read.ask(q, 5, where).to_dict(), sent.ask(q, 5, where).to_dict()
+            assert a["results"] == b["results"] and a["answer"] == b["answer"] and a["facets"] == b["facets"], q
+    assert read.index.rounds["fetch"] == 0
+    # A writer deletes and updates while both ask: each answer is whole, and both agree once it is done.
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps({"id": f"a{i}", "title": f"Story {i}", "source": "Alpha",
+                                           "text": f"The harbour ferry {i} sank off the pier."}) + "\n"
+                               for i in range(41, 60, 2)))
+    done, errors = threading.Event(), []
+
+    def ask() -> None:
+        while not done.is_set():
+            for q in qs[-6:]:
+                try:
+                    out = read.ask(q, 5, alpha).to_dict()
+                    assert all(r["text"] for r in out["results"]), q
+                except Exception as e:  # noqa: BLE001 - anything fails the test
+                    errors.append(e)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    try:
+        for i in range(40, 50):
+            svc.delete(f"a{i}")
+        svc.ingest([changed])
+    finally:
+        done.set()
+        t.join()
+    assert not errors, errors[:3]
+    for q in qs[-6:]:
+        a, b = read.ask(q, 5, alpha).to_dict(), sent.ask(q, 5, alpha).to_dict()
+        assert a["results"] == b["results"] and a["answer"] == b["answer"], q
+    assert any("ferry" in r["text"] for r in read.ask("Which harbour ferry sank?", 5).to_dict()["results"])
