@@ -13,8 +13,9 @@ and learns, from train/make_reader_data.py's examples:
 - start and end logits over the sentence's word pieces, trained on the candidate holding the answer.
 
 Runs on the GPU where there is one (`--device`; bfloat16 autocast there; train/gpu_run.sh packs what a GPU
-machine without this package needs), else on the CPU (torch.set_num_threads(2); float32: bfloat16 autocast
-measured slower on this CPU), the word-piece embeddings frozen (their update cost more than a layer), with a fixed seed; checkpoints to
+machine without this package needs), else on the CPU (torch.set_num_threads(2); float32 unless --bf16: bfloat16
+autocast took longer on an Intel Xeon without AMX, and half the time, 0.46 against 0.98 s a step of 4 questions, on
+an AMD EPYC with AVX-512 BF16), the word-piece embeddings frozen (their update cost more than a layer), with a fixed seed; checkpoints to
 --out every --save-every steps and resumes from there. The learning rate warms up then decays linearly
 by whichever is further along, the steps of --epochs or the minutes of --budget-min, so a slow
 (shared) machine ends on a decayed rate within the budget; the final weights go to train/out/reader.pt
@@ -159,7 +160,9 @@ def collate(examples: list[dict], group: list[int]):
             torch.tensor(starts), torch.tensor(ends), len(group))
 
 
-def losses(model: Reader, batch):
+def losses(model: Reader, batch, span_null: float = 0.0):
+    """The listwise answer loss and the span loss; with `span_null`, the span's start and end also learn to
+    point at [CLS] in a sentence that does not answer (SQuAD 2.0 readers' null span), weighted so."""
     ids, types, mask, span_mask, owner, labels, starts, ends, n = batch
     logit, start_logit, end_logit = model(ids, types, mask)
     logit = logit.float()
@@ -172,12 +175,22 @@ def losses(model: Reader, batch):
         lse = torch.logsumexp(z, 0)
         total = total + lse - torch.logsumexp(z.masked_fill(target == 0, -1e4), 0)
     rank_loss = total / n
+    if span_null:
+        span_mask = span_mask.clone()
+        span_mask[:, 0] = True  # [CLS]: the null span, a choice for every row
     has = starts >= 0
     span_loss = logit.new_zeros(())
     if has.any():
         sl = start_logit.float()[has].masked_fill(~span_mask[has], -1e4)
         el = end_logit.float()[has].masked_fill(~span_mask[has], -1e4)
         span_loss = (nn.functional.cross_entropy(sl, starts[has]) + nn.functional.cross_entropy(el, ends[has])) / 2
+    none = labels == 0
+    if span_null and none.any():
+        sl = start_logit.float()[none].masked_fill(~span_mask[none], -1e4)
+        el = end_logit.float()[none].masked_fill(~span_mask[none], -1e4)
+        zero = torch.zeros(int(none.sum()), dtype=torch.long, device=sl.device)
+        span_loss = span_loss + span_null * (nn.functional.cross_entropy(sl, zero)
+                                             + nn.functional.cross_entropy(el, zero)) / 2
     return rank_loss, span_loss
 
 
@@ -200,6 +213,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--head-lr", type=float, default=1e-3)
     ap.add_argument("--span-weight", type=float, default=1.0)
+    ap.add_argument("--span-null", type=float, default=0.0,
+                    help="also teach the span to point at [CLS] in sentences that do not answer, at this weight")
     ap.add_argument("--budget-min", type=float, default=50.0)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=2026)
@@ -210,6 +225,8 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this reader.pt's weights (a fresh optimiser and schedule): train on")
     ap.add_argument("--bench", type=int, default=0, help="time this many steps and stop")
+    ap.add_argument("--repeat", action="append", default=[], metavar="KIND=N",
+                    help="read each question of this kind (make_reader_data.py's `kind`) N times an epoch")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -223,6 +240,9 @@ def main() -> None:
     t0 = time.time()
     tok = tokenizer()
     examples = load_examples(args.data, tok, args.max_tokens, args.max_candidates, rng)
+    for spec in args.repeat:  # e.g. squad2_impossible=3: more weight on the kind the checks ask
+        kind, times = spec.split("=")
+        examples += [e for e in examples if e["kind"] == kind] * (int(times) - 1)
     print(f"{len(examples)} questions, {sum(len(e['items']) for e in examples)} pairs, "
           f"tokenised in {time.time() - t0:.1f} s", flush=True)
     model = Reader(args.layers)
@@ -261,7 +281,7 @@ def main() -> None:
                 break
             batch = [x.to(device, non_blocking=True) if torch.is_tensor(x) else x for x in collate(examples, group)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                rank_loss, span_loss = losses(model, batch)
+                rank_loss, span_loss = losses(model, batch, args.span_null)
             loss = rank_loss + args.span_weight * span_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
