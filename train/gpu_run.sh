@@ -12,7 +12,8 @@
 #
 # then, as for a CPU run (docs/quality.md): python train/export_reader.py --weights train/out/gpu/reader.pt
 # --out train/out/gpu/final, and train/eval_reader.py for the held-back figures before shipping anything.
-# EPOCHS, BATCH (questions a step), LR and HEAD_LR override the run's defaults.
+# EPOCHS, BATCH (questions a step), LR and HEAD_LR override the run's defaults; EXTRA adds train_reader.py options
+# (e.g. EXTRA="--span-null 0.5").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -37,7 +38,7 @@ run)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt" || true
   "$PY" train/train_reader.py --layers 6 --data .gpu/reader-data.jsonl --out /tmp/gpu-train --epochs "${EPOCHS:-8}" \
     --questions-per-batch "${BATCH:-32}" --lr "${LR:-2e-4}" --head-lr "${HEAD_LR:-2e-3}" --budget-min "$minutes" \
-    --save-every 100000 --seed 2029 2>&1 | tee "$out/train.log"
+    --save-every 100000 --seed 2029 ${EXTRA:-} 2>&1 | tee "$out/train.log"
   "$PY" train/gpu_weights.py split /tmp/gpu-train/reader.pt "$out"
   ;;
 unpack)
