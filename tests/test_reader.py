@@ -93,6 +93,9 @@ def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(mo
     items = [(ids, types, 0, -1, -1) for ids, types, _ in enc]  # two sentences, neither answers
     batch = tr.collate([{"items": items, "q_len": q_len}], [0])
     assert tr.losses(model, batch)[1].item() == 0.0  # no span to learn without the null span
+    # and a third that answers, its span on the sentence's first two pieces
+    ids, types, _ = tr.encode_pair(tok, "When did the crisis begin?", OIL[:1], 96)[0][0]
+    batch = tr.collate([{"items": items + [(ids, types, 1, q_len, q_len + 1)], "q_len": q_len}], [0])
     with torch.no_grad():
         logit, start, end = model(*batch[:3])
     start.requires_grad_()
@@ -107,9 +110,14 @@ def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(mo
     _, span_loss = tr.losses(Fixed(), batch, span_null=1.0)
     assert span_loss.item() > 0
     span_loss.backward()
-    for g in (start.grad, end.grad):  # up at [CLS], down everywhere else in the sentence
-        assert (g[:, 0] < 0).all()
-        assert (g[:, 1:] >= 0).all()
+    for g in (start.grad, end.grad):
+        # where nothing answers: up at [CLS], down at every piece of the sentence
+        assert (g[:2, 0] < 0).all()
+        for r in range(2):
+            assert (g[r, q_len:int(batch[2][r].sum()) - 1] > 0).all()
+        # where the sentence answers, [CLS] is a choice too, and pushed down
+        assert g[2, 0] > 0
+    assert start.grad[2, q_len] < 0 and end.grad[2, q_len + 1] < 0
 
 
 def test_a_sentence_scores_the_same_alone_as_among_others(reader):

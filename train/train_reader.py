@@ -10,7 +10,10 @@ and learns, from train/make_reader_data.py's examples:
   softmax over its candidates and a null logit (a learned bias), the target the candidates holding an
   answer (their summed probability) or the null for a question nothing among them answers (SQuAD 2.0
   readers' no-answer rule: an answer must beat the null);
-- start and end logits over the sentence's word pieces, trained on the candidate holding the answer.
+- start and end logits over the sentence's word pieces, trained on the candidate holding the answer (with
+  --span-null, also on [CLS] for every candidate that does not answer: SQuAD 2.0's null span).
+
+--repeat KIND=N reads each question of a kind N times an epoch (make_reader_data.py's kinds).
 
 Runs on the GPU where there is one (`--device`; bfloat16 autocast there; train/gpu_run.sh packs what a GPU
 machine without this package needs), else on the CPU (torch.set_num_threads(2); float32 unless --bf16: bfloat16
@@ -184,7 +187,7 @@ def losses(model: Reader, batch, span_null: float = 0.0):
         sl = start_logit.float()[has].masked_fill(~span_mask[has], -1e4)
         el = end_logit.float()[has].masked_fill(~span_mask[has], -1e4)
         span_loss = (nn.functional.cross_entropy(sl, starts[has]) + nn.functional.cross_entropy(el, ends[has])) / 2
-    none = labels == 0
+    none = (labels == 0) & (starts < 0)  # a sentence that does not answer (never one with a span)
     if span_null and none.any():
         sl = start_logit.float()[none].masked_fill(~span_mask[none], -1e4)
         el = end_logit.float()[none].masked_fill(~span_mask[none], -1e4)
@@ -228,6 +231,8 @@ def main() -> None:
     ap.add_argument("--repeat", action="append", default=[], metavar="KIND=N",
                     help="read each question of this kind (make_reader_data.py's `kind`) N times an epoch")
     args = ap.parse_args()
+    if args.span_null < 0:
+        ap.error("--span-null is a weight: 0 (off) or more")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -240,9 +245,13 @@ def main() -> None:
     t0 = time.time()
     tok = tokenizer()
     examples = load_examples(args.data, tok, args.max_tokens, args.max_candidates, rng)
+    originals, kinds = list(examples), {e["kind"] for e in examples}
     for spec in args.repeat:  # e.g. squad2_impossible=3: more weight on the kind the checks ask
-        kind, times = spec.split("=")
-        examples += [e for e in examples if e["kind"] == kind] * (int(times) - 1)
+        kind, _, times = spec.partition("=")
+        if kind not in kinds or not times.isdigit() or int(times) < 1:
+            ap.error(f"--repeat {spec}: give KIND=N with N >= 1 and KIND one of {', '.join(sorted(kinds))}")
+        # the copies read the negatives sampled once, above
+        examples += [e for e in originals if e["kind"] == kind] * (int(times) - 1)
     print(f"{len(examples)} questions, {sum(len(e['items']) for e in examples)} pairs, "
           f"tokenised in {time.time() - t0:.1f} s", flush=True)
     model = Reader(args.layers)
