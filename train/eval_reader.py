@@ -172,6 +172,9 @@ def news(work: Path, name: str, distractors: list, distractors_index: str) -> li
 
 # ---------------------------------------------------------------- read
 
+READ_FIELDS = ("logits", "span_scores", "span_nulls", "spans")  # what read_all keeps of a question
+
+
 def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = None) -> bool:
     """The reader over each question's `top` candidates the sentence model rates highest (the rest get
     a logit of -inf: never chosen); kept in `cache` (per reader file), so fitting again reads nothing
@@ -181,7 +184,8 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
     def name(r):  # the question, where it was asked, and what the reader read
         return r["kind"], r["question"], r["passages"], tuple(c["text"] for c in r["cands"])
 
-    todo = [r for r in rows if "span_nulls" not in known.get(name(r), {})]  # (caches from before it: read again)
+    # a question cached without every field read now (a cache from before one was added) is read again
+    todo = [r for r in rows if not set(READ_FIELDS) <= known.get(name(r), {}).keys()]
     t0, n = time.time(), 0
     for r in todo:
         fp = np.array([c["p"] for c in r["cands"]])
@@ -197,7 +201,7 @@ def read_all(rows: list[dict], reader, key: str, top: int, cache: Path | None = 
         for i, sp in zip(keep, got.spans):
             r["spans"][i] = sp
         n += len(keep)
-        known[name(r)] = {k: r[k] for k in ("logits", "span_scores", "span_nulls", "spans")}
+        known[name(r)] = {k: r[k] for k in READ_FIELDS}
     for r in rows:
         r.update(known[name(r)])
     print(f"{key}: read {n} pairs of {len(todo)} questions in {time.time() - t0:.0f} s "

@@ -181,19 +181,18 @@ def losses(model: Reader, batch, span_null: float = 0.0):
     if span_null:
         span_mask = span_mask.clone()
         span_mask[:, 0] = True  # [CLS]: the null span, a choice for every row
+
+    def span_ce(rows, first, last):  # the start's and end's cross-entropy over the allowed pieces of these rows
+        sl = start_logit.float()[rows].masked_fill(~span_mask[rows], -1e4)
+        el = end_logit.float()[rows].masked_fill(~span_mask[rows], -1e4)
+        return (nn.functional.cross_entropy(sl, first) + nn.functional.cross_entropy(el, last)) / 2
+
     has = starts >= 0
-    span_loss = logit.new_zeros(())
-    if has.any():
-        sl = start_logit.float()[has].masked_fill(~span_mask[has], -1e4)
-        el = end_logit.float()[has].masked_fill(~span_mask[has], -1e4)
-        span_loss = (nn.functional.cross_entropy(sl, starts[has]) + nn.functional.cross_entropy(el, ends[has])) / 2
+    span_loss = span_ce(has, starts[has], ends[has]) if has.any() else logit.new_zeros(())
     none = (labels == 0) & (starts < 0)  # a sentence that does not answer (never one with a span)
     if span_null and none.any():
-        sl = start_logit.float()[none].masked_fill(~span_mask[none], -1e4)
-        el = end_logit.float()[none].masked_fill(~span_mask[none], -1e4)
-        zero = torch.zeros(int(none.sum()), dtype=torch.long, device=sl.device)
-        span_loss = span_loss + span_null * (nn.functional.cross_entropy(sl, zero)
-                                             + nn.functional.cross_entropy(el, zero)) / 2
+        cls = torch.zeros(int(none.sum()), dtype=torch.long, device=starts.device)
+        span_loss = span_loss + span_null * span_ce(none, cls, cls)
     return rank_loss, span_loss
 
 

@@ -98,9 +98,6 @@ class ShardReader:
     def _g(self, ids) -> list[int]:
         return [global_id(i, self.shard, self.shards) for i in ids]
 
-    def _local(self, gids: Sequence[int]) -> list[int]:
-        return _local(gids, self.shards)
-
     def info(self) -> dict:
         idx = self.index
         return {"shard": self.shard, "generation": idx.generation, "articles": idx.article_count,
@@ -134,7 +131,7 @@ class ShardReader:
         stems, qvec, tw, where = req["stems"], req["qvec"], req["title_weight"], req["where"]
         among = req.get("among")
         if among is not None:  # only these passages (a standing question reading new articles)
-            mine = self._local([g for g in among if split_id(g, self.shards)[0] == self.shard])
+            mine = _local([g for g in among if split_id(g, self.shards)[0] == self.shard], self.shards)
             lexical = idx.lexical_of(stems, mine, tw, stats) if req["lexical"] else {}
             coarse: dict[int, float] = {}
             local = list(dict.fromkeys([*mine, *lexical]))
