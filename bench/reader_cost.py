@@ -3,6 +3,7 @@
     python bench/reader_cost.py [--size 65000] [--questions 300] [--work /tmp/qa-reader-cost]
     python bench/reader_cost.py --small 600      # squad-dev paragraphs, against the plain path too
     python bench/reader_cost.py --small 600 --before /tmp/earlier   # and an earlier tree's reader beside it
+    python bench/reader_cost.py --small 600 --reader-dir train/out/l3/final   # and another trained reader
 
 One index, two `qa serve` processes over it (QA_READER=false and QA_READER=true), every question asked of
 both in turn over keep-alive connections, the order swapped every question (A B, B A, ...), so drift in
@@ -11,8 +12,9 @@ recombined BBC sentences (bench/scale.py's corpus, kept in --work for the next r
 first N squad-dev paragraphs, and a third arm, the plain sentence-transformers path (fp32 encode of the
 question and a FAISS flat search, in process), as bench/speed.py times it. Prints p50 / p90 / p99 in ms
 for each arm and the ratios. `--before DIR`: two more arms, another source tree's `qa serve` without and with
-its reader (a `git worktree` of an earlier revision), asked in turn with the others. Test data only: nothing
-here is copied into the project.
+its reader (a `git worktree` of an earlier revision), asked in turn with the others. `--reader-dir DIR`: one
+more arm, this tree's `qa serve` reading with the reader in DIR (`QA_READER_DIR`, e.g. one being trained).
+Test data only: nothing here is copied into the project.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from scale import SHARED, free_port, ingest_parts, pct, squad  # noqa: E402
 
 
-def serve(index: Path, reader: bool, tree: Path = ROOT) -> tuple[subprocess.Popen, int]:
+def serve(index: Path, reader: bool, tree: Path = ROOT, reader_dir: Path | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "QA_READER": "true" if reader else "false"}
+    if reader_dir is not None:
+        env["QA_READER_DIR"] = str(reader_dir)
     if tree != ROOT:  # `python -m qa` from that tree imports its qa, not this checkout's
         env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "qa", "serve", "--index", str(index), "--port", str(port)],
@@ -110,7 +114,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/qa-reader-cost"))
     ap.add_argument("--before", type=Path, default=None, help="another source tree: its two arms beside these")
+    ap.add_argument("--reader-dir", type=Path, default=None, help="another reader's folder: its arm beside these")
     args = ap.parse_args()
+    if args.reader_dir is not None and not (args.reader_dir / "reader.json").is_file():
+        ap.error(f"{args.reader_dir} holds no reader.json (train/export_reader.py writes one)")
 
     plain = None
     if args.small:
@@ -129,12 +136,15 @@ def main() -> None:
     procs = []
     try:
         arms = {}
-        servers = [("without the reader", False, ROOT), ("with the reader", True, ROOT)]
+        servers = [("without the reader", False, ROOT, None), ("with the reader", True, ROOT, None)]
         earlier = (f"without the reader of {args.before}", f"with the reader of {args.before}")
         if args.before:
-            servers += [(earlier[0], False, args.before.resolve()), (earlier[1], True, args.before.resolve())]
-        for name, reader, tree in servers:
-            proc, port = serve(index, reader, tree)
+            servers += [(earlier[0], False, args.before.resolve(), None), (earlier[1], True, args.before.resolve(), None)]
+        other = f"with the reader in {args.reader_dir}"
+        if args.reader_dir:
+            servers.append((other, True, ROOT, args.reader_dir.resolve()))
+        for name, reader, tree, reader_dir in servers:
+            proc, port = serve(index, reader, tree, reader_dir)
             procs.append(proc)
             arms[name] = asker(port)
         if plain is not None:
@@ -164,10 +174,14 @@ def main() -> None:
         if before is not None:
             a0 = pct(lat[earlier[0]], 50)
             print(f"in {args.before}, the reader adds {before - a0:.1f} ms at p50 ({before / a0:.2f}x)")
+        o = pct(lat[other], 50) if args.reader_dir else None
+        if o is not None:
+            print(f"the reader in {args.reader_dir} adds {o - a:.1f} ms at p50 ({o / a:.2f}x)")
         if plain is not None:
             p = pct(lat["plain path (in process)"], 50)
             print(f"against the plain path at p50: without the reader {a / p:.2f}x, with it {b / p:.2f}x"
-                  + (f", with the reader of {args.before} {before / p:.2f}x" if before is not None else ""))
+                  + (f", with the reader of {args.before} {before / p:.2f}x" if before is not None else "")
+                  + (f", with the reader in {args.reader_dir} {o / p:.2f}x" if o is not None else ""))
     finally:
         for proc in procs:
             proc.terminate()

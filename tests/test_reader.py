@@ -74,18 +74,24 @@ def test_the_null_spans_margin_is_the_short_answers_score_above_cls(reader):
         "span_margin"] == 0.0
 
 
-def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(monkeypatch):
+@pytest.fixture
+def tr(monkeypatch):
+    """train/train_reader.py, imported as the training script runs it."""
     import importlib.util
     from pathlib import Path
-
-    import torch
 
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = importlib.util.spec_from_file_location(
         "train_reader", Path(__file__).resolve().parent.parent / "train" / "train_reader.py")
-    tr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tr)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(tr):
+    import torch
+
     torch.manual_seed(0)
     model = tr.Reader(1)
     tok = tr.tokenizer()
@@ -107,7 +113,7 @@ def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(mo
         def __call__(self, *inputs):
             return logit, start, end
 
-    _, span_loss = tr.losses(Fixed(), batch, span_null=1.0)
+    _, span_loss, _ = tr.losses(Fixed(), batch, span_null=1.0)
     assert span_loss.item() > 0
     span_loss.backward()
     for g in (start.grad, end.grad):
@@ -118,6 +124,42 @@ def test_training_with_a_null_span_points_sentences_that_do_not_answer_at_cls(mo
         # where the sentence answers, [CLS] is a choice too, and pushed down
         assert g[2, 0] > 0
     assert start.grad[2, q_len] < 0 and end.grad[2, q_len + 1] < 0
+
+
+def test_a_smaller_reader_starts_from_a_larger_ones_first_layers_and_learns_its_answers(tr, tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    teacher = tr.Reader(2)
+    with torch.no_grad():  # heads the packaged model lacks: make them the teacher's own
+        teacher.score.weight.normal_()
+        teacher.null.fill_(0.5)
+    torch.save({"model": teacher.state_dict(), "layers": 2, "args": {}}, tmp_path / "reader.pt")
+    student = tr.load_reader(tmp_path / "reader.pt", 1)
+    assert len(student.bert.encoder.layer) == 1
+    for mine, its in ((student.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[0].output.dense.weight),
+                      (student.score.weight, teacher.score.weight), (student.null, teacher.null)):
+        assert torch.equal(mine, its)
+    with pytest.raises(SystemExit, match="has 2 layers"):
+        tr.load_reader(tmp_path / "reader.pt", 3)
+
+    tok = tr.tokenizer()
+    enc, q_len = tr.encode_pair(tok, "When did the crisis begin?", OIL, 96)
+    examples = [{"items": [(ids, types, int(i == 0), -1, -1) for i, (ids, types, _) in enumerate(enc)], "q_len": q_len}]
+    tr.teach(teacher, examples, torch.device("cpu"), bf16=False)
+    assert [len(t[1]) for t in examples[0]["teacher"]] == [len(ids) for ids, *_ in examples[0]["items"]]
+    batch = tr.collate(examples, [0])
+    teacher.eval()
+    assert tr.losses(teacher, batch)[2].item() < 1e-4  # a reader has nothing to learn from itself
+    assert tr.losses(teacher, batch[:-1] + (None,))[2].item() == 0.0  # nor anything without a teacher
+    student.eval()  # no dropout: the same outputs each step
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    first = tr.losses(student, batch)[2]
+    for _ in range(10):
+        opt.zero_grad()
+        tr.losses(student, batch)[2].backward()
+        opt.step()
+    assert tr.losses(student, batch)[2].item() < 0.5 * first.item()
 
 
 def test_a_sentence_scores_the_same_alone_as_among_others(reader):

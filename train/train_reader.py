@@ -15,6 +15,12 @@ and learns, from train/make_reader_data.py's examples:
 
 --repeat KIND=N reads each question of a kind N times an epoch (make_reader_data.py's kinds).
 
+--teacher READER.PT --distil W: a smaller reader (--layers 3 or 4, --init from the teacher's first layers)
+also learns the teacher's answers: the KL divergence from the teacher's softmax over the null and the
+candidates, and over each sentence's start and end pieces, at temperature --distil-temp, weighted W. The
+teacher reads every training pair once, before the first step (its outputs are fixed: the negatives are
+sampled once, as the data loads), so a step costs the student's time alone.
+
 Runs on the GPU where there is one (`--device`; bfloat16 autocast there; train/gpu_run.sh packs what a GPU
 machine without this package needs), else on the CPU (torch.set_num_threads(2); float32 unless --bf16: bfloat16
 autocast took longer on an Intel Xeon without AMX, and half the time, 0.46 against 0.98 s a step of 4 questions, on
@@ -140,15 +146,17 @@ def batches(examples: list[dict], questions_per_batch: int, rng: random.Random):
 
 
 def collate(examples: list[dict], group: list[int]):
-    rows, owner, labels, starts, ends, q_lens = [], [], [], [], [], []
+    rows, owner, labels, starts, ends, q_lens, taught = [], [], [], [], [], [], []
     for k, i in enumerate(group):
-        for ids, types, label, s, e in examples[i]["items"]:
+        for j, (ids, types, label, s, e) in enumerate(examples[i]["items"]):
             rows.append((ids, types))
             owner.append(k)
             labels.append(label)
             starts.append(s)
             ends.append(e)
             q_lens.append(examples[i]["q_len"])
+            if "teacher" in examples[i]:
+                taught.append(examples[i]["teacher"][j])
     width = max(len(r[0]) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     types = torch.zeros_like(ids)
@@ -159,17 +167,34 @@ def collate(examples: list[dict], group: list[int]):
         types[r, :len(t)] = torch.tensor(t)
         mask[r, :len(a)] = 1
         span_mask[r, q_lens[r]:len(a) - 1] = True  # the sentence's pieces, not its closing [SEP]
+    teacher = None
+    if taught:  # the teacher's logit over its null, start and end logits per row (teach)
+        t_start = torch.full((len(rows), width), -1e4)
+        t_end = torch.full((len(rows), width), -1e4)
+        for r, (_, ts, te) in enumerate(taught):
+            t_start[r, :len(ts)] = torch.from_numpy(ts.astype(np.float32))
+            t_end[r, :len(te)] = torch.from_numpy(te.astype(np.float32))
+        teacher = (torch.tensor([t[0] for t in taught], dtype=torch.float32), t_start, t_end)
     return (ids, types, mask, span_mask, torch.tensor(owner), torch.tensor(labels, dtype=torch.float32),
-            torch.tensor(starts), torch.tensor(ends), len(group))
+            torch.tensor(starts), torch.tensor(ends), len(group), teacher)
 
 
-def losses(model: Reader, batch, span_null: float = 0.0):
-    """The listwise answer loss and the span loss; with `span_null`, the span's start and end also learn to
-    point at [CLS] in a sentence that does not answer (SQuAD 2.0 readers' null span), weighted so."""
-    ids, types, mask, span_mask, owner, labels, starts, ends, n = batch
+def kl(teacher_logits, student_logits, temp: float, dim: int = -1):
+    """The teacher's softened distribution's KL divergence to the student's, times temp² (Hinton et al.: the
+    gradients keep their scale whatever the temperature), summed over `dim`."""
+    t = torch.log_softmax(teacher_logits / temp, dim)
+    return (t.exp() * (t - torch.log_softmax(student_logits / temp, dim))).sum(dim) * temp ** 2
+
+
+def losses(model: Reader, batch, span_null: float = 0.0, temp: float = 2.0):
+    """The listwise answer loss, the span loss and, where the batch carries a teacher's outputs, the
+    distillation loss (the teacher's answers and spans); with `span_null`, the span's start and end also
+    learn to point at [CLS] in a sentence that does not answer (SQuAD 2.0 readers' null span), weighted so."""
+    ids, types, mask, span_mask, owner, labels, starts, ends, n, teacher = batch
     logit, start_logit, end_logit = model(ids, types, mask)
     logit = logit.float()
     total = logit.new_zeros(())
+    taught = logit.new_zeros(())
     for k in range(n):
         mine = owner == k
         z = torch.cat([model.null, logit[mine]])
@@ -177,7 +202,9 @@ def losses(model: Reader, batch, span_null: float = 0.0):
         target = torch.cat([(lab.sum() == 0).float().view(1), lab])
         lse = torch.logsumexp(z, 0)
         total = total + lse - torch.logsumexp(z.masked_fill(target == 0, -1e4), 0)
-    rank_loss = total / n
+        if teacher is not None:  # its logits are kept as margins over its null, which stands at 0
+            taught = taught + kl(torch.cat([teacher[0].new_zeros(1), teacher[0][mine]]), z, temp, 0)
+    rank_loss, taught = total / n, taught / n
     if span_null:
         span_mask = span_mask.clone()
         span_mask[:, 0] = True  # [CLS]: the null span, a choice for every row
@@ -193,7 +220,54 @@ def losses(model: Reader, batch, span_null: float = 0.0):
     if span_null and none.any():
         cls = torch.zeros(int(none.sum()), dtype=torch.long, device=starts.device)
         span_loss = span_loss + span_null * span_ce(none, cls, cls)
-    return rank_loss, span_loss
+    if teacher is None:
+        return rank_loss, span_loss, taught
+    # the teacher's spans: where a sentence answers, and with a null span in every sentence
+    rows = torch.ones_like(has) if span_null else labels > 0
+    if rows.any():
+        allowed = span_mask[rows]
+        for student, told in ((start_logit, teacher[1]), (end_logit, teacher[2])):
+            taught = taught + kl(told[rows].masked_fill(~allowed, -1e4),
+                                 student.float()[rows].masked_fill(~allowed, -1e4), temp).mean() / 2
+    return rank_loss, span_loss, taught
+
+
+def load_reader(path: Path, layers: int | None = None) -> Reader:
+    """A trained reader from its reader.pt (or a checkpoint); with `layers`, only its first ones (and its heads)."""
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    have = int(state.get("layers") or state["args"]["layers"])
+    layers = layers or have
+    if layers > have:
+        raise SystemExit(f"{path} has {have} layers: a reader of {layers} cannot start from it")
+    model = Reader(layers)
+    drop = tuple(f"bert.encoder.layer.{i}." for i in range(layers, have))
+    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith(drop)})
+    return model
+
+
+@torch.no_grad()
+def teach(teacher: Reader, examples: list[dict], device, bf16: bool, per_batch: int = 32) -> None:
+    """Let the teacher read every training pair once: its logit over its null, start and end logits (float16,
+    the row's length) beside each item, for `collate`."""
+    teacher.to(device).eval()
+    null = teacher.null.float().item()
+    unique = list({id(e): e for e in examples}.values())  # --repeat's copies are the same questions
+    order = sorted(range(len(unique)), key=lambda i: max(len(x[0]) for x in unique[i]["items"]))  # less padding
+    for at in range(0, len(order), per_batch):
+        group = order[at:at + per_batch]
+        ids, types, mask, *_ = collate(unique, group)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logit, start, end = teacher(ids.to(device), types.to(device), mask.to(device))
+        logit, start, end = logit.float().cpu(), start.float().cpu(), end.float().cpu()
+        r = 0
+        for i in group:
+            out = []
+            for ids_i, *_ in unique[i]["items"]:
+                n = len(ids_i)
+                out.append((logit[r].item() - null, start[r, :n].numpy().astype(np.float16),
+                            end[r, :n].numpy().astype(np.float16)))
+                r += 1
+            unique[i]["teacher"] = out
 
 
 def save(path: Path, model, opt, step: int, minutes: float, args) -> None:
@@ -229,9 +303,18 @@ def main() -> None:
     ap.add_argument("--bench", type=int, default=0, help="time this many steps and stop")
     ap.add_argument("--repeat", action="append", default=[], metavar="KIND=N",
                     help="read each question of this kind (make_reader_data.py's `kind`) N times an epoch")
+    ap.add_argument("--teacher", type=Path, default=None, help="a trained reader.pt whose answers --distil teaches")
+    ap.add_argument("--distil", type=float, default=0.0, help="the weight of the teacher's answers and spans")
+    ap.add_argument("--distil-temp", type=float, default=2.0, help="the temperature both are softened by")
     args = ap.parse_args()
     if args.span_null < 0:
         ap.error("--span-null is a weight: 0 (off) or more")
+    if (args.teacher is None) != (args.distil <= 0):
+        ap.error("--teacher and --distil go together: a teacher's reader.pt and a weight above 0")
+    if args.teacher is not None and not args.teacher.is_file():
+        ap.error(f"--teacher {args.teacher}: no such file")
+    if args.distil_temp <= 0:
+        ap.error("--distil-temp must be above 0")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -253,9 +336,13 @@ def main() -> None:
         examples += [e for e in originals if e["kind"] == kind] * (int(times) - 1)
     print(f"{len(examples)} questions, {sum(len(e['items']) for e in examples)} pairs, "
           f"tokenised in {time.time() - t0:.1f} s", flush=True)
-    model = Reader(args.layers)
+    if args.teacher is not None:
+        t1 = time.time()
+        teach(load_reader(args.teacher), examples, device, args.bf16)
+        print(f"the teacher ({args.teacher}) read every pair in {time.time() - t1:.0f} s", flush=True)
+    # a smaller reader may start from a larger one's first layers (a reader's lower layers, already tuned)
+    model = load_reader(args.init, args.layers) if args.init else Reader(args.layers)
     if args.init:
-        model.load_state_dict(torch.load(args.init, weights_only=False, map_location="cpu")["model"])
         print(f"starting from {args.init}", flush=True)
     model.to(device)
     model.bert.embeddings.word_embeddings.weight.requires_grad = False
@@ -287,10 +374,12 @@ def main() -> None:
         for group in order[pos:]:
             if step >= total:
                 break
-            batch = [x.to(device, non_blocking=True) if torch.is_tensor(x) else x for x in collate(examples, group)]
+            batch = [x.to(device, non_blocking=True) if torch.is_tensor(x) else
+                     tuple(t.to(device, non_blocking=True) for t in x) if isinstance(x, tuple) else x
+                     for x in collate(examples, group)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                rank_loss, span_loss = losses(model, batch, args.span_null)
-            loss = rank_loss + args.span_weight * span_loss
+                rank_loss, span_loss, taught = losses(model, batch, args.span_null, args.distil_temp)
+            loss = rank_loss + args.span_weight * span_loss + args.distil * taught
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -299,12 +388,13 @@ def main() -> None:
                 g["lr"] = base * factor
             opt.step()
             step += 1
-            seen_loss.append((rank_loss.item(), span_loss.item()))
+            seen_loss.append((rank_loss.item(), span_loss.item(), taught.item()))
             if step % 20 == 0 or args.bench:
-                r, s = np.mean(seen_loss, axis=0)
+                r, s, d = np.mean(seen_loss, axis=0)
                 seen_loss = []
                 per = (time.time() - started) / max(step - first, 1)
-                print(f"step {step}/{total} epoch {epoch} rank {r:.3f} span {s:.3f} null {model.null.item():.2f} "
+                print(f"step {step}/{total} epoch {epoch} rank {r:.3f} span {s:.3f}"
+                      f"{f' distil {d:.3f}' if args.teacher else ''} null {model.null.item():.2f} "
                       f"lr x{factor:.2f} {per:.2f} s/step, {(time.time() - t0) / 60:.1f} min", flush=True)
             if args.bench and step >= args.bench:
                 print(f"bench: {(time.time() - started) / step:.2f} s/step", flush=True)
